@@ -1,0 +1,50 @@
+# One entry point for set-up, demo, tests, benchmarks and docs.
+# Every target installs what it needs by itself: a bare machine needs only
+# make, a C++ compiler and a Python >= 3.12 (found by scripts/find_python.sh).
+
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CMDSTAN_STAMP := $(HOME)/.cmdstan/cmdstan-2.27.0/.build-ok
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-quick bench docs lint cmdstan clean
+
+setup: $(STAMP) $(CMDSTAN_STAMP)
+
+$(STAMP): pyproject.toml requirements-lock.txt
+	@PYBIN=$$(scripts/find_python.sh) && \
+	  { [ -x $(PY) ] || "$$PYBIN" -m venv $(VENV); }
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c requirements-lock.txt -e ".[dev,stan,bench,docs]"
+	@touch $(STAMP)
+
+$(CMDSTAN_STAMP):
+	PYTHON=$(PY) bash scripts/install_cmdstan.sh
+
+cmdstan: $(CMDSTAN_STAMP)
+
+## The main job: a short warm-start demo on a built-in example model.
+demo: setup
+	$(PY) -m pymc_ext.demo
+
+## The test suite CI runs (quick and slow tests).
+test: setup
+	$(PY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)
+
+## The quick path only (slow tests deselected).
+test-quick: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) benchmarks/run_all.py
+
+docs: setup
+	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
+
+lint: setup
+	$(VENV)/bin/ruff check pymc_ext stan_bridge tests benchmarks examples
+
+clean:
+	rm -rf $(VENV) docs/_build .pytest_cache
