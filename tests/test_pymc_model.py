@@ -1,0 +1,225 @@
+"""The PyMC adapter: log density, gradient, batching, transforms, errors, prior predictive."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pymc as pm
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+import pymc_ext
+from pymc_ext.models import reference_model
+from pymc_ext.pymc_model import ModelSpecificationError, log_density, prior_predictive
+
+# Four reference posteriors with different transforms: log (half-Cauchy,
+# half-normal, HalfFlat), ordered, logodds (Beta), Cholesky inside the graph.
+REFERENCE_MODELS = [
+    "eight_schools-eight_schools_noncentered",
+    "arK-arK",
+    "gp_pois_regr-gp_pois_regr",
+    "low_dim_gauss_mix-low_dim_gauss_mix",
+    "earnings-logearn_interaction",
+]
+
+
+@pytest.fixture(scope="module", params=REFERENCE_MODELS)
+def ref(request):
+    model = reference_model(request.param)
+    return model, log_density(model)
+
+
+def _random_points(density, n=5, seed=0):
+    rng = np.random.default_rng(seed)
+    return density.initial_point() + rng.normal(scale=0.5, size=(n, density.dim))
+
+
+def test_logp_and_grad_match_pymc(ref):
+    model, density = ref
+    f_logp, f_dlogp = model.compile_logp(), model.compile_dlogp()
+    for x in _random_points(density):
+        point = density.point_from_x(x)
+        lp, grad = density.logp_and_grad(x)
+        np.testing.assert_allclose(lp, f_logp(point), rtol=1e-8, atol=1e-8)
+        np.testing.assert_allclose(grad, f_dlogp(point), rtol=1e-8, atol=1e-8)
+        assert density.logp(x) == pytest.approx(lp, rel=1e-12, abs=1e-10)
+
+
+def test_batch_equals_loop(ref):
+    _, density = ref
+    X = _random_points(density, n=7, seed=1)
+    lp_loop = np.array([density.logp(x) for x in X])
+    grad_loop = np.array([density.logp_and_grad(x)[1] for x in X])
+    np.testing.assert_allclose(density.logp_batch(X), lp_loop, rtol=1e-10, atol=1e-8)
+    lp_b, grad_b = density.logp_and_grad_batch(X)
+    np.testing.assert_allclose(lp_b, lp_loop, rtol=1e-10, atol=1e-8)
+    np.testing.assert_allclose(grad_b, grad_loop, rtol=1e-8, atol=1e-8)
+
+
+def test_constrain_round_trip_and_shapes(ref):
+    model, density = ref
+    X = _random_points(density, n=4, seed=2)
+    expected = [rv.name for rv in model.free_RVs] + [d.name for d in model.deterministics]
+    assert density.names == expected
+    batch = density.constrain_batch(X)
+    for i, x in enumerate(X):
+        point = density.constrain(x)
+        assert list(point) == expected
+        for rv in model.free_RVs + model.deterministics:
+            shape = tuple(model.initial_point().get(rv.name, point[rv.name]).shape)
+            assert point[rv.name].shape == density.shapes[rv.name]
+            if rv in model.free_RVs and model.rvs_to_transforms.get(rv) is None:
+                assert point[rv.name].shape == shape
+            np.testing.assert_allclose(batch[rv.name][i], point[rv.name], atol=1e-12)
+        np.testing.assert_allclose(density.unconstrain(point), x, atol=1e-8)
+    np.testing.assert_allclose(density.unconstrain_batch(batch), X, atol=1e-8)
+
+
+def test_compiled_once_and_cached():
+    model = reference_model("sblrc-blr")
+    density = log_density(model)
+    start = time.perf_counter()
+    again = log_density(model)
+    assert again is density
+    assert time.perf_counter() - start < 0.01
+    # adding a variable invalidates the cache
+    with model:
+        pm.Normal("extra")
+    assert log_density(model) is not density
+    assert log_density(model).dim == density.dim + 1
+
+
+def test_gradient_counter():
+    density = log_density(reference_model("sblrc-blr"))
+    density.reset_counters()
+    X = _random_points(density, n=6)
+    density.logp_and_grad(X[0])
+    density.logp_and_grad_batch(X)
+    density.logp_batch(X)
+    assert density.grad_evals == 7
+    assert density.logp_evals == 6
+
+
+# -- transforms: a property test on the round trip ---------------------------------
+@pytest.fixture(scope="module")
+def transforms_density():
+    with pm.Model() as model:
+        pm.HalfNormal("positive", 1.0, shape=2)  # log
+        pm.Uniform("interval", -1.0, 3.0, shape=2)  # interval
+        pm.Beta("unit", 2.0, 2.0)  # logodds
+        pm.Normal(
+            "ordered",
+            0.0,
+            3.0,
+            shape=3,
+            transform=pm.distributions.transforms.ordered,
+            initval=np.array([-1.0, 0.0, 1.0]),
+        )
+        pm.Dirichlet("simplex", np.ones(4))  # simplex
+        pm.LKJCorr("corr", n=3, eta=2.0, return_matrix=True)  # Cholesky correlation
+    return log_density(model)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_transform_round_trip(transforms_density, data):
+    density = transforms_density
+    x = data.draw(
+        arrays(np.float64, density.dim, elements=st.floats(-3, 3, allow_nan=False, width=64))
+    )
+    point = density.constrain(x)
+    assert np.all(point["positive"] > 0)
+    assert np.all((point["interval"] > -1) & (point["interval"] < 3))
+    assert 0 < point["unit"] < 1
+    assert np.all(np.diff(point["ordered"]) > 0)
+    assert point["simplex"].sum() == pytest.approx(1.0) and np.all(point["simplex"] > 0)
+    corr = point["corr"]
+    assert corr.shape == (3, 3)
+    np.testing.assert_allclose(np.diag(corr), 1.0, atol=1e-10)
+    assert np.all(np.linalg.eigvalsh(corr) > 0)
+    np.testing.assert_allclose(density.unconstrain(point), x, atol=1e-7)
+
+
+# -- bad input ------------------------------------------------------------------
+def test_discrete_free_variable_is_named():
+    with pm.Model() as model:
+        pm.Poisson("count", 3.0)
+        pm.Normal("z")
+    with pytest.raises(ModelSpecificationError, match=r"discrete free variables: count.*marginalise"):
+        log_density(model)
+
+
+def test_no_free_variables():
+    with pm.Model() as model:
+        pm.Normal("y", 0.0, 1.0, observed=[1.0, 2.0])
+    with pytest.raises(ModelSpecificationError, match="no free random variables"):
+        log_density(model)
+
+
+def test_non_finite_initial_point_names_variable():
+    with pm.Model() as model:
+        sigma = pm.HalfNormal("sigma")
+        pm.Normal("mu", 0.0, 1.0, initval=np.inf)
+        pm.Exponential("y", sigma, observed=[1.0, 2.0])
+    with pytest.raises(ModelSpecificationError, match=r"not finite.*mu"):
+        log_density(model)
+
+
+def test_observed_outside_support_names_likelihood():
+    with pm.Model() as model:
+        lam = pm.HalfNormal("lam")
+        pm.Exponential("waiting", lam, observed=[1.0, -2.0])
+    with pytest.raises(ModelSpecificationError, match=r"not finite.*waiting"):
+        log_density(model)
+
+
+def test_no_model_in_context():
+    with pytest.raises(ModelSpecificationError, match="No PyMC model"):
+        log_density()
+
+
+# -- prior predictive -------------------------------------------------------------
+def test_prior_predictive_moments():
+    # mu ~ N(1, 2), s ~ HalfNormal(1), y_i ~ N(mu, 3): y has mean 1, sd sqrt(13),
+    # Cov(y_1, y_2) = 4; log(s) has mean -0.635 (E log|Z| = -(gamma + log 2)/2).
+    with pm.Model() as model:
+        mu = pm.Normal("mu", 1.0, 2.0)
+        s = pm.HalfNormal("s", 1.0)
+        pm.Normal("y", mu, 3.0, observed=np.zeros(3))
+        pm.Normal("z", mu, s, observed=np.zeros(2))
+    n = 40_000
+    params, data = prior_predictive(model, n=n, random_seed=3)
+    assert params.shape == (n, 2)
+    assert data["y"].shape == (n, 3) and data["z"].shape == (n, 2)
+    se = np.sqrt(13 / n)
+    np.testing.assert_allclose(data["y"].mean(0), 1.0, atol=5 * se)
+    np.testing.assert_allclose(data["y"].std(0), np.sqrt(13), rtol=0.02)
+    assert np.corrcoef(data["y"][:, 0], data["y"][:, 1])[0, 1] == pytest.approx(4 / 13, abs=0.02)
+    np.testing.assert_allclose(params[:, 0].mean(), 1.0, atol=5 * 2 / np.sqrt(n))
+    log_s_mean = -(np.euler_gamma + np.log(2)) / 2
+    np.testing.assert_allclose(params[:, 1].mean(), log_s_mean, atol=0.03)
+    # the simulated data really come from the simulated parameters
+    z_centered = data["z"] - params[:, [0]]
+    np.testing.assert_allclose(
+        np.std(z_centered / np.exp(params[:, [1]])), 1.0, rtol=0.02
+    )
+
+
+def test_prior_predictive_reproducible_and_selectable():
+    model = reference_model("eight_schools")
+    a = prior_predictive(model, n=50, random_seed=7)
+    b = prior_predictive(model, n=50, random_seed=7)
+    c = prior_predictive(model, n=50, random_seed=8)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1]["y"], b[1]["y"])
+    assert not np.array_equal(a[0], c[0])
+    with pytest.raises(ModelSpecificationError, match="not observed variables"):
+        prior_predictive(model, n=5, observed=["mu"])
+
+
+def test_public_names():
+    assert pymc_ext.log_density is log_density
+    assert pymc_ext.prior_predictive is prior_predictive
