@@ -119,7 +119,7 @@ def transforms_density():
             initval=np.array([-1.0, 0.0, 1.0]),
         )
         pm.Dirichlet("simplex", np.ones(4))  # simplex
-        pm.LKJCorr("corr", n=3, eta=2.0, return_matrix=True)  # Cholesky correlation
+        pm.LKJCorr("corr", n=3, eta=2.0)  # Cholesky factor of a correlation matrix
     return log_density(model)
 
 
@@ -136,8 +136,10 @@ def test_transform_round_trip(transforms_density, data):
     assert 0 < point["unit"] < 1
     assert np.all(np.diff(point["ordered"]) > 0)
     assert point["simplex"].sum() == pytest.approx(1.0) and np.all(point["simplex"] > 0)
-    corr = point["corr"]
-    assert corr.shape == (3, 3)
+    chol = point["corr"]
+    assert chol.shape == (3, 3)
+    np.testing.assert_allclose(np.triu(chol, 1), 0.0)
+    corr = chol @ chol.T
     np.testing.assert_allclose(np.diag(corr), 1.0, atol=1e-10)
     assert np.all(np.linalg.eigvalsh(corr) > 0)
     np.testing.assert_allclose(density.unconstrain(point), x, atol=1e-7)
