@@ -39,3 +39,9 @@ napoleon_use_rtype = False
 autodoc_mock_imports: list[str] = []
 nitpicky = False
 suppress_warnings = ["myst.header", "autosummary.import_cycle"]
+
+# The troubleshooting page lists every message the library raises, from the code.
+sys.path.insert(0, os.path.dirname(__file__))
+from collect_messages import write_page  # noqa: E402
+
+write_page(__import__("pathlib").Path(__file__).with_name("messages_generated.md"))

@@ -224,8 +224,8 @@ class FunctionLogDensity(BaseLogDensity):
     ...     logp_batch_fn=lambda X: -0.5 * (X * X).sum(1),
     ...     grad_batch_fn=lambda X: -X,
     ... )
-    >>> d.logp_batch(np.zeros((4, 2))).tolist()
-    [0.0, 0.0, 0.0, 0.0]
+    >>> d.logp_batch(np.ones((4, 2))).tolist()
+    [-1.0, -1.0, -1.0, -1.0]
     """
 
     def __init__(
