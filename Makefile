@@ -29,9 +29,11 @@ cmdstan: $(CMDSTAN_STAMP)
 demo: setup
 	$(PY) -m pymc_ext.demo
 
-## The test suite CI runs (quick and slow tests).
+## What CI runs: every test (quick and slow; the examples in quick mode
+## among them), then the documentation build with warnings as errors.
 test: setup
 	$(PY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory docs
 
 ## The quick path only (slow tests deselected).
 test-quick: setup

@@ -35,10 +35,12 @@ autodoc_default_options = {"members": True, "undoc-members": False, "show-inheri
 napoleon_numpy_docstring = True
 napoleon_google_docstring = False
 napoleon_use_rtype = False
+napoleon_use_ivar = True
 # Heavy optional imports are mocked only for building the API pages.
 autodoc_mock_imports: list[str] = []
 nitpicky = False
-suppress_warnings = ["myst.header", "autosummary.import_cycle"]
+# "ref.python": numpy-style type specs such as "(n, dim)" are not cross-references.
+suppress_warnings = ["myst.header", "autosummary.import_cycle", "ref.python"]
 
 # The troubleshooting page lists every message the library raises, from the code.
 sys.path.insert(0, os.path.dirname(__file__))
