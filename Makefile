@@ -6,7 +6,9 @@ SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-CMDSTAN_STAMP := $(HOME)/.cmdstan/cmdstan-2.27.0/.build-ok
+CMDSTAN_HOME ?= $(HOME)/.cmdstan
+export CMDSTAN_HOME
+CMDSTAN_STAMP := $(CMDSTAN_HOME)/cmdstan-2.27.0/.build-ok
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test test-quick bench docs lint cmdstan clean
