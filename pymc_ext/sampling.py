@@ -1,0 +1,309 @@
+"""``pymc_ext.sample``: ``pm.sample`` with a warm start, for PyMC's NUTS or nutpie.
+
+``sample(..., warmstart="pathfinder")`` runs Pathfinder once, starts every
+chain from its own Pathfinder draw, and tunes for a short warmup instead of
+1000 iterations. With ``nuts_sampler="pymc"`` it uses
+:class:`~pymc_ext.warmstart_step.WarmStartNUTS` (start points *and* the
+Pathfinder mass matrix). With ``nuts_sampler="nutpie"`` it gives nutpie the
+start points only: nutpie 0.16's Python API (``nutpie.sample``) has no way to
+set the initial mass matrix (its settings expose only ``use_grad_based_estimate``
+and ``store_mass_matrix``), so nutpie adapts its own, from the warm start, in
+a shorter tune.
+
+Either way the result carries ``sample_stats.attrs["warmstart_grad_evals"]``
+and ``sample_stats.attrs["warmstart_pareto_k"]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from pymc_ext.warmstart_step import DEFAULT_WARMUP, lift_warmstart_attrs, run_warmstart
+
+__all__ = ["sample", "DEFAULT_NUTPIE_TUNE", "NUTS_KWARGS"]
+
+#: Tuning iterations for nutpie after a warm start when ``tune`` is not given
+#: (nutpie's own default is 400). Chosen from ``benchmarks/warmstart.py``.
+DEFAULT_NUTPIE_TUNE = 200
+
+#: Keywords of ``pm.sample`` that go to the NUTS step when a warm start is used.
+NUTS_KWARGS = (
+    "target_accept",
+    "max_treedepth",
+    "early_max_treedepth",
+    "step_scale",
+    "Emax",
+    "gamma",
+    "k",
+    "t0",
+    "adapt_step_size",
+)
+
+
+def sample(
+    draws: int = 1000,
+    *,
+    tune: int | None = None,
+    chains: int | None = None,
+    cores: int | None = None,
+    random_seed: int | np.random.Generator | None = None,
+    warmstart: str | Any | None = "pathfinder",
+    nuts_sampler: str = "pymc",
+    warmstart_kwargs: Mapping[str, Any] | None = None,
+    metric: str = "diag",
+    model: Any = None,
+    **kwargs: Any,
+) -> Any:
+    """Drop-in ``pm.sample`` with a Pathfinder (or flow) warm start.
+
+    Parameters
+    ----------
+    draws, tune, chains, cores, random_seed
+        As in ``pm.sample``. ``tune=None`` means a short warmup after the
+        warm start: :data:`~pymc_ext.warmstart_step.DEFAULT_WARMUP` for PyMC's
+        NUTS, :data:`DEFAULT_NUTPIE_TUNE` for nutpie (without a warm start,
+        ``pm.sample``'s own default).
+    warmstart : {"pathfinder", "flow", None} or a warm-start result
+        ``None`` is exactly ``pm.sample``. A finished result (for example a
+        :class:`~pymc_ext.pathfinder_core.PathfinderResult`) is reused.
+    nuts_sampler : {"pymc", "nutpie"}
+        Which NUTS runs after the warm start.
+    warmstart_kwargs : dict, optional
+        Passed to the warm start (for Pathfinder: ``num_paths``,
+        ``num_draws``, ``maxiter``, ...).
+    metric : {"diag", "dense", "lowrank"}
+        Mass-matrix structure for ``nuts_sampler="pymc"`` (see
+        :class:`~pymc_ext.warmstart_step.WarmStartNUTS`).
+    model : pm.Model, optional
+        The model in context by default.
+    **kwargs
+        Any other ``pm.sample`` keyword (``discard_tuned_samples``,
+        ``progressbar``, ``idata_kwargs``, ``target_accept``, ...).
+
+    Returns
+    -------
+    xarray.DataTree
+        As ``pm.sample``, with ``sample_stats.attrs["warmstart_grad_evals"]``
+        (int) and ``["warmstart_pareto_k"]`` (float) when a warm start ran.
+
+    Examples
+    --------
+    >>> import pymc as pm, pymc_ext
+    >>> with pm.Model() as model:
+    ...     mu = pm.Normal("mu", 0, 1)
+    ...     y = pm.Normal("y", mu, 1, observed=[0.3, -0.1, 0.4])
+    ...     idata = pymc_ext.sample(draws=200, chains=2, cores=1, random_seed=1,
+    ...                             progressbar=False, compute_convergence_checks=False)
+    >>> sorted(k for k in idata.sample_stats.attrs if k.startswith("warmstart"))
+    ['warmstart_grad_evals', 'warmstart_pareto_k']
+    """
+    import pymc as pm
+
+    if nuts_sampler not in ("pymc", "nutpie"):
+        raise ValueError(
+            f"nuts_sampler must be 'pymc' or 'nutpie'; got {nuts_sampler!r}. (numpyro and "
+            "blackjax work with warmstart=None through pm.sample.)"
+        )
+    if "step" in kwargs:
+        raise ValueError(
+            "pymc_ext.sample builds its own step; for a custom step call pm.sample(step=...) "
+            "directly (pymc_ext.WarmStartNUTS is a step method)."
+        )
+    model = pm.modelcontext(model)
+    if warmstart is None:
+        return pm.sample(
+            draws=draws,
+            tune=tune,
+            chains=chains,
+            cores=cores,
+            random_seed=random_seed,
+            nuts_sampler=nuts_sampler,
+            model=model,
+            **kwargs,
+        )
+    seed_ws, seed_sample = _split_seed(random_seed)
+    if nuts_sampler == "pymc":
+        nuts_kwargs = {k: kwargs.pop(k) for k in NUTS_KWARGS if k in kwargs}
+        nuts_kwargs.update(kwargs.pop("nuts", {}) or {})
+        from pymc_ext.warmstart_step import WarmStartNUTS
+
+        with model:
+            step = WarmStartNUTS(
+                init=warmstart,
+                metric=metric,
+                random_seed=seed_ws,
+                init_kwargs=warmstart_kwargs,
+                model=model,
+                progressbar=bool(kwargs.get("progressbar", True)),
+                **nuts_kwargs,
+            )
+            idata = pm.sample(
+                draws=draws,
+                tune=tune,
+                chains=chains,
+                cores=cores,
+                random_seed=seed_sample,
+                step=step,
+                nuts_sampler="pymc",
+                model=model,
+                **kwargs,
+            )
+        if hasattr(idata, "children"):
+            idata = lift_warmstart_attrs(idata)
+            _set_attrs(idata, step.warmstart_grad_evals, step.warmstart_pareto_k)
+        return idata
+    return _sample_nutpie(
+        model,
+        draws=draws,
+        tune=tune,
+        chains=chains,
+        cores=cores,
+        seed_ws=seed_ws,
+        seed_sample=seed_sample,
+        warmstart=warmstart,
+        warmstart_kwargs=warmstart_kwargs,
+        metric=metric,
+        **kwargs,
+    )
+
+
+def _split_seed(random_seed: Any) -> tuple[int | None, int | None]:
+    if random_seed is None:
+        return None, None
+    rng = np.random.default_rng(random_seed)
+    a, b = rng.integers(2**31 - 1, size=2)
+    return int(a), int(b)
+
+
+def _set_attrs(idata: Any, grad_evals: int, pareto_k: float) -> None:
+    for group in ("sample_stats", "warmup_sample_stats"):
+        if group in idata.children:
+            idata[group].attrs["warmstart_grad_evals"] = int(grad_evals)
+            idata[group].attrs["warmstart_pareto_k"] = float(pareto_k)
+
+
+def _sample_nutpie(
+    model: Any,
+    *,
+    draws: int,
+    tune: int | None,
+    chains: int | None,
+    cores: int | None,
+    seed_ws: int | None,
+    seed_sample: int | None,
+    warmstart: Any,
+    warmstart_kwargs: Mapping[str, Any] | None,
+    metric: str,
+    **kwargs: Any,
+) -> Any:
+    import nutpie
+    from pymc.backends.arviz import patch_nutpie_idata
+
+    from pymc_ext.pymc_model import log_density
+
+    if metric != "diag":
+        warnings.warn(
+            f"metric={metric!r} is ignored with nuts_sampler='nutpie': nutpie's API takes no "
+            "initial mass matrix. Use adaptation='low_rank' in nuts=... for nutpie's own "
+            "low-rank adaptation.",
+            UserWarning,
+            stacklevel=3,
+        )
+    progressbar = bool(kwargs.pop("progressbar", True))
+    discard_tuned_samples = bool(kwargs.pop("discard_tuned_samples", True))
+    nuts_kwargs = dict(kwargs.pop("nuts", {}) or {})
+    for key in ("target_accept", "max_treedepth"):
+        if key in kwargs:
+            nuts_kwargs[key] = kwargs.pop(key)
+    if "max_treedepth" in nuts_kwargs:
+        nuts_kwargs["maxdepth"] = nuts_kwargs.pop("max_treedepth")
+    compile_kwargs = dict(kwargs.pop("compile_kwargs", {}) or {})
+    var_names = kwargs.pop("var_names", None)
+    for ignored in ("compute_convergence_checks", "quiet", "idata_kwargs", "return_inferencedata"):
+        kwargs.pop(ignored, None)
+    if kwargs:
+        raise TypeError(
+            f"pymc_ext.sample(nuts_sampler='nutpie') does not support {sorted(kwargs)}; "
+            "use nuts_sampler='pymc' or pm.sample(nuts_sampler='nutpie') without a warm start."
+        )
+    chains = 4 if chains is None else int(chains)
+    tune = DEFAULT_NUTPIE_TUNE if tune is None else int(tune)
+    if tune < 1:
+        tune = 1  # nuts-rs needs at least one tuning step
+
+    density = log_density(model)
+    t0 = time.perf_counter()
+    ws = run_warmstart(density, warmstart, random_seed=seed_ws, **dict(warmstart_kwargs or {}))
+    t_ws = time.perf_counter() - t0
+
+    compile_kwargs.setdefault("backend", "numba")
+    compiled = nutpie.compile_pymc_model(model, var_names=var_names, **compile_kwargs)
+    init_fn = _nutpie_initial_point_fn(model, density, ws, seed_ws)
+    compiled = dataclasses.replace(compiled, initial_point_func=init_fn)
+
+    t1 = time.perf_counter()
+    idata = nutpie.sample(
+        compiled,
+        draws=draws,
+        tune=tune,
+        chains=chains,
+        cores=cores,
+        seed=seed_sample,
+        save_warmup=not discard_tuned_samples,
+        progress_bar=progressbar,
+        **nuts_kwargs,
+    )
+    patch_nutpie_idata(idata, model, sampling_time=time.perf_counter() - t1)
+    _set_attrs(idata, int(ws.grad_evals), float(ws.pareto_k))
+    idata.sample_stats.attrs["warmstart_seconds"] = float(t_ws)
+    idata.sample_stats.attrs["warmstart_mass_matrix"] = "not passed (nutpie API has no hook)"
+    return idata
+
+
+class _PathfinderInitialPoints:
+    """Gives nutpie's chains distinct warm-start draws, in nutpie's flat ordering.
+
+    nutpie calls ``initial_point_func(seed)`` once per chain (and again if a
+    start is not finite), with a different seed per chain; the seed picks a
+    draw, and a draw already handed out is skipped, so chains start apart.
+    """
+
+    def __init__(self, points: np.ndarray) -> None:
+        self.points = points
+        self.used: set[int] = set()
+        self.lock = threading.Lock()
+
+    def __call__(self, seed: Any = None) -> np.ndarray:
+        n = self.points.shape[0]
+        rng = np.random.default_rng(None if seed is None else abs(hash(seed)) % (2**63))
+        i = int(rng.integers(n))
+        with self.lock:
+            for j in range(n):
+                k = (i + j) % n
+                if k not in self.used:
+                    self.used.add(k)
+                    i = k
+                    break
+        return np.ascontiguousarray(self.points[i], dtype="float64")
+
+
+def _nutpie_initial_point_fn(model: Any, density: Any, ws: Any, seed: int | None) -> Any:
+    value_names = [model.rvs_to_values[rv].name for rv in model.free_RVs]
+    perm = np.concatenate(
+        [np.arange(density.slices[n].start, density.slices[n].stop) for n in value_names]
+    )
+    draws = np.asarray(ws.draws, dtype=float)[:, perm]
+    draws = np.unique(draws[np.all(np.isfinite(draws), axis=1)], axis=0)
+    draws = draws[np.random.default_rng(seed).permutation(draws.shape[0])]
+    return _PathfinderInitialPoints(draws)
+
+
+# For tests and the benchmark: the default tune each sampler gets after a warm start.
+DEFAULT_TUNE = {"pymc": DEFAULT_WARMUP, "nutpie": DEFAULT_NUTPIE_TUNE}

@@ -1,0 +1,51 @@
+"""stan_bridge: Stan programs as log densities, and a cmdstanpy drop-in with warm starts.
+
+- :class:`StanModel`: a Stan program and its data as a
+  :class:`pymc_ext.density.LogDensity` (our C++ shim around
+  ``stan::model::model_base``, compiled once and cached, called with ctypes).
+- :class:`CmdStanModel`: a drop-in subclass of ``cmdstanpy.CmdStanModel``
+  whose ``sample(..., warmstart="pathfinder")`` starts CmdStan's NUTS from
+  our Pathfinder.
+- :func:`pathfinder`: multi-path Pathfinder on a :class:`StanModel`, as ArviZ
+  data.
+
+Names are imported lazily, so ``import stan_bridge`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "StanModel": "stan_bridge.model",
+    "StanModelError": "stan_bridge.model",
+    "StanRejectError": "stan_bridge.library",
+    "StanCompileError": "stan_bridge.builder",
+    "StanBuildError": "stan_bridge.builder",
+    "StanDataError": "stan_bridge.data",
+    "PriorPredictiveError": "stan_bridge.prior",
+    "Toolchain": "stan_bridge.toolchain",
+    "ToolchainNotFoundError": "stan_bridge.toolchain",
+    "find_toolchain": "stan_bridge.toolchain",
+    "CmdStanModel": "stan_bridge.cmdstan",
+    "WarmStartInfo": "stan_bridge.cmdstan",
+    "pathfinder": "stan_bridge.cmdstan",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'stan_bridge' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,669 @@
+"""A Stan program with data, as a :class:`~pymc_ext.density.LogDensity`.
+
+:class:`StanModel` compiles the program once (stanc, then our C++ shim around
+``stan::model::model_base``, into a cached shared library) and calls it
+through ctypes: log density and gradient (with or without the Jacobian,
+with or without constants), batched versions, constrain / unconstrain,
+parameter names and shapes, generated quantities from a seeded RNG, and a
+prior-predictive simulator for programs that follow the convention in
+:mod:`stan_bridge.prior`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pymc_ext.density import BaseLogDensity
+from stan_bridge.builder import ModelBuild, build_model
+from stan_bridge.data import StanDataError, check_data, load_data, pack_data
+from stan_bridge.library import ModelHandle, ShimLibrary, StanRejectError
+from stan_bridge.toolchain import Toolchain, find_toolchain
+
+__all__ = ["StanModel", "StanModelError", "StanRejectError"]
+
+
+class StanModelError(ValueError):
+    """The program cannot be used as a log density (for example: no parameters)."""
+
+
+def _reshape_rows(block: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """(n, prod(shape)) column-major rows -> (n, *shape)."""
+    n = block.shape[0]
+    if not shape:
+        return block.reshape(n)
+    arr = block.reshape((n, *shape[::-1]))
+    return arr.transpose((0, *range(len(shape), 0, -1)))
+
+
+def _check_has_parameters(info: dict) -> None:
+    if not info.get("parameters"):
+        raise StanModelError(
+            "The Stan program has no parameters block (or it is empty), so there is no "
+            "density to work with. Add parameters, or run it with CmdStan's "
+            "fixed_param sampler (cmdstanpy: model.sample(fixed_param=True))."
+        )
+
+
+def _looks_like_code(text: str) -> bool:
+    return "\n" in text or "{" in text
+
+
+class StanModel(BaseLogDensity):
+    """A Stan program and its data, as a log density on the unconstrained space.
+
+    Parameters
+    ----------
+    stan_file_or_code : str or path
+        A ``.stan`` file, or the program's code as a string.
+    data : dict or path, optional
+        The data, as cmdstanpy takes them: a dict ``name -> value`` or the
+        path of a JSON file.
+    seed : int
+        Seed of the RNG used by ``transformed data`` (as CmdStan's seed).
+    propto : bool
+        Drop constant terms of ``~`` statements (as Stan's samplers do).
+        Default True. With False the density is fully normalised where
+        Stan's distributions allow it.
+    jacobian : bool
+        Include the log Jacobian of the constraining transforms. Default
+        True (the density of the unconstrained parameters, which is what
+        MCMC and Pathfinder need).
+    toolchain : str, path or Toolchain, optional
+        See :func:`stan_bridge.toolchain.find_toolchain`.
+    cache_dir : path, optional
+        Where builds are cached (default ``$STAN_BRIDGE_CACHE`` or
+        ``~/.cache/stan_bridge``).
+    model_name : str, optional
+        Name of the model (default: the file's stem, or ``"model"``).
+    stanc_options : sequence of str, optional
+        Extra stanc flags, for example ``["--O"]``.
+    cxxflags : sequence of str, optional
+        Extra C++ compiler flags, for example ``["-march=native"]``.
+    include_paths : sequence of path, optional
+        Where ``#include`` files are searched (default: the file's folder).
+    progressbar : bool
+        Show the build steps when the program has to be compiled.
+
+    Attributes
+    ----------
+    dim : int
+        Number of unconstrained parameters.
+    names : list of str
+        Parameters, then transformed parameters, in declaration order (what
+        :meth:`constrain` returns).
+    shapes : dict
+        ``name -> shape`` (parameters, transformed parameters and generated
+        quantities).
+    data : dict
+        The data as numpy arrays.
+    info : dict
+        What ``stanc --info`` says about the program.
+    build : ModelBuild
+        Where the compiled library is.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from stan_bridge import StanModel
+    >>> code = '''
+    ... data { int N; vector[N] y; }
+    ... parameters { real mu; real<lower=0> sigma; }
+    ... model { y ~ normal(mu, sigma); }
+    ... '''
+    >>> sm = StanModel(code, {"N": 3, "y": [0.1, -0.3, 0.2]})  # doctest: +SKIP
+    >>> sm.dim, sm.names  # doctest: +SKIP
+    (2, ['mu', 'sigma'])
+    >>> lp, grad = sm.logp_and_grad(np.zeros(2))  # doctest: +SKIP
+    >>> sm.constrain(np.zeros(2))["sigma"]  # doctest: +SKIP
+    array(1.)
+    """
+
+    def __init__(
+        self,
+        stan_file_or_code: str | os.PathLike,
+        data: Mapping[str, Any] | str | os.PathLike | None = None,
+        *,
+        seed: int = 0,
+        propto: bool = True,
+        jacobian: bool = True,
+        toolchain: str | os.PathLike | Toolchain | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        model_name: str | None = None,
+        stanc_options: Sequence[str] = (),
+        cxxflags: Sequence[str] = (),
+        include_paths: Sequence[str | os.PathLike] | None = None,
+        progressbar: bool = True,
+    ) -> None:
+        stan_file: Path | None = None
+        if isinstance(stan_file_or_code, os.PathLike) or not _looks_like_code(
+            str(stan_file_or_code)
+        ):
+            stan_file = Path(stan_file_or_code)
+            if not stan_file.is_file():
+                raise FileNotFoundError(
+                    f"Stan file {stan_file} does not exist. Pass the path of a .stan file "
+                    "or the program's code as a string."
+                )
+            code = stan_file.read_text()
+        else:
+            code = str(stan_file_or_code)
+        if model_name is None:
+            model_name = stan_file.stem if stan_file is not None else "model"
+        if include_paths is None:
+            include_paths = [stan_file.parent] if stan_file is not None else []
+        self.stan_file = stan_file
+        self.code = code
+        self.toolchain = find_toolchain(toolchain)
+        display = stan_file.name if stan_file is not None else f"{model_name}.stan"
+
+        raw_data = load_data(data)  # before any compiling: bad input fails fast
+
+        def validate(info: dict) -> None:
+            _check_has_parameters(info)
+            check_data(raw_data, info.get("inputs", {}))
+
+        self.build: ModelBuild = build_model(
+            code,
+            self.toolchain,
+            model_name=model_name,
+            display_name=display,
+            include_paths=include_paths,
+            stanc_options=tuple(stanc_options),
+            cxxflags=tuple(cxxflags),
+            cache=cache_dir,
+            progressbar=progressbar,
+            validate=validate,
+        )
+        self._build_options = dict(
+            seed=seed, propto=propto, jacobian=jacobian, toolchain=self.toolchain
+        )
+        self._init_from_build(raw_data, seed=seed, propto=propto, jacobian=jacobian)
+
+    # -- construction --------------------------------------------------------
+    def _init_from_build(self, raw_data: dict, *, seed: int, propto: bool, jacobian: bool):
+        self.info = self.build.info
+        _check_has_parameters(self.info)
+        inputs = self.info.get("inputs", {})
+        arrays = check_data(raw_data, inputs)
+        self.data = arrays
+        self.seed = int(seed)
+        self.propto = bool(propto)
+        self.jacobian = bool(jacobian)
+        self._lib = ShimLibrary.load(self.build.library)
+        real_part, int_part = pack_data(arrays, inputs)
+        try:
+            self._handle = ModelHandle(self._lib, real_part, int_part, seed=self.seed)
+        except StanRejectError as err:
+            raise StanDataError(
+                f"Stan rejected the data: {err}\nCheck the sizes and constraints that the "
+                "program's data block declares against the data given."
+            ) from None
+        info = self._handle.info
+        if info["dim"] == 0:
+            raise StanModelError(
+                "The Stan program has no unconstrained parameters with these data (every "
+                "parameter has size zero): there is no density to work with."
+            )
+        all_names = list(info["names"])
+        all_shapes = {
+            n: tuple(int(d) for d in dims)
+            for n, dims in zip(all_names, info["dims"], strict=True)
+        }
+        params = [n for n in all_names if n in self.info.get("parameters", {})]
+        tparams = [n for n in all_names if n in self.info.get("transformed parameters", {})]
+        gqs = [n for n in all_names if n in self.info.get("generated quantities", {})]
+        self.param_names_list = params
+        self.tparam_names_list = tparams
+        self.gq_names_list = gqs
+        super().__init__(
+            int(info["dim"]),
+            names=params + tparams,
+            shapes=all_shapes,
+            dims={},
+            coords={},
+        )
+        self._offsets: dict[str, tuple[int, int]] = {}
+        pos = 0
+        for n in params + tparams + gqs:
+            size = int(np.prod(all_shapes[n], dtype=np.int64))
+            self._offsets[n] = (pos, pos + size)
+            pos += size
+        self._width = {
+            (False, False): int(info["n_params"]),
+            (True, False): int(info["n_params_tp"]),
+            (True, True): int(info["n_params_all"]),
+            (False, True): int(info["n_params_all"]),
+        }
+        self.model_name = info["model_name"]
+
+    def with_data(self, data: Mapping[str, Any] | str | os.PathLike | None, **kwargs) -> StanModel:
+        """The same program with other data (no compiling: the library is shared).
+
+        Parameters
+        ----------
+        data : dict or path
+            The new data.
+        **kwargs
+            ``seed``, ``propto``, ``jacobian`` to change.
+
+        Returns
+        -------
+        StanModel
+
+        Examples
+        --------
+        >>> sm2 = sm.with_data({"N": 2, "y": [1.0, 2.0]})  # doctest: +SKIP
+        """
+        new = object.__new__(type(self))
+        new.stan_file = self.stan_file
+        new.code = self.code
+        new.toolchain = self.toolchain
+        new.build = self.build
+        opts = {k: v for k, v in self._build_options.items() if k != "toolchain"}
+        opts.update(kwargs)
+        new._build_options = {**opts, "toolchain": self.toolchain}
+        new._init_from_build(load_data(data), **opts)
+        return new
+
+    # -- LogDensity ----------------------------------------------------------
+    def _as_point(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float64)
+        if x.shape != (self.dim,):
+            raise ValueError(f"Expected a point of shape ({self.dim},); got {x.shape}.")
+        return x
+
+    def _as_batch(self, X: np.ndarray) -> np.ndarray:
+        X = np.ascontiguousarray(np.atleast_2d(X), dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != self.dim:
+            raise ValueError(f"Expected points of shape (n, {self.dim}); got {X.shape}.")
+        return X
+
+    def _raise(self, msg: str) -> None:
+        raise RuntimeError(f"Error in Stan model {self.model_name}: {msg}")
+
+    def _logp(self, x: np.ndarray) -> float:
+        return self.log_density(x, counted=False)
+
+    def _logp_and_grad(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        return self.log_density_gradient(x, counted=False)
+
+    def _logp_batch(self, X: np.ndarray) -> np.ndarray:
+        X = self._as_batch(X)
+        status, lp, _, msg = self._handle.log_density_batch(X, self.propto, self.jacobian)
+        if status:
+            self._raise(msg)
+        return lp
+
+    def _logp_and_grad_batch(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        X = self._as_batch(X)
+        status, lp, grad, _, msg = self._handle.log_density_gradient_batch(
+            X, self.propto, self.jacobian
+        )
+        if status:
+            self._raise(msg)
+        return lp, grad
+
+    def log_density(
+        self,
+        x: np.ndarray,
+        *,
+        propto: bool | None = None,
+        jacobian: bool | None = None,
+        counted: bool = True,
+    ) -> float:
+        """Log density at one unconstrained point.
+
+        Parameters
+        ----------
+        x : ndarray
+            Shape ``(dim,)``.
+        propto, jacobian : bool, optional
+            Override the model's defaults for this call.
+        counted : bool
+            Count the call in ``logp_evals``.
+
+        Returns
+        -------
+        float
+            ``-inf`` where the model rejects the point (a ``reject``
+            statement or an argument outside a distribution's support).
+
+        Examples
+        --------
+        >>> sm.log_density(np.zeros(sm.dim), jacobian=False)  # doctest: +SKIP
+        -1.23...
+        """
+        x = self._as_point(x)
+        if counted:
+            self.logp_evals += 1
+        status, lp, msg = self._handle.log_density(
+            x,
+            self.propto if propto is None else propto,
+            self.jacobian if jacobian is None else jacobian,
+        )
+        if status == 1:
+            self.last_reject = msg
+            return -np.inf
+        if status:
+            self._raise(msg)
+        return lp
+
+    def log_density_gradient(
+        self,
+        x: np.ndarray,
+        *,
+        propto: bool | None = None,
+        jacobian: bool | None = None,
+        counted: bool = True,
+    ) -> tuple[float, np.ndarray]:
+        """Log density and its gradient at one unconstrained point.
+
+        Parameters
+        ----------
+        x : ndarray
+            Shape ``(dim,)``.
+        propto, jacobian : bool, optional
+            Override the model's defaults for this call.
+        counted : bool
+            Count the call in ``grad_evals``.
+
+        Returns
+        -------
+        (float, ndarray)
+            Where the model rejects the point: ``-inf`` and a NaN gradient.
+
+        Examples
+        --------
+        >>> lp, g = sm.log_density_gradient(np.zeros(sm.dim))  # doctest: +SKIP
+        """
+        x = self._as_point(x)
+        if counted:
+            self.grad_evals += 1
+        status, buf, msg = self._handle.log_density_gradient(
+            x,
+            self.propto if propto is None else propto,
+            self.jacobian if jacobian is None else jacobian,
+        )
+        if status == 1:
+            self.last_reject = msg
+            return -np.inf, np.full(self.dim, np.nan)
+        if status:
+            self._raise(msg)
+        return float(buf[0]), buf[1:]
+
+    # -- constrain / unconstrain ---------------------------------------------
+    def param_constrain(
+        self,
+        X: np.ndarray,
+        *,
+        include_tp: bool = True,
+        include_gq: bool = False,
+        seed: int | None = None,
+        chain: int = 1,
+    ) -> np.ndarray:
+        """Constrained values, flat, in Stan's order (as CmdStan's CSV columns).
+
+        Parameters
+        ----------
+        X : ndarray
+            ``(dim,)`` or ``(n, dim)`` unconstrained points.
+        include_tp, include_gq : bool
+            Also return transformed parameters / generated quantities.
+        seed, chain : int
+            Seed the RNG of the generated quantities (the RNG runs on across
+            the rows, so a batch is reproducible from ``seed``).
+
+        Returns
+        -------
+        ndarray
+            ``(width,)`` or ``(n, width)``.
+
+        Examples
+        --------
+        >>> sm.param_constrain(np.zeros(sm.dim)).shape  # doctest: +SKIP
+        (2,)
+        """
+        X = np.asarray(X, dtype=np.float64)
+        single = X.ndim == 1
+        X = self._as_batch(X)
+        if seed is None:
+            seed = int(np.random.default_rng().integers(2**31))
+        width = self._width[(bool(include_tp), bool(include_gq))]
+        status, out, msg = self._handle.param_constrain(
+            X, width, bool(include_tp) or bool(include_gq), bool(include_gq), seed, chain
+        )
+        if status:
+            self._raise(msg)
+        return out[0] if single else out
+
+    def _split(self, flat: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+        out = {}
+        for n in names:
+            a, b = self._offsets[n]
+            out[n] = _reshape_rows(flat[:, a:b], self.shapes[n])
+        return out
+
+    def constrain_batch(self, X: np.ndarray) -> dict[str, np.ndarray]:
+        """Parameters and transformed parameters of each row: ``name -> (n, *shape)``.
+
+        Examples
+        --------
+        >>> sm.constrain_batch(np.zeros((5, sm.dim)))["mu"].shape  # doctest: +SKIP
+        (5,)
+        """
+        X = self._as_batch(X)
+        flat = self.param_constrain(X, include_tp=True, include_gq=False, seed=0)
+        return self._split(flat, self.names)
+
+    def constrain(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Parameters and transformed parameters at one point, in the program's shapes.
+
+        Examples
+        --------
+        >>> sm.constrain(np.zeros(sm.dim))  # doctest: +SKIP
+        {'mu': array(0.), 'sigma': array(1.)}
+        """
+        out = self.constrain_batch(self._as_point(x)[None])
+        return {k: v[0] for k, v in out.items()}
+
+    def generated_quantities(
+        self, X: np.ndarray, seed: int | None = None, chain: int = 1
+    ) -> dict[str, np.ndarray]:
+        """Generated quantities at each row of ``X``, from a seeded RNG.
+
+        Parameters
+        ----------
+        X : ndarray
+            ``(n, dim)`` unconstrained points.
+        seed : int, optional
+            RNG seed; the same seed gives the same draws.
+        chain : int
+            RNG stream (as CmdStan's chain id).
+
+        Returns
+        -------
+        dict
+            ``name -> (n, *shape)``; integer quantities come back as int64.
+
+        Examples
+        --------
+        >>> gq = sm.generated_quantities(np.zeros((10, sm.dim)), seed=1)  # doctest: +SKIP
+        """
+        X = self._as_batch(X)
+        flat = self.param_constrain(X, include_tp=True, include_gq=True, seed=seed, chain=chain)
+        out = self._split(flat, self.gq_names_list)
+        gq_info = self.info.get("generated quantities", {})
+        for n, arr in out.items():
+            if gq_info.get(n, {}).get("type") == "int" and np.all(np.isfinite(arr)):
+                out[n] = arr.astype(np.int64)
+        return out
+
+    def unconstrain(self, point: Mapping[str, Any]) -> np.ndarray:
+        """Unconstrained vector for parameter values given in the program's shapes.
+
+        Parameters
+        ----------
+        point : dict
+            ``name -> value`` for every parameter (other keys are ignored).
+
+        Returns
+        -------
+        ndarray
+            Shape ``(dim,)``.
+
+        Examples
+        --------
+        >>> sm.unconstrain({"mu": 0.5, "sigma": 2.0})  # doctest: +SKIP
+        array([0.5       , 0.69314718])
+        """
+        missing = [n for n in self.param_names_list if n not in point]
+        if missing:
+            raise KeyError(
+                f"unconstrain needs a value for every parameter; missing {missing}."
+            )
+        values, ndims, dims = [], [], []
+        for n in self.param_names_list:
+            shape = self.shapes[n]
+            arr = np.asarray(point[n], dtype=np.float64)
+            if arr.shape != shape:
+                raise ValueError(f"Parameter {n!r} must have shape {shape}; got {arr.shape}.")
+            values.append(arr.ravel(order="F"))
+            ndims.append(len(shape))
+            dims.extend(shape)
+        status, out, msg = self._handle.param_unconstrain(
+            list(self.param_names_list),
+            np.ascontiguousarray(np.concatenate(values) if values else np.zeros(0)),
+            np.asarray(ndims, dtype=np.int32),
+            np.asarray(dims, dtype=np.int64),
+        )
+        if status:
+            raise ValueError(f"Cannot unconstrain {dict(point)!r}: {msg}")
+        return out
+
+    def param_unconstrain(self, flat: np.ndarray) -> np.ndarray:
+        """Unconstrain parameters given flat in Stan's order (as :meth:`param_constrain`).
+
+        Examples
+        --------
+        >>> x = np.zeros(sm.dim)  # doctest: +SKIP
+        >>> np.allclose(sm.param_unconstrain(sm.param_constrain(x, include_tp=False)), x)  # doctest: +SKIP
+        True
+        """
+        flat = np.asarray(flat, dtype=np.float64)
+        n_par = self._width[(False, False)]
+        if flat.shape != (n_par,):
+            raise ValueError(f"Expected {n_par} constrained parameter values; got {flat.shape}.")
+        point = self._split(flat[None], self.param_names_list)
+        return self.unconstrain({k: v[0] for k, v in point.items()})
+
+    # -- names ---------------------------------------------------------------
+    def flat_names(self, include_tp: bool = True, include_gq: bool = False) -> list[str]:
+        """Scalar names in Stan's order, CmdStan style: ``theta[1]``, ``L[2,1]``.
+
+        Examples
+        --------
+        >>> sm.flat_names()  # doctest: +SKIP
+        ['mu', 'sigma']
+        """
+        names = list(self.param_names_list)
+        if include_tp or include_gq:
+            names += self.tparam_names_list
+        if include_gq:
+            names += self.gq_names_list
+        out = []
+        for n in names:
+            shape = self.shapes[n]
+            if not shape:
+                out.append(n)
+                continue
+            idx = np.indices(shape).reshape(len(shape), -1, order="F").T + 1
+            out.extend(f"{n}[{','.join(str(i) for i in row)}]" for row in idx)
+        return out
+
+    @property
+    def unconstrained_names(self) -> list[str]:
+        """Stan's names of the unconstrained coordinates (``tau``, ``theta.1``, ...)."""
+        return list(self._handle.info["unconstrained_names"])
+
+    # -- helpers -------------------------------------------------------------
+    def initial_point(self, random_seed: int | None = None, radius: float = 2.0) -> np.ndarray:
+        """A random initial point as Stan draws one: uniform on ``(-radius, radius)``.
+
+        Tries up to 100 draws for one with a finite log density and gradient.
+
+        Examples
+        --------
+        >>> sm.initial_point(1).shape  # doctest: +SKIP
+        (2,)
+        """
+        rng = np.random.default_rng(random_seed)
+        for _ in range(100):
+            x = rng.uniform(-radius, radius, size=self.dim)
+            lp, grad = self.log_density_gradient(x, counted=False)
+            if np.isfinite(lp) and np.all(np.isfinite(grad)):
+                return x
+        raise StanModelError(
+            f"No finite log density at 100 random initial points in (-{radius}, {radius}). "
+            "Check the model, or give initial values."
+        )
+
+    def prior_predictive(
+        self,
+        n: int,
+        random_seed: int | None = None,
+        observed: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Draw ``n`` (parameters, simulated data) pairs from the prior predictive.
+
+        The program must follow the convention in :mod:`stan_bridge.prior`:
+        an ``int prior_only`` data flag that switches the likelihood off and
+        a generated quantity ``<obs>_rep`` drawn with ``_rng`` functions for
+        each simulated observation ``<obs>``.
+
+        Parameters
+        ----------
+        n : int
+            Number of draws.
+        random_seed : int, optional
+            Seed; the same seed gives the same draws.
+        observed : sequence of str, optional
+            Which data variables are simulated (default: every data variable
+            ``y`` with a generated quantity ``y_rep``).
+        **kwargs
+            Passed to :func:`stan_bridge.prior.prior_predictive` (``flag``,
+            ``suffix``, ``chains``, ``thin``, ``warmup``, ``progressbar``).
+
+        Returns
+        -------
+        params : ndarray
+            ``(n, dim)`` unconstrained prior draws.
+        simulated : dict
+            ``obs_name -> (n, *shape)``.
+
+        Raises
+        ------
+        stan_bridge.prior.PriorPredictiveError
+            When the program does not follow the convention.
+
+        Examples
+        --------
+        >>> params, sims = sm.prior_predictive(100, random_seed=1)  # doctest: +SKIP
+        """
+        from stan_bridge.prior import prior_predictive
+
+        seed = kwargs.pop("seed", None)
+        if random_seed is None:
+            random_seed = seed
+        return prior_predictive(self, n, random_seed=random_seed, observed=observed, **kwargs)
+
+    def __repr__(self) -> str:
+        src = self.stan_file.name if self.stan_file is not None else "<code>"
+        return f"StanModel({src}, dim={self.dim}, names={self.names})"
+
+

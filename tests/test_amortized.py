@@ -1,0 +1,347 @@
+"""Amortized fitting: summary nets, layout, PSIS, SBC, Amortizer, save/load, AmortizedMH.
+
+Real PyMC models, real torch and zuko, real Stan; the networks are small and the
+simulation budgets low so that the quick tests run in seconds. Accuracy tests
+(exact conjugate posterior, AmortizedMH against NUTS) are marked slow.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pymc as pm
+import pytest
+import torch
+
+from pymc_ext.amortized import (
+    Amortizer,
+    AmortizerMismatchError,
+    AmortizerNotFittedError,
+)
+from pymc_ext.amortized_diagnostics import AmortizedDataWarning, psis_log_weights
+from pymc_ext.amortized_layout import DataLayout, DataShapeError
+from pymc_ext.calibration import simulation_based_calibration
+from pymc_ext.summary_nets import ConvSummary, DeepSetSummary, GRUSummary, MLPSummary
+
+torch.set_num_threads(1)
+
+
+# -- models ---------------------------------------------------------------------------------
+def normal_model(n_obs: int = 6) -> pm.Model:
+    """mu ~ N(0, 1), sigma ~ HalfNormal(1), y ~ N(mu, sigma): non-conjugate, 2 parameters."""
+    with pm.Model(coords={"obs": np.arange(n_obs)}) as model:
+        mu = pm.Normal("mu", 0.0, 1.0)
+        sigma = pm.HalfNormal("sigma", 1.0)
+        pm.Normal("y", mu, sigma, observed=np.zeros(n_obs), dims="obs")
+    return model
+
+
+def regression_model() -> pm.Model:
+    """y_i ~ N(alpha + beta x_i, sigma) with x a pm.Data covariate; N follows x."""
+    x0 = np.linspace(-1, 1, 30)
+    with pm.Model() as model:
+        x = pm.Data("x", x0)
+        alpha = pm.Normal("alpha", 0.0, 1.0)
+        beta = pm.Normal("beta", 0.0, 1.0)
+        sigma = pm.HalfNormal("sigma", 1.0)
+        pm.Normal("y", alpha + beta * x, sigma, observed=np.zeros(30), shape=x.shape)
+    return model
+
+
+def random_covariates(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    return {"x": rng.normal(size=int(rng.integers(20, 61)))}
+
+
+@pytest.fixture(scope="module")
+def small_amortizer():
+    """A quickly trained amortizer of ``normal_model`` (rough, but enough for API tests)."""
+    model = normal_model()
+    amortizer = Amortizer(model, flow_kwargs={"transforms": 2, "hidden_features": (32, 32)})
+    amortizer.fit(800, epochs=4, batch_size=128, random_seed=0, progressbar=False)
+    return model, amortizer
+
+
+# -- summary networks --------------------------------------------------------------------------
+def test_deepset_is_permutation_invariant_and_ignores_padding():
+    torch.manual_seed(0)
+    net = DeepSetSummary(feature_dim=2, output_dim=5)
+    x = torch.randn(3, 12, 2)
+    mask = torch.ones(3, 12, dtype=torch.bool)
+    mask[0, 7:] = False
+    out = net(x, mask)
+    perm = torch.randperm(12)
+    assert torch.allclose(net(x[1:, perm], mask[1:, perm]), out[1:], atol=1e-5)
+    # padded rows do not matter, and a dataset equals its unpadded self
+    x2 = x.clone()
+    x2[0, 7:] = 100.0
+    assert torch.allclose(net(x2, mask)[0], out[0], atol=1e-5)
+    assert torch.allclose(net(x[:1, :7], None)[0], out[0], atol=1e-5)
+    # N enters: the same rows repeated twice give a different summary
+    doubled = torch.cat([x[:1, :7], x[:1, :7]], dim=1)
+    assert not torch.allclose(net(doubled, None)[0], out[0], atol=1e-3)
+
+
+@pytest.mark.parametrize("cls", [GRUSummary, ConvSummary])
+def test_series_summaries_respect_the_mask(cls):
+    torch.manual_seed(0)
+    net = cls(1, output_dim=4)
+    x = torch.randn(2, 20, 1)
+    mask = torch.ones(2, 20, dtype=torch.bool)
+    mask[1, 15:] = False
+    out = net(x, mask)
+    assert out.shape == (2, 4)
+    assert torch.allclose(net(x[1:, :15], None)[0], out[1], atol=1e-5)
+
+
+def test_layout_checks_names_and_shapes():
+    layout = DataLayout("vector", ["y"], {"y": (3,)})
+    with pytest.raises(DataShapeError, match="missing"):
+        layout.check({"z": np.zeros(3)})
+    with pytest.raises(DataShapeError, match="shape"):
+        layout.check({"y": np.zeros(4)})
+    with pytest.raises(DataShapeError, match="NaN"):
+        layout.check({"y": np.array([0.0, np.nan, 1.0])})
+    rows = DataLayout("set", ["y", "x"], {"y": (), "x": ()})
+    with pytest.raises(DataShapeError, match="same number of rows"):
+        rows.check({"y": np.zeros(4), "x": np.zeros(5)})
+
+
+# -- PSIS and SBC --------------------------------------------------------------------------------
+def test_psis_weights_recover_a_shifted_normal():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(3, 4000))  # q = N(0, 1), three "datasets"
+    shifts = np.array([0.0, 0.3, 0.6])
+    log_p = -0.5 * (x - shifts[:, None]) ** 2
+    log_w, k = psis_log_weights(log_p + 0.5 * x**2)
+    means = (np.exp(log_w) * x).sum(axis=1)
+    np.testing.assert_allclose(means, shifts, atol=0.06)
+    assert np.all(k < 0.5)
+    np.testing.assert_allclose(np.exp(log_w).sum(axis=1), 1.0)
+    # a proposal far narrower than the target has heavy-tailed weights
+    narrow = 0.3 * x[0]
+    _, k_bad = psis_log_weights(-0.5 * narrow**2 + 0.5 * (narrow / 0.3) ** 2)
+    assert k_bad > 0.7
+
+
+def test_sbc_passes_when_calibrated_and_fails_when_not():
+    rng = np.random.default_rng(2)
+    n, draws = 300, 99
+    mu = rng.normal(size=n)
+    y = mu + rng.normal(size=n)  # posterior N(y/2, 1/2)
+    exact = y[:, None] / 2 + np.sqrt(0.5) * rng.normal(size=(n, draws))
+    good = simulation_based_calibration(mu[:, None], exact[..., None], random_seed=0)
+    assert good.passed and good.ranks.shape == (n, 1)
+    assert 0.4 < good.summary()[0]["mean_contraction"] < 0.6
+    assert abs(good.summary()[0]["sd_z"] - 1.0) < 0.15
+    biased = simulation_based_calibration(mu[:, None], exact[..., None] + 0.5, random_seed=0)
+    assert not biased.passed and biased.failed_parameters == ["theta[0]"]
+    narrow = y[:, None] / 2 + 0.3 * rng.normal(size=(n, draws))
+    assert not simulation_based_calibration(mu[:, None], narrow[..., None]).passed
+
+
+def test_sbc_plot(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    rng = np.random.default_rng(3)
+    res = simulation_based_calibration(rng.normal(size=(60, 3)), rng.normal(size=(60, 20, 3)))
+    path = tmp_path / "sbc.png"
+    fig = res.plot(path=str(path))
+    assert len([ax for ax in fig.axes if ax.get_visible()]) == 3
+    assert path.stat().st_size > 1000
+
+
+# -- the Amortizer on a PyMC model --------------------------------------------------------------
+def test_sample_returns_model_names_dims_and_diagnostics(small_amortizer):
+    model, amortizer = small_amortizer
+    data = {"y": np.array([0.3, -0.2, 0.8, 0.1, 0.5, 0.4])}
+    idata = amortizer.sample(data, draws=300, random_seed=1)
+    post = idata.posterior
+    assert set(post.data_vars) == {"mu", "sigma"}
+    assert post["sigma"].shape == (1, 300) and float(post["sigma"].min()) > 0
+    assert np.isfinite(post.attrs["pareto_k"])
+    stats = idata.sample_stats
+    assert {"log_q", "log_p", "log_weight"} <= set(stats.data_vars)
+    # log_p is the model's own joint density at these data
+    expected = amortizer.target.joint_logp(
+        np.column_stack([post["mu"].values[0, :5], np.log(post["sigma"].values[0, :5])]), data
+    )
+    np.testing.assert_allclose(stats["log_p"].values[0, :5], expected)
+    np.testing.assert_allclose(idata.observed_data["y"].values, data["y"])
+    # the same seed gives the same draws
+    again = amortizer.sample(data, draws=300, random_seed=1)
+    np.testing.assert_array_equal(again.posterior["mu"].values, post["mu"].values)
+
+
+def test_joint_logp_equals_the_model_logp_at_new_data(small_amortizer):
+    model, amortizer = small_amortizer
+    y_new = np.array([1.0, 2.0, 0.5, -0.1, 0.0, 0.3])
+    theta = np.array([[0.2, -0.4], [1.0, 0.3]])
+    with pm.Model() as conditioned:
+        mu = pm.Normal("mu", 0.0, 1.0)
+        sigma = pm.HalfNormal("sigma", 1.0)
+        pm.Normal("y", mu, sigma, observed=y_new)
+    f = conditioned.compile_logp()
+    expected = [f({"mu": t[0], "sigma_log__": t[1]}) for t in theta]
+    np.testing.assert_allclose(amortizer.target.joint_logp(theta, {"y": y_new}), expected)
+
+
+def test_psis_correction_and_sample_many(small_amortizer):
+    _, amortizer = small_amortizer
+    rng = np.random.default_rng(4)
+    data = {"y": rng.normal(0.5, 0.7, size=6)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AmortizedDataWarning)
+        corrected = amortizer.sample(data, draws=400, random_seed=2, correct="psis")
+        many = amortizer.sample_many(
+            [{"y": rng.normal(size=6)} for _ in range(7)], draws=200, random_seed=3
+        )
+    assert corrected.posterior.attrs["correct"] == "psis"
+    assert corrected.posterior["mu"].shape == (1, 400)
+    assert many.posterior["mu"].dims == ("dataset", "draw")
+    assert many.posterior["mu"].shape == (7, 200)
+    assert many["amortized_diagnostics"]["pareto_k"].shape == (7,)
+
+
+def test_bad_inputs_fail_fast_with_clear_errors(small_amortizer):
+    model, amortizer = small_amortizer
+    with pytest.raises(AmortizerNotFittedError, match="fit"):
+        Amortizer(model).sample({"y": np.zeros(6)})
+    with pytest.raises(DataShapeError, match=r"shape \(6,\)"):
+        amortizer.sample({"y": np.zeros(5)})
+    with pytest.raises(DataShapeError, match="missing"):
+        amortizer.sample({"x": np.zeros(6)})
+    with pytest.raises(ValueError, match="not observed variables"):
+        Amortizer(model, observed=["mu"])
+    with pytest.raises(ValueError, match="summary="):
+        Amortizer(model, summary="transformer")
+    with pytest.raises(ValueError, match="correct"):
+        amortizer.sample({"y": np.zeros(6)}, correct="smc")
+    with pytest.raises(ValueError, match="pm.Data"):
+        Amortizer(regression_model(), covariates=["alpha"])
+
+
+def test_out_of_distribution_data_warn_with_advice(small_amortizer):
+    _, amortizer = small_amortizer
+    with pytest.warns(AmortizedDataWarning, match="retrain"):
+        amortizer.sample({"y": np.full(6, 1e4)}, draws=100, random_seed=0)
+
+
+# -- save / load --------------------------------------------------------------------------------
+def test_save_load_round_trip(small_amortizer, tmp_path):
+    model, amortizer = small_amortizer
+    path = tmp_path / "amortizer.pt"
+    amortizer.save(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["amortizer.pt"]  # no temp file left
+    payload = torch.load(path, weights_only=True)  # plain tensors and JSON, no code
+    assert payload["format"] == "pymc_ext.amortizer"
+    loaded = Amortizer.load(path, normal_model())  # a fresh copy of the same model
+    data = {"y": np.array([0.3, -0.2, 0.8, 0.1, 0.5, 0.4])}
+    a = amortizer.sample(data, draws=50, random_seed=5)
+    b = loaded.sample(data, draws=50, random_seed=5)
+    np.testing.assert_allclose(a.posterior["mu"].values, b.posterior["mu"].values, rtol=1e-6)
+    assert loaded.history["epochs_run"] == amortizer.history["epochs_run"]
+
+
+def test_load_into_a_different_model_fails_clearly(small_amortizer, tmp_path):
+    _, amortizer = small_amortizer
+    path = tmp_path / "amortizer.pt"
+    amortizer.save(path)
+    with pm.Model() as other:  # sigma is now unconstrained: a different transform
+        mu = pm.Normal("mu", 0.0, 1.0)
+        sigma = pm.Normal("sigma", 1.0)
+        pm.Normal("y", mu, pm.math.abs(sigma), observed=np.zeros(6))
+    with pytest.raises(AmortizerMismatchError, match="sigma"):
+        Amortizer.load(path, other)
+    with pytest.raises(AmortizerMismatchError, match="observed"):
+        Amortizer.load(path, normal_model(n_obs=7))
+    with pm.Model() as renamed:
+        m = pm.Normal("m", 0.0, 1.0)
+        s = pm.HalfNormal("sigma", 1.0)
+        pm.Normal("y", m, s, observed=np.zeros(6))
+    with pytest.raises(AmortizerMismatchError, match=r"\['mu'\] are missing"):
+        Amortizer.load(path, renamed)
+
+
+def test_load_rejects_other_files_and_versions(small_amortizer, tmp_path):
+    _, amortizer = small_amortizer
+    bad = tmp_path / "weights.pt"
+    torch.save({"weights": torch.zeros(3)}, bad)
+    with pytest.raises(ValueError, match="not an amortizer"):
+        Amortizer.load(bad, normal_model())
+    path = tmp_path / "amortizer.pt"
+    amortizer.save(path)
+    payload = torch.load(path, weights_only=True)
+    payload["format_version"] = 99
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match="format version 99"):
+        Amortizer.load(path, normal_model())
+
+
+def test_an_interrupted_save_keeps_the_old_file(small_amortizer, tmp_path, monkeypatch):
+    _, amortizer = small_amortizer
+    path = tmp_path / "amortizer.pt"
+    amortizer.save(path)
+    before = path.read_bytes()
+
+    def broken_save(obj, f, *args, **kwargs):
+        f.write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(KeyboardInterrupt):
+        amortizer.save(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["amortizer.pt"]
+
+
+# -- variable N with the DeepSet summary ---------------------------------------------------------
+def test_variable_n_with_deepset(tmp_path):
+    model = regression_model()
+    amortizer = Amortizer(
+        model,
+        covariates=["x"],
+        covariate_sampler=random_covariates,
+        flow_kwargs={"transforms": 2, "hidden_features": (32, 32)},
+    )
+    assert amortizer.summary_kind == "deepset" and amortizer.layout.kind == "set"
+    amortizer.fit(640, epochs=3, batch_size=128, random_seed=1, progressbar=False)
+    lo, hi = amortizer.layout.n_range
+    assert 20 <= lo < hi <= 60
+    rng = np.random.default_rng(0)
+    datasets = []
+    for n in (25, 40, 55):
+        x = rng.normal(size=n)
+        datasets.append({"y": 0.5 + x + 0.3 * rng.normal(size=n), "x": x})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AmortizedDataWarning)
+        one = amortizer.sample(datasets[0], draws=100, random_seed=0)
+        many = amortizer.sample_many(datasets, draws=100, random_seed=0)
+    assert one.posterior["beta"].shape == (1, 100)
+    assert one.observed_data["x"].shape == (25,)
+    assert many.posterior["beta"].shape == (3, 100)
+    assert many["amortized_diagnostics"]["num_rows"].values.tolist() == [25, 40, 55]
+    # the true density at each N is the model's own
+    theta = np.zeros((2, 3))
+    lp = amortizer.target.joint_logp(theta, datasets[1])
+    d = datasets[1]
+    expected = (
+        -0.5 * np.log(2 * np.pi) * 2
+        - 0.5 * np.log(2 * np.pi) * len(d["y"]) - 0.5 * (d["y"] ** 2).sum()
+        + np.log(2) - 0.5 * np.log(2 * np.pi)  # HalfNormal at 1, Jacobian log(1) = 0
+        - 0.5
+    )
+    np.testing.assert_allclose(lp, expected)
+    with pytest.warns(AmortizedDataWarning, match="N outside the training range"):
+        x = rng.normal(size=300)
+        amortizer.sample({"y": x, "x": x}, draws=50, random_seed=0, diagnostics=False)
+    # and the whole thing survives a save / load into a model built with another N
+    file = tmp_path / "deepset_amortizer.pt"
+    amortizer.save(file)
+    loaded = Amortizer.load(file, regression_model(), covariate_sampler=random_covariates)
+    np.testing.assert_allclose(
+        loaded.sample(datasets[2], draws=20, random_seed=1, diagnostics=False).posterior["beta"],
+        amortizer.sample(datasets[2], draws=20, random_seed=1, diagnostics=False).posterior["beta"],
+        rtol=1e-6,
+    )

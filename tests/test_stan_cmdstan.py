@@ -1,0 +1,144 @@
+"""CmdStanModel: cmdstanpy unchanged without a warm start; Pathfinder warm starts with CmdStan.
+
+These run the real CmdStan (2.27 here, built by the set-up) and compare
+with the posteriordb reference draws in ../shared/reference.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import arviz as az
+import cmdstanpy
+import numpy as np
+import pytest
+
+import stan_bridge
+from pymc_ext import pathfinder_core
+from pymc_ext.models import eight_schools as eight_schools_pymc
+from pymc_ext.reference import compare_to_reference
+from stan_bridge import CmdStanModel, StanModel
+from stan_bridge.programs import REFERENCE_POSTERIORS, reference_data, write_program
+
+pytestmark = pytest.mark.stan
+logging.getLogger("cmdstanpy").setLevel(logging.WARNING)
+
+
+@pytest.fixture(scope="module")
+def eight_schools():
+    return CmdStanModel(stan_file=write_program("eight_schools"))
+
+
+def _total_leapfrog(fit) -> int:
+    return int(fit.method_variables()["n_leapfrog__"].sum())
+
+
+def test_is_a_cmdstanpy_model(eight_schools):
+    assert isinstance(eight_schools, cmdstanpy.CmdStanModel)
+
+
+def test_no_warmstart_is_plain_cmdstanpy(eight_schools):
+    data = reference_data("eight_schools")
+    ours = eight_schools.sample(
+        data=data, chains=2, seed=5, iter_warmup=300, iter_sampling=200, show_progress=False
+    )
+    plain = cmdstanpy.CmdStanModel(exe_file=eight_schools.exe_file).sample(
+        data=data, chains=2, seed=5, iter_warmup=300, iter_sampling=200, show_progress=False
+    )
+    assert not hasattr(ours, "warmstart")
+    np.testing.assert_array_equal(ours.draws(), plain.draws())
+
+
+def test_warmstart_eight_schools_matches_reference_with_fewer_gradients(eight_schools):
+    """Warm start: accurate, and cheaper in total than cmdstanpy's default, in one run."""
+    data = reference_data("eight_schools")
+    fit = eight_schools.sample(
+        data=data, warmstart="pathfinder", chains=4, seed=3, save_warmup=True, show_progress=False
+    )
+    ws = fit.warmstart
+    assert isinstance(ws, stan_bridge.WarmStartInfo)
+    assert isinstance(ws.grad_evals, int) and ws.grad_evals > 0
+    assert isinstance(ws.pareto_k, float) and np.isfinite(ws.pareto_k)
+    assert ws.iter_warmup == 200 and fit.draws(inc_warmup=True).shape[0] == 1200
+    errors = compare_to_reference(az.from_cmdstanpy(fit), REFERENCE_POSTERIORS["eight_schools"])
+    assert errors["max_mean_error"] <= 0.1 and errors["max_sd_error"] <= 0.1, errors
+    plain = eight_schools.sample(data=data, chains=4, seed=3, save_warmup=True, show_progress=False)
+    warm_total = _total_leapfrog(fit) + ws.grad_evals + ws.logp_evals
+    assert warm_total < _total_leapfrog(plain)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["arK", "gp_pois_regr"])
+def test_warmstart_matches_reference(name):
+    model = CmdStanModel(stan_file=write_program(name))
+    fit = model.sample(
+        data=reference_data(name), warmstart="pathfinder", chains=4, seed=1, show_progress=False
+    )
+    errors = compare_to_reference(az.from_cmdstanpy(fit), REFERENCE_POSTERIORS[name])
+    assert errors["max_mean_error"] <= 0.1 and errors["max_sd_error"] <= 0.1, errors
+    assert fit.warmstart.grad_evals > 0
+
+
+def test_inits_and_metric_files(eight_schools, tmp_path):
+    data = reference_data("eight_schools")
+    fit = eight_schools.sample(
+        data=data,
+        warmstart="pathfinder",
+        chains=3,
+        seed=4,
+        iter_warmup=150,
+        iter_sampling=100,
+        metric="dense_e",
+        show_progress=False,
+        warmstart_options={"output_dir": tmp_path, "num_draws": 500},
+    )
+    ws = fit.warmstart
+    assert ws.metric == "dense_e" and ws.iter_warmup == 150  # the caller's warmup is kept
+    assert fit.draws().shape == (100, 3, fit.draws().shape[2])
+    inv_metric = np.asarray(json.loads(open(ws.metric_file).read())["inv_metric"])
+    assert inv_metric.shape == (10, 10)
+    np.testing.assert_allclose(inv_metric, ws.result.covariance)
+    assert np.all(np.linalg.eigvalsh(inv_metric) > 0)
+    inits = [json.loads(open(f).read()) for f in ws.inits_files]
+    assert len(inits) == 3 and set(inits[0]) == {"theta_trans", "mu", "tau"}
+    assert len({init["mu"] for init in inits}) == 3  # a distinct start per chain
+    sm = eight_schools.stan_model(data)
+    pool = {tuple(np.round(d, 8)) for d in ws.result.draws}
+    for init in inits:
+        assert tuple(np.round(sm.unconstrain(init), 8)) in pool
+
+
+def test_pathfinder_ext_and_module_function(eight_schools):
+    data = reference_data("eight_schools")
+    dt = eight_schools.pathfinder_ext(data, num_draws=400, seed=2, progressbar=False)
+    assert dt.posterior["theta"].shape == (1, 400, 8)
+    assert dt.posterior["tau"].values.min() > 0
+    assert dt.sample_stats.attrs["grad_evals"] > 0
+    assert np.isfinite(dt.sample_stats.attrs["pareto_k"])
+    sm = StanModel(write_program("eight_schools"), data, progressbar=False)
+    dt2 = stan_bridge.pathfinder(sm, num_draws=400, random_seed=2, progressbar=False)
+    np.testing.assert_allclose(dt2.posterior["mu"].values, dt.posterior["mu"].values)
+    # The PyMC version of the same posterior, same seed, same algorithm: the same draws
+    # (the two densities differ by a constant only, and the unconstrained coordinates
+    # come in the same order).
+    dt_pymc = pathfinder_core.pathfinder(
+        eight_schools_pymc(), num_draws=400, random_seed=2, progressbar=False
+    )
+    for name in ("mu", "tau", "theta"):
+        np.testing.assert_allclose(
+            dt2.posterior[name].values, dt_pymc.posterior[name].values, rtol=1e-8, atol=1e-8
+        )
+
+
+def test_bad_warmstart_arguments(eight_schools):
+    data = reference_data("eight_schools")
+    with pytest.raises(ValueError, match="warmstart must be None or 'pathfinder'"):
+        eight_schools.sample(data=data, warmstart="flow")
+    with pytest.raises(ValueError, match="warmstart_options needs"):
+        eight_schools.sample(data=data, warmstart_options={"num_paths": 2})
+    with pytest.raises(ValueError, match="fixed_param"):
+        eight_schools.sample(data=data, warmstart="pathfinder", fixed_param=True)
+    exe_only = CmdStanModel(exe_file=eight_schools.exe_file)
+    with pytest.raises(ValueError, match="needs the Stan program"):
+        exe_only.sample(data=data, warmstart="pathfinder")

@@ -1,0 +1,270 @@
+"""Tests for WarmStartNUTS and pymc_ext.sample (Pathfinder warm starts)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pymc as pm
+import pytest
+
+from pymc_ext.pathfinder_core import PathfinderResult, multipath_pathfinder
+from pymc_ext.warmstart_step import (
+    DEFAULT_WARMUP,
+    StepLogDensity,
+    WarmStartNUTS,
+    WarmStartPotential,
+    lift_warmstart_attrs,
+)
+
+Y = np.array([1.2, 0.4, 2.1, 1.6, 0.9, 1.3, 0.2, 1.8])
+SAMPLE_KW = dict(progressbar=False, compute_convergence_checks=False)
+
+
+def small_model() -> pm.Model:
+    with pm.Model(coords={"obs": range(len(Y))}) as model:
+        mu = pm.Normal("mu", 0.0, 5.0)
+        sigma = pm.HalfNormal("sigma", 2.0)
+        pm.Normal("y", mu, sigma, observed=Y, dims="obs")
+    return model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return small_model()
+
+
+def _check_result(idata, chains, draws):
+    assert idata.posterior["mu"].shape == (chains, draws)
+    attrs = idata.sample_stats.attrs
+    assert isinstance(attrs["warmstart_grad_evals"], int) and attrs["warmstart_grad_evals"] > 0
+    assert isinstance(attrs["warmstart_pareto_k"], float)
+    assert "warmstart_grad_evals" not in idata.sample_stats.data_vars
+    assert "n_steps" in idata.sample_stats.data_vars
+    assert idata.sample_stats["n_steps"].values.min() >= 1
+
+
+@pytest.mark.parametrize(("chains", "cores"), [(1, 1), (4, 1), (4, 2)])
+def test_step_in_pm_sample(model, chains, cores):
+    with model, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        step = WarmStartNUTS(random_seed=1)
+        idata = pm.sample(
+            draws=150, step=step, chains=chains, cores=cores, random_seed=2, **SAMPLE_KW
+        )
+    _check_result(idata, chains, 150)
+    # pm.sample asked the step for its tune: the short warmup.
+    assert idata.posterior.attrs["tuning_steps"] == DEFAULT_WARMUP == step.warmup
+    assert idata.sample_stats.attrs["warmstart_grad_evals"] == step.warmstart_grad_evals
+
+
+def test_remaining_tuning_iterations_are_free(model):
+    with model:
+        step = WarmStartNUTS(random_seed=1, warmup=40)
+        idata = pm.sample(
+            draws=50,
+            tune=200,
+            step=step,
+            chains=2,
+            cores=1,
+            random_seed=3,
+            discard_tuned_samples=False,
+            **SAMPLE_KW,
+        )
+    warm = idata.warmup_sample_stats
+    idle = warm["warmup_idle"].values
+    assert idle.shape == (2, 200)
+    assert np.all(idle[:, 40:]) and not np.any(idle[:, :40])
+    assert np.all(warm["n_steps"].values[:, 40:] == 0)
+    assert np.all(warm["n_steps"].values[:, :40] >= 1)
+    # An idle iteration keeps the chain where it is.
+    mu = idata.warmup_posterior["mu"].values
+    assert np.all(mu[:, 40:] == mu[:, [39]])
+    assert not np.any(idata.sample_stats["warmup_idle"].values)
+    assert idata.warmup_sample_stats.attrs["warmstart_grad_evals"] == step.warmstart_grad_evals
+
+
+def test_chains_start_from_distinct_pathfinder_draws(model):
+    with model:
+        step = WarmStartNUTS(random_seed=4, warmup=10)
+    parent = np.random.default_rng(9)
+    starts = []
+    for rng in parent.spawn(4):
+        step.setup_chain(rng, tune=10, draws=10)
+        starts.append(step._chain_start.copy())
+    starts = np.array(starts)
+    assert len(np.unique(starts, axis=0)) == 4
+    # Every start is one of the (finite) Pathfinder draws.
+    assert all(np.any(np.all(step._init_points == s, axis=1)) for s in starts)
+
+
+def test_random_seed_reproducible_across_cores(model):
+    def run(cores):
+        with model, warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            step = WarmStartNUTS(random_seed=11)
+            return pm.sample(
+                draws=100, step=step, chains=2, cores=cores, random_seed=12, **SAMPLE_KW
+            )
+
+    a, b, c = run(1), run(1), run(2)
+    np.testing.assert_array_equal(a.posterior["mu"].values, b.posterior["mu"].values)
+    np.testing.assert_array_equal(a.posterior["mu"].values, c.posterior["mu"].values)
+    assert (
+        a.sample_stats.attrs["warmstart_grad_evals"] == c.sample_stats.attrs["warmstart_grad_evals"]
+    )
+
+
+@pytest.mark.parametrize("metric", ["diag", "dense", "lowrank"])
+def test_metrics_sample_the_conjugate_posterior(metric):
+    # y ~ N(mu, 1), mu ~ N(0, 10): posterior N(m, v) exactly.
+    with pm.Model():
+        mu = pm.Normal("mu", 0.0, 10.0, shape=3)
+        pm.Normal("y", mu, 1.0, observed=np.tile(Y[:, None], (1, 3)))
+        step = WarmStartNUTS(random_seed=5, metric=metric, rank=2)
+        idata = pm.sample(draws=500, step=step, chains=2, cores=1, random_seed=6, **SAMPLE_KW)
+    v = 1 / (1 / 100 + len(Y))
+    draws = idata.posterior["mu"].values.reshape(-1, 3)
+    assert np.abs(draws.mean(0) - v * Y.sum()).max() < 0.15 * np.sqrt(v)
+    assert np.abs(draws.std(0) / np.sqrt(v) - 1).max() < 0.15
+
+
+def test_potential_lowrank_matches_dense():
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(6, 6))
+    cov = A @ A.T + np.eye(6)
+    full = WarmStartPotential(cov, kind="dense", rng=1)
+    lowrank = WarmStartPotential(cov, kind="lowrank", rank=6, rng=1)
+    p = rng.normal(size=6)
+    np.testing.assert_allclose(lowrank.velocity(p), full.velocity(p), rtol=1e-8)
+    assert lowrank.energy(p) == pytest.approx(full.energy(p))
+    # Momentum draws have covariance M = cov^-1.
+    draws = np.array([lowrank.random() for _ in range(20000)])
+    np.testing.assert_allclose(np.cov(draws.T), np.linalg.inv(cov), atol=0.05)
+    diag = WarmStartPotential(cov, kind="diag", rng=1)
+    np.testing.assert_allclose(diag.velocity(p), np.diag(cov) * p)
+
+
+def test_potential_refresh_blends_with_prior():
+    pot = WarmStartPotential(np.eye(2) * 4.0, kind="diag", prior_weight=10.0, rng=0)
+    rng = np.random.default_rng(1)
+    for x in rng.normal(size=(10, 2)):
+        pot.collect(x, np.zeros(2))
+    assert pot.refresh()
+    # Half prior (4.0), half sample variance (~1).
+    assert np.all((pot._var > 1.5) & (pot._var < 3.5))
+    pot.reset()
+    np.testing.assert_array_equal(pot._var, [4.0, 4.0])
+
+
+def test_precomputed_warmstart_is_reused(model):
+    from pymc_ext.pymc_model import log_density
+
+    res = multipath_pathfinder(log_density(model), num_draws=100, random_seed=3)
+    with model:
+        step = WarmStartNUTS(init=res, random_seed=1)
+    assert step.warmstart is res
+    assert step.warmstart_grad_evals == res.grad_evals
+    assert isinstance(step.warmstart, PathfinderResult)
+
+
+def test_step_density_reuses_nuts_function(model):
+    with model:
+        nuts = pm.NUTS()
+    d = StepLogDensity(nuts)
+    x = np.array([0.5, 0.1])
+    lp, grad = d.logp_and_grad(x)
+    ref = model.compile_logp()({"mu": 0.5, "sigma_log__": 0.1})
+    assert lp == pytest.approx(float(ref))
+    assert d.grad_evals == 1
+
+
+def test_bad_input_is_rejected(model):
+    with model:
+        with pytest.raises(ValueError, match="metric"):
+            WarmStartNUTS(metric="full")
+        with pytest.raises(ValueError, match="all free variables"):
+            WarmStartNUTS(vars=[model["mu"]])
+        with pytest.raises(ValueError, match="mass matrix"):
+            WarmStartNUTS(scaling=np.ones(2))
+        with pytest.raises(ValueError, match="Unknown warm start"):
+            WarmStartNUTS(init="laplace")
+
+
+def test_lift_attrs():
+    import xarray as xr
+
+    ss = xr.Dataset(
+        {
+            "warmstart_grad_evals": (("chain", "draw"), np.full((2, 3), 17)),
+            "warmstart_pareto_k": (("chain", "draw"), np.full((2, 3), 0.4)),
+            "n_steps": (("chain", "draw"), np.ones((2, 3))),
+        }
+    )
+    dt = lift_warmstart_attrs(xr.DataTree.from_dict({"sample_stats": ss}))
+    assert dt.sample_stats.attrs == {"warmstart_grad_evals": 17, "warmstart_pareto_k": 0.4}
+    assert list(dt.sample_stats.data_vars) == ["n_steps"]
+
+
+def test_pymc_ext_sample_pymc(model):
+    import pymc_ext.sampling as sampling
+
+    idata = sampling.sample(
+        draws=120, chains=2, cores=1, random_seed=1, model=model, target_accept=0.9, **SAMPLE_KW
+    )
+    _check_result(idata, 2, 120)
+    assert idata.posterior.attrs["tuning_steps"] == DEFAULT_WARMUP
+    again = sampling.sample(draws=120, chains=2, cores=1, random_seed=1, model=model, **SAMPLE_KW)
+    assert (
+        again.sample_stats.attrs["warmstart_grad_evals"]
+        == idata.sample_stats.attrs["warmstart_grad_evals"]
+    )
+    plain = sampling.sample(
+        draws=50, tune=50, chains=1, warmstart=None, model=model, nuts_sampler="pymc", **SAMPLE_KW
+    )
+    assert "warmstart_grad_evals" not in plain.sample_stats.attrs
+    with pytest.raises(ValueError, match="nuts_sampler"):
+        sampling.sample(model=model, nuts_sampler="stan")
+
+
+@pytest.mark.slow
+def test_pymc_ext_sample_nutpie(model):
+    import pymc_ext.sampling as sampling
+
+    idata = sampling.sample(
+        draws=300,
+        chains=3,
+        random_seed=4,
+        model=model,
+        nuts_sampler="nutpie",
+        discard_tuned_samples=False,
+        **SAMPLE_KW,
+    )
+    _check_result(idata, 3, 300)
+    assert idata.posterior.attrs["tuning_steps"] == sampling.DEFAULT_NUTPIE_TUNE
+    assert idata.sample_stats.attrs["inference_library"] == "nutpie"
+    # Posterior close to a long PyMC NUTS run on the same model.
+    with model:
+        ref = pm.sample(
+            draws=1000, chains=2, cores=1, random_seed=5, nuts_sampler="pymc", **SAMPLE_KW
+        )
+    for name in ("mu", "sigma"):
+        a, b = idata.posterior[name].values.ravel(), ref.posterior[name].values.ravel()
+        assert abs(a.mean() - b.mean()) < 0.15 * b.std()
+        assert abs(a.std() / b.std() - 1) < 0.15
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name", ["eight_schools-eight_schools_noncentered", "kidiq-kidscore_momiq"]
+)
+def test_warm_started_chains_match_reference(name):
+    from pymc_ext.models import reference_model
+    from pymc_ext.reference import compare_to_reference
+
+    with reference_model(name):
+        step = WarmStartNUTS(random_seed=1)
+        idata = pm.sample(draws=1000, step=step, chains=4, cores=1, random_seed=2, **SAMPLE_KW)
+    cmp = compare_to_reference(idata, name)
+    assert cmp["max_mean_error"] <= 0.1, cmp
+    assert cmp["max_sd_error"] <= 0.1, cmp
