@@ -1,4 +1,6 @@
-"""Run every benchmark in one go (``make bench``); each writes markdown + JSON to benchmarks/results/.
+"""Run every benchmark in one go (``make bench``).
+
+Each script writes markdown + JSON to benchmarks/results/.
 
 Usage: ``python benchmarks/run_all.py [--quick] [names ...]`` where names are
 among ``warmstart flows amortized stan_warmstart`` (all by default).

@@ -25,8 +25,7 @@ def _as_chains(draws: np.ndarray, dim: int) -> np.ndarray:
         draws = draws[None]
     if draws.ndim != 3 or draws.shape[-1] != dim:
         raise ValueError(
-            f"draws must have shape (chains, draws, {dim}) or (draws, {dim}); "
-            f"got {draws.shape}."
+            f"draws must have shape (chains, draws, {dim}) or (draws, {dim}); got {draws.shape}."
         )
     return draws
 

@@ -41,10 +41,9 @@ def gradient_evaluations(idata: Any) -> dict[str, int]:
     --------
     >>> import numpy as np, xarray as xr
     >>> from pymc_ext.demo import gradient_evaluations
-    >>> dt = xr.DataTree.from_dict({
-    ...     "sample_stats": xr.Dataset({"n_steps": (("chain", "draw"), np.full((2, 5), 3.0))}),
-    ...     "warmup_sample_stats": xr.Dataset({"n_steps": (("chain", "draw"), np.full((2, 5), 7.0))}),
-    ... })
+    >>> def stats(n):
+    ...     return xr.Dataset({"n_steps": (("chain", "draw"), np.full((2, 5), n))})
+    >>> dt = xr.DataTree.from_dict({"sample_stats": stats(3.0), "warmup_sample_stats": stats(7.0)})
     >>> gradient_evaluations(dt)
     {'warmstart': 0, 'warmup': 70, 'sampling': 30, 'total': 100}
     """
@@ -152,7 +151,7 @@ def _print_table(rows: dict[str, dict[str, Any]]) -> None:
     base, warm = rows.values()
     print(
         f"\nThe warm start used {warm['total'] / base['total']:.2f}x the gradient evaluations "
-        f"of default pm.sample ({base["total"] - warm["total"]:d} saved, "
+        f"of default pm.sample ({base['total'] - warm['total']:d} saved, "
         f"{np.round(100 * (1 - warm['total'] / base['total']))}%), "
         f"in {warm['seconds'] / base['seconds']:.2f}x the wall time."
     )

@@ -35,7 +35,17 @@ __all__ = [
 ]
 
 _CACHE_ATTR = "_pymc_ext_log_density_cache"
-_DISCRETE_DTYPES = {"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "bool"}
+_DISCRETE_DTYPES = {
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "bool",
+}
 
 
 class ModelSpecificationError(ValueError):
@@ -279,9 +289,7 @@ class PyMCLogDensity(BaseLogDensity):
         """
         value_names = [v.name for v in self.value_vars]
         if all(n in point for n in value_names):
-            return np.concatenate(
-                [np.asarray(point[n], dtype=float).ravel() for n in value_names]
-            )
+            return np.concatenate([np.asarray(point[n], dtype=float).ravel() for n in value_names])
         missing = [rv.name for rv in self._free_rvs if rv.name not in point]
         if missing:
             raise KeyError(
@@ -342,7 +350,7 @@ class PyMCLogDensity(BaseLogDensity):
         }
 
     def fingerprint(self) -> str:
-        """A hash of the model's variables, shapes and transforms (see :func:`model_fingerprint`)."""
+        """Hash of the model's variables, shapes and transforms (:func:`model_fingerprint`)."""
         return model_fingerprint(self.model)
 
 
@@ -460,7 +468,9 @@ class _PriorPredictiveSampler:
         from pymc.pytensorf import reseed_rngs
 
         shared_rngs = [
-            s for s in self.fn.get_shared() if isinstance(s.type, pt.random.type.RandomGeneratorType)
+            s
+            for s in self.fn.get_shared()
+            if isinstance(s.type, pt.random.type.RandomGeneratorType)
         ]
         reseed_rngs(shared_rngs, rng.integers(2**31))
         values = self.fn(np.int32(n))

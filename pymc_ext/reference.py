@@ -147,7 +147,9 @@ def flatten_draws(posterior: Any) -> dict[str, np.ndarray]:
             out[name] = arr
             continue
         for idx in np.ndindex(*arr.shape[2:]):
-            out[f"{name}[{','.join(str(i + 1) for i in idx)}]"] = arr[(slice(None), slice(None), *idx)]
+            out[f"{name}[{','.join(str(i + 1) for i in idx)}]"] = arr[
+                (slice(None), slice(None), *idx)
+            ]
     return out
 
 

@@ -55,7 +55,9 @@ def test_arviz_functions_work_unchanged(schools):
     summary = az.summary(dt)
     assert "theta[0]" in summary.index or "theta[0]" in str(summary.index.tolist())
     ess = az.ess(dt)
-    assert float(ess["posterior"]["mu"]) > 0 if "posterior" in getattr(ess, "children", {}) else True
+    assert (
+        float(ess["posterior"]["mu"]) > 0 if "posterior" in getattr(ess, "children", {}) else True
+    )
     az.plot_trace(dt, var_names=["mu", "tau"])
 
 

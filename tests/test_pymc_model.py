@@ -123,7 +123,9 @@ def transforms_density():
     return log_density(model)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=st.data())
 def test_transform_round_trip(transforms_density, data):
     density = transforms_density
@@ -150,7 +152,9 @@ def test_discrete_free_variable_is_named():
     with pm.Model() as model:
         pm.Poisson("count", 3.0)
         pm.Normal("z")
-    with pytest.raises(ModelSpecificationError, match=r"discrete free variables: count.*marginalise"):
+    with pytest.raises(
+        ModelSpecificationError, match=r"discrete free variables: count.*marginalise"
+    ):
         log_density(model)
 
 
@@ -205,9 +209,7 @@ def test_prior_predictive_moments():
     np.testing.assert_allclose(params[:, 1].mean(), log_s_mean, atol=0.03)
     # the simulated data really come from the simulated parameters
     z_centered = data["z"] - params[:, [0]]
-    np.testing.assert_allclose(
-        np.std(z_centered / np.exp(params[:, [1]])), 1.0, rtol=0.02
-    )
+    np.testing.assert_allclose(np.std(z_centered / np.exp(params[:, [1]])), 1.0, rtol=0.02)
 
 
 def test_prior_predictive_reproducible_and_selectable():
