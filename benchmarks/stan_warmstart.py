@@ -306,8 +306,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="eight_schools, one seed, no PyStan")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args(argv)
-    logging.getLogger("cmdstanpy").setLevel(logging.WARNING)
     import cmdstanpy
+
+    logging.getLogger("cmdstanpy").setLevel(logging.WARNING)
 
     programs = ["eight_schools"] if args.quick else args.programs.split(",")
     seeds = [1] if args.quick else list(range(1, args.seeds + 1))

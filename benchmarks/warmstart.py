@@ -7,9 +7,10 @@ For every reference posterior (PyMC versions from ``pymc_ext.models``), in one r
 
    - ``pymc``: default ``pm.sample(nuts_sampler="pymc")`` (tune=1000);
    - ``nutpie``: ``pm.sample(nuts_sampler="nutpie")`` (nutpie's tune=400);
-   - ``warm``: ``pymc_ext.sample(warmstart="pathfinder")`` (PyMC NUTS, diagonal
-     Pathfinder metric, the default short warmup);
-   - ``warm-dense``: the same with ``metric="dense"``;
+   - ``warm``: ``pymc_ext.sample(warmstart="pathfinder")`` (PyMC NUTS, the
+     default ``metric="auto"``, i.e. dense on these posteriors, and the
+     default short warmup);
+   - ``warm-diag``: the same with ``metric="diag"``;
    - ``warm-nutpie``: ``pymc_ext.sample(warmstart="pathfinder", nuts_sampler="nutpie")``.
 
    For each: the total gradient evaluations (Pathfinder + warmup + draws)
@@ -33,7 +34,8 @@ Usage::
     python benchmarks/warmstart.py --no-cold --samplers pymc,warm
 
 ``--quick`` keeps 1000 draws but skips the cold-cache Pathfinder runs and the
-``warm-nutpie`` sampler.
+``warm-nutpie`` sampler. ``--samplers warm@75,warm@150,warm@300`` sweeps the
+warm start's tune (the evidence for its default).
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ ALL_MODELS = [
     "mesquite-logmesquite_logvas",
     "sblrc-blr",
 ]
-ALL_SAMPLERS = ["pymc", "nutpie", "warm", "warm-dense", "warm-nutpie"]
+ALL_SAMPLERS = ["pymc", "nutpie", "warm", "warm-diag", "warm-nutpie"]
 ESS_TARGET = 400.0
 RHAT_TARGET = 1.01
 CHECK_EVERY = 25
@@ -143,13 +145,16 @@ def cost_to_target(idata: Any, warmstart_grad_evals: int = 0) -> dict[str, Any]:
 # Samplers
 # ---------------------------------------------------------------------------
 def _run_sampler(kind: str, name: str, seed: int, draws: int, chains: int) -> Any:
+    """Run one sampler; ``kind@N`` sets its tune to N (for the warmup sweep)."""
     import pymc as pm
 
     import pymc_ext
     from pymc_ext.models import reference_model
 
     model = reference_model(name)
+    kind, _, tune = kind.partition("@")
     common = dict(
+        tune=int(tune) if tune else None,
         draws=draws,
         chains=chains,
         cores=1,
@@ -166,9 +171,9 @@ def _run_sampler(kind: str, name: str, seed: int, draws: int, chains: int) -> An
             return pm.sample(nuts_sampler="nutpie", **common)
         if kind == "warm":
             return pymc_ext.sample(warmstart="pathfinder", nuts_sampler="pymc", **common)
-        if kind == "warm-dense":
+        if kind == "warm-diag":
             return pymc_ext.sample(
-                warmstart="pathfinder", nuts_sampler="pymc", metric="dense", **common
+                warmstart="pathfinder", nuts_sampler="pymc", metric="diag", **common
             )
         if kind == "warm-nutpie":
             return pymc_ext.sample(warmstart="pathfinder", nuts_sampler="nutpie", **common)
@@ -237,14 +242,62 @@ def _run_sampler_warmup(kind: str, name: str) -> None:
 
 
 # ---------------------------------------------------------------------------
+# What the idle tuning iterations cost
+# ---------------------------------------------------------------------------
+def bench_idle(name: str, seed: int, draws: int, chains: int) -> dict[str, Any]:
+    """pm.sample(step=WarmStartNUTS(), tune=1000) against the step's own tune.
+
+    The same Pathfinder result is reused, so only the tuning differs: the
+    iterations past the step's warmup are idle (no gradient evaluation).
+    """
+    import pymc as pm
+
+    from pymc_ext.models import reference_model
+    from pymc_ext.warmstart_step import WarmStartNUTS
+
+    model = reference_model(name)
+    out: dict[str, Any] = {}
+    with model, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ws = WarmStartNUTS(random_seed=seed).warmstart
+        for label, tune in (("default_tune", None), ("tune_1000", 1000)):
+            step = WarmStartNUTS(init=ws, random_seed=seed)
+            idata = pm.sample(
+                draws=draws,
+                tune=tune,
+                step=step,
+                chains=chains,
+                cores=1,
+                random_seed=seed,
+                discard_tuned_samples=False,
+                progressbar=False,
+                compute_convergence_checks=False,
+            )
+            warm = idata.warmup_sample_stats
+            out[label] = {
+                "tune": int(idata.posterior.attrs["tuning_steps"]),
+                "sampling_time": float(idata.posterior.attrs["sampling_time"]),
+                "warmup_grad_evals": float(warm["n_steps"].sum()),
+                "idle_iterations": int(warm["warmup_idle"].sum()),
+                "draws_grad_evals": float(idata.sample_stats["n_steps"].sum()),
+            }
+    a, b = out["default_tune"], out["tune_1000"]
+    extra = b["idle_iterations"] - a["idle_iterations"]
+    out["seconds_per_idle_iteration"] = (
+        (b["sampling_time"] - a["sampling_time"]) / extra if extra else None
+    )
+    return out
+
+
+# ---------------------------------------------------------------------------
 # Pathfinder against pymc-extras (cold and warm compile cache, in subprocesses)
 # ---------------------------------------------------------------------------
 def _pathfinder_worker(impl: str, name: str, seed: int) -> dict[str, Any]:
     """Runs inside a subprocess: build the model, fit, time (imports excluded)."""
     import pymc as pm  # noqa: F401
 
-    import pymc_ext
     from pymc_ext.models import reference_model
+    from pymc_ext.pathfinder_core import pathfinder
     from pymc_ext.reference import compare_to_reference
 
     t0 = time.perf_counter()
@@ -253,12 +306,15 @@ def _pathfinder_worker(impl: str, name: str, seed: int) -> dict[str, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if impl == "pymc_ext":
-            dt = pymc_ext.pathfinder(model, random_seed=seed, progressbar=False)
+            dt = pathfinder(model, random_seed=seed, progressbar=False)
             out["wall_time"] = time.perf_counter() - t0
             out["grad_evals"] = int(dt.sample_stats.attrs["grad_evals"])
             out["lbfgs_iterations"] = int(dt.pathfinder_paths["num_iterations"].values.sum())
             out["pareto_k"] = float(dt.sample_stats.attrs["pareto_k"])
             out["paths_ok"] = int(dt.sample_stats.attrs["num_paths_ok"])
+            t1 = time.perf_counter()
+            pathfinder(model, random_seed=seed + 1, progressbar=False)
+            out["repeat_wall_time"] = time.perf_counter() - t1
         else:
             import pymc_extras as pmx
 
@@ -267,6 +323,9 @@ def _pathfinder_worker(impl: str, name: str, seed: int) -> dict[str, Any]:
             out["grad_evals"] = None
             out["lbfgs_iterations"] = _pmx_niter(dt)
             out["pareto_k"] = _pmx_pareto_k(dt)
+            t1 = time.perf_counter()
+            pmx.fit(method="pathfinder", model=model, random_seed=seed + 1, progressbar=False)
+            out["repeat_wall_time"] = time.perf_counter() - t1
     cmp = compare_to_reference(dt, name)
     out["max_mean_error"] = cmp["max_mean_error"]
     out["max_sd_error"] = cmp["max_sd_error"]
@@ -400,6 +459,29 @@ def write_report(results: dict[str, Any], out_dir: Path, tag: str) -> tuple[Path
                 )
                 + " |"
             )
+    idle_rows = [(n, res["idle"]) for n, res in results["models"].items() if "idle" in res]
+    if idle_rows:
+        lines += [
+            "",
+            "## Idle tuning iterations",
+            "",
+            "`pm.sample(step=WarmStartNUTS(), tune=1000)` against the step's own tune (the same "
+            "Pathfinder result): iterations past the step's warmup return the current point "
+            "without a gradient evaluation.",
+            "",
+            "| posterior | tune | warmup grad evals | idle iterations | sampling time (s) | "
+            "seconds per idle iteration |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, r in idle_rows:
+            for label in ("default_tune", "tune_1000"):
+                x = r[label]
+                lines.append(
+                    f"| {name.split('-')[0]} | {x['tune']} | {_fmt(x['warmup_grad_evals'])} | "
+                    f"{x['idle_iterations']} | {_fmt(x['sampling_time'], 1)} | "
+                    + (_fmt(r["seconds_per_idle_iteration"], 5) if label == "tune_1000" else "")
+                    + " |"
+                )
     pf_rows = [(n, r) for n, res in results["models"].items() for r in res.get("pathfinder", [])]
     if pf_rows:
         lines += [
@@ -408,12 +490,14 @@ def write_report(results: dict[str, Any], out_dir: Path, tag: str) -> tuple[Path
             "",
             "Default settings of each (4 paths, 1000 draws; pymc-extras runs its paths in "
             "worker processes by default). Wall time of model build + compile + fit, imports "
-            "excluded, in a fresh process; cold = empty PyTensor compile directory. pymc-extras "
-            "does not report gradient evaluations, only L-BFGS iterations.",
+            "excluded, in a fresh process; cold = empty PyTensor compile directory; repeat call = "
+            "a second fit on the same model object in that process (pymc_ext reuses the "
+            "compiled density cached on the model). pymc-extras does not report gradient "
+            "evaluations, only L-BFGS iterations.",
             "",
-            "| posterior | implementation | cold wall (s) | warm wall (s) | grad evals | L-BFGS "
-            "iterations | Pareto k | max mean err | max sd err |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| posterior | implementation | cold wall (s) | warm wall (s) | repeat call (s) | "
+            "grad evals | L-BFGS iterations | Pareto k | max mean err | max sd err |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, r in pf_rows:
             lines.append(
@@ -424,6 +508,7 @@ def write_report(results: dict[str, Any], out_dir: Path, tag: str) -> tuple[Path
                         r["impl"],
                         _fmt(r.get("cold_wall_time"), 1),
                         _fmt(r.get("warm_wall_time"), 1),
+                        _fmt(r.get("repeat_wall_time"), 2),
                         _fmt(r.get("grad_evals")),
                         _fmt(r.get("lbfgs_iterations")),
                         _fmt(r.get("pareto_k")),
@@ -450,7 +535,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tag", default="", help="suffix for the result file names")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--pathfinder-worker", nargs=3, metavar=("IMPL", "MODEL", "SEED"))
+    p.add_argument("--report-only", metavar="JSON", help="rewrite the markdown from a JSON file")
     args = p.parse_args(argv)
+
+    if args.report_only:
+        results = json.loads(Path(args.report_only).read_text())
+        md, _ = write_report(results, Path(args.out), args.tag)
+        print(f"wrote {md}")
+        return
 
     if args.pathfinder_worker:
         impl, name, seed = args.pathfinder_worker
@@ -461,7 +553,7 @@ def main(argv: list[str] | None = None) -> None:
     samplers = [s for s in args.samplers.split(",") if s]
     if args.quick:
         samplers = [s for s in samplers if s != "warm-nutpie"]
-    unknown = set(samplers) - set(ALL_SAMPLERS)
+    unknown = {s.partition("@")[0] for s in samplers} - set(ALL_SAMPLERS)
     if unknown:
         raise SystemExit(f"Unknown samplers {sorted(unknown)}; choose from {ALL_SAMPLERS}")
     results: dict[str, Any] = {
@@ -487,6 +579,9 @@ def main(argv: list[str] | None = None) -> None:
                 entry["samplers"][kind] = {"error": f"{type(err).__name__}: {err}"}
             print(name, kind, json.dumps(entry["samplers"][kind], default=float), flush=True)
             write_report(results, Path(args.out), args.tag)
+        if not args.quick:
+            entry["idle"] = bench_idle(name, args.seed, args.draws, args.chains)
+            print(name, "idle", json.dumps(entry["idle"], default=float), flush=True)
         if not args.no_pathfinder:
             entry["pathfinder"] = bench_pathfinder(
                 name, args.seed, cold=not (args.quick or args.no_cold)

@@ -72,6 +72,8 @@ __all__ = [
     "flow_mcmc_adapt",
     "flow_mcmc",
     "default_num_walkers",
+    "coverage_check",
+    "discover_modes",
 ]
 
 DIVERGENCE_THRESHOLD = 1000.0
@@ -573,6 +575,81 @@ def _distinct_modes(density: LogDensity, centers: np.ndarray) -> np.ndarray:
     return np.asarray(modes)
 
 
+def _ascend(density: LogDensity, x0: np.ndarray, maxiter: int = 200) -> np.ndarray | None:
+    """A short L-BFGS climb from ``x0`` to the top of its mode."""
+    from scipy.optimize import minimize
+
+    def fg(x: np.ndarray) -> tuple[float, np.ndarray]:
+        lp, g = density.logp_and_grad(x)
+        if not np.isfinite(lp) or not np.all(np.isfinite(g)):
+            return 1e300, np.zeros_like(x)
+        return -lp, -g
+
+    res = minimize(fg, x0, jac=True, method="L-BFGS-B", options={"maxiter": maxiter})
+    return np.asarray(res.x, dtype=float) if np.isfinite(res.fun) and res.fun < 1e300 else None
+
+
+def discover_modes(
+    density: LogDensity,
+    walkers: np.ndarray,
+    walker_logp: np.ndarray,
+    modes: np.ndarray,
+    scale: np.ndarray,
+    max_checks: int = 4,
+    distance: float = 2.0,
+) -> np.ndarray:
+    """Add modes the walkers reached that the Pathfinder paths did not find.
+
+    A walker farther than ``distance`` (root-mean-square, in within-mode
+    standard deviations) from every known mode, with a log-density barrier
+    between it and each of them, is climbed to the top of its own mode
+    (L-BFGS); that top is added if it is separated from every known mode too.
+    At most ``max_checks`` climbs per call, best walkers first.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pymc_ext.density import FunctionLogDensity
+    >>> from pymc_ext.flow_sampler import discover_modes
+    >>> def lp(X):
+    ...     return np.logaddexp(-0.5 * ((X + 4) ** 2).sum(-1), -0.5 * ((X - 4) ** 2).sum(-1))
+    >>> def gr(X):
+    ...     a, b = -0.5 * ((X + 4) ** 2).sum(-1), -0.5 * ((X - 4) ** 2).sum(-1)
+    ...     r = np.exp(a - np.logaddexp(a, b))[:, None]
+    ...     return r * -(X + 4) + (1 - r) * -(X - 4)
+    >>> d = FunctionLogDensity(2, lambda x: lp(x[None])[0], lambda x: gr(x[None])[0], lp, gr)
+    >>> walkers = np.array([[-4.0, -4.2], [3.8, 4.1]])
+    >>> modes = discover_modes(d, walkers, lp(walkers), np.array([[-4.0, -4.0]]), np.ones(2))
+    >>> np.round(modes, 2).tolist()
+    [[-4.0, -4.0], [4.0, 4.0]]
+    """
+    modes = np.atleast_2d(np.asarray(modes, dtype=float))
+    dim = walkers.shape[1]
+    rms = np.sqrt(
+        np.min((((walkers[:, None, :] - modes[None]) / scale) ** 2).sum(-1), axis=1) / dim
+    )
+    order = np.argsort(-np.where(np.isfinite(walker_logp), walker_logp, -np.inf))
+    checks = 0
+    for i in order:
+        if checks >= max_checks:
+            break
+        x = walkers[i]
+        if rms[i] <= distance or not np.isfinite(walker_logp[i]):
+            continue
+        near = np.sqrt((((x - modes) / scale) ** 2).sum(-1) / dim)
+        if np.any(near <= distance):
+            continue
+        if any(_same_mode(density, x, m) for m in modes):
+            continue
+        checks += 1
+        top = _ascend(density, x)
+        if top is None:
+            continue
+        if not any(_same_mode(density, top, m) for m in modes):
+            modes = np.vstack([modes, top])
+    return modes
+
+
 def _nearest_mode(X: np.ndarray, modes: np.ndarray, scale: np.ndarray) -> np.ndarray:
     if modes.shape[0] == 1:
         return np.zeros(X.shape[0], dtype=np.int64)
@@ -605,7 +682,7 @@ def coverage_check(
     scale: np.ndarray,
     rng: np.random.Generator,
     num_flow_draws: int = 4096,
-    ratio_threshold: float = 0.01,
+    ratio_threshold: float = 1e-4,
 ) -> dict[str, Any]:
     """Does the flow put mass where the walkers are?
 
@@ -615,7 +692,7 @@ def coverage_check(
       of walkers there;
     - per walker: ``q(x) / p(x)`` relative to its average over flow draws
       (an estimate of ``1 / Z``); a walker where this is below
-      ``ratio_threshold`` sits where the flow has at least 100 times too
+      ``ratio_threshold`` sits where the flow has at least 10,000 times too
       little mass.
 
     Returns
@@ -778,7 +855,7 @@ def flow_mcmc_adapt(
     reverse_steps: int = 50,
     target_accept: float | None = None,
     num_integration_steps: int = 8,
-    num_paths: int = 8,
+    num_paths: int = 16,
     init_scale: float = 2.0,
     flow_kwargs: dict[str, Any] | None = None,
     learning_rate: float = 1e-3,
@@ -899,6 +976,7 @@ def flow_mcmc_adapt(
             "mode_hops",
             "grad_evals",
             "seconds",
+            "n_modes",
         )
     }
     fit_infos: list[FitInfo] = []
@@ -926,6 +1004,7 @@ def flow_mcmc_adapt(
             snaps.append(state.position.copy())
         buffer.append(np.concatenate(snaps))
         buffer = buffer[-buffer_rounds:]
+        modes = discover_modes(density, state.position, state.logp, modes, mode_scale)
         pooled = np.concatenate(buffer)
         labels = _nearest_mode(pooled, modes, mode_scale)
         inverse_metric = np.clip(_within_mode_variance(pooled, labels, inverse_metric), 1e-10, 1e10)
@@ -975,6 +1054,7 @@ def flow_mcmc_adapt(
         history["mode_hops"].append(hops)
         history["grad_evals"].append(int(getattr(density, "grad_evals", 0)) - grad_before)
         history["seconds"].append(time.perf_counter() - t_round)
+        history["n_modes"].append(int(modes.shape[0]))
         bar.set_postfix(
             global_acc=f"{history['global_acceptance'][-1]:.2f}",
             local_acc=f"{history['local_acceptance'][-1]:.2f}",
@@ -1009,10 +1089,10 @@ def flow_mcmc_adapt(
     elif coverage["starved_walker_fraction"] > 0.05:
         _warn(
             f"{coverage['starved_walker_fraction']:.0%} of the walkers sit where the flow has "
-            "at least 100x too little mass relative to the posterior: the flow has likely missed "
-            "part of the posterior, which the acceptance rate cannot show. What to try: more "
-            "adaptation rounds (n_rounds), more training (train_steps), more walkers (chains), "
-            "or a larger flow (flow_kwargs).",
+            "at least 10,000x too little mass relative to the posterior: the flow has likely "
+            "missed part of the posterior, which the acceptance rate cannot show. What to try: "
+            "more adaptation rounds (n_rounds), more training (train_steps), more walkers "
+            "(chains), or a larger flow (flow_kwargs).",
             collected,
         )
     return FlowMCMCAdaptation(
@@ -1046,7 +1126,7 @@ def _resolve_density(model_or_density: Any) -> LogDensity:
     if isinstance(model_or_density, LogDensity):
         return model_or_density
     raise TypeError(
-        "flow_mcmc needs a PyMC model (or to be called inside `with model:`) or a LogDensity; "
+        "flow_mcmc needs a PyMC model or a LogDensity (or to be called inside `with model:`); "
         f"got {type(model_or_density).__name__}."
     )
 
@@ -1067,7 +1147,7 @@ def flow_mcmc(
     fit: str = "forward",
     target_accept: float | None = None,
     num_integration_steps: int = 8,
-    num_paths: int = 8,
+    num_paths: int = 16,
     init_scale: float = 2.0,
     flow_kwargs: dict[str, Any] | None = None,
     learning_rate: float = 1e-3,
@@ -1329,6 +1409,7 @@ def flow_mcmc(
             "mode_hops": history["mode_hops"],
             "grad_evals": history["grad_evals"],
             "seconds": history["seconds"],
+            "n_modes": history["n_modes"],
         },
     }
     dt = to_datatree(

@@ -997,7 +997,10 @@ def _overdispersed_inits(
             center = np.asarray(ip(), dtype=float).reshape(density.dim)
         except Exception:  # noqa: BLE001 - any failure just means "start around zero"
             center = np.zeros(density.dim)
-    return center + rng.uniform(-init_scale, init_scale, size=(num_paths, density.dim))
+    # Overdispersed at several scales: paths cycle through init_scale, 2x and 4x, so a
+    # mode whose basin does not reach the middle is still found by the wider starts.
+    widths = init_scale * 2.0 ** (np.arange(num_paths) % 3)
+    return center + widths[:, None] * rng.uniform(-1.0, 1.0, size=(num_paths, density.dim))
 
 
 def _lbfgs_laplace_paths(
@@ -1064,7 +1067,7 @@ def _path_draws_from_result(result: Any, num_paths: int) -> list[np.ndarray] | N
 def pathfinder_seed(
     density: LogDensity,
     *,
-    num_paths: int = 8,
+    num_paths: int = 16,
     num_draws: int = 1024,
     random_seed: int | np.random.Generator | None = None,
     init_scale: float = 2.0,
@@ -1072,9 +1075,11 @@ def pathfinder_seed(
 ) -> SeedResult:
     """Overdispersed multi-path Pathfinder draws, pooled over paths, to seed flows and walkers.
 
-    Each path starts from an overdispersed point (the density's initial point,
-    when it has one, plus ``U(-init_scale, init_scale)`` per coordinate), so
-    separate modes tend to get separate paths. The draws are pooled with the
+    Each path starts from an overdispersed point: the density's initial point
+    (when it has one) plus ``U(-s, s)`` per coordinate, where ``s`` cycles
+    through ``init_scale``, ``2 * init_scale`` and ``4 * init_scale`` over the
+    paths, so separate modes tend to get separate paths even when one wide
+    mode's basin covers the middle. The draws are pooled with the
     same number from every path: unlike Pathfinder's importance resampling,
     this keeps every mode that any path found (the MCMC corrects the weights).
 
@@ -1091,7 +1096,7 @@ def pathfinder_seed(
         Total draws returned (split evenly over the paths).
     random_seed : int or Generator, optional
     init_scale : float
-        Half-width of the uniform jitter of the starts.
+        Smallest half-width of the uniform jitter of the starts.
     pathfinder_kwargs : dict, optional
         Passed on to ``multipath_pathfinder``.
 
@@ -1319,7 +1324,7 @@ def flow_init(
         random_seed=rng,
         progressbar=progressbar,
     )
-    from arviz_stats.base import array_stats
+    from pymc_ext.pathfinder_core import psis_log_weights
 
     n_prop = int(num_proposals or max(4 * num_draws, 2000))
     proposals, logq = flow.sample(n_prop, rng)
@@ -1330,12 +1335,9 @@ def flow_init(
             "The log density is -inf or NaN at every flow draw: the flow does not overlap the "
             "posterior. Check the model, or fit with method='forward' on draws from the posterior."
         )
-    finite_min = np.min(logw[np.isfinite(logw)])
-    smoothed, khat = array_stats.psislw(np.where(np.isfinite(logw), logw, finite_min - 50.0))
-    smoothed = np.where(np.isfinite(logw), smoothed, -np.inf)
+    smoothed, pareto_k = psis_log_weights(logw)
     w = np.exp(smoothed - np.max(smoothed))
     w /= w.sum()
-    pareto_k = float(khat)
     idx = rng.choice(n_prop, size=num_draws, replace=True, p=w)
     mean = w @ proposals
     centred = proposals - mean

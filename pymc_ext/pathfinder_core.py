@@ -1098,12 +1098,13 @@ def pathfinder(
 
     Examples
     --------
-    >>> import pymc as pm, pymc_ext
+    >>> import pymc as pm
+    >>> from pymc_ext.pathfinder_core import pathfinder
     >>> with pm.Model() as model:
     ...     mu = pm.Normal("mu", 0, 1)
     ...     sigma = pm.HalfNormal("sigma", 1)
     ...     y = pm.Normal("y", mu, sigma, observed=[0.1, -0.3, 0.5, 0.2])
-    >>> dt = pymc_ext.pathfinder(model, num_draws=200, random_seed=1, progressbar=False)
+    >>> dt = pathfinder(model, num_draws=200, random_seed=1, progressbar=False)
     >>> dt.posterior["sigma"].shape
     (1, 200)
     """

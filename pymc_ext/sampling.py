@@ -57,7 +57,7 @@ def sample(
     warmstart: str | Any | None = "pathfinder",
     nuts_sampler: str = "pymc",
     warmstart_kwargs: Mapping[str, Any] | None = None,
-    metric: str = "diag",
+    metric: str = "auto",
     model: Any = None,
     **kwargs: Any,
 ) -> Any:
@@ -69,7 +69,8 @@ def sample(
         As in ``pm.sample``. ``tune=None`` means a short warmup after the
         warm start: :data:`~pymc_ext.warmstart_step.DEFAULT_WARMUP` for PyMC's
         NUTS, :data:`DEFAULT_NUTPIE_TUNE` for nutpie (without a warm start,
-        ``pm.sample``'s own default).
+        ``pm.sample``'s own default). A ``tune`` given with a warm start is
+        the length of the warm-started adaptation.
     warmstart : {"pathfinder", "flow", None} or a warm-start result
         ``None`` is exactly ``pm.sample``. A finished result (for example a
         :class:`~pymc_ext.pathfinder_core.PathfinderResult`) is reused.
@@ -78,7 +79,7 @@ def sample(
     warmstart_kwargs : dict, optional
         Passed to the warm start (for Pathfinder: ``num_paths``,
         ``num_draws``, ``maxiter``, ...).
-    metric : {"diag", "dense", "lowrank"}
+    metric : {"auto", "diag", "dense", "lowrank"}
         Mass-matrix structure for ``nuts_sampler="pymc"`` (see
         :class:`~pymc_ext.warmstart_step.WarmStartNUTS`).
     model : pm.Model, optional
@@ -138,6 +139,7 @@ def sample(
             step = WarmStartNUTS(
                 init=warmstart,
                 metric=metric,
+                warmup=tune,
                 random_seed=seed_ws,
                 init_kwargs=warmstart_kwargs,
                 model=model,
@@ -208,7 +210,7 @@ def _sample_nutpie(
 
     from pymc_ext.pymc_model import log_density
 
-    if metric != "diag":
+    if metric not in ("auto", "diag"):
         warnings.warn(
             f"metric={metric!r} is ignored with nuts_sampler='nutpie': nutpie's API takes no "
             "initial mass matrix. Use adaptation='low_rank' in nuts=... for nutpie's own "

@@ -60,11 +60,11 @@ __all__ = [
 ]
 
 #: Default number of adaptation iterations after a warm start (chosen from
-#: ``benchmarks/warmstart.py``; see docs/warmstart.md). Doubled when the warm
-#: start's Pareto k is above :data:`TRUSTED_PARETO_K`.
+#: ``benchmarks/warmstart.py``; see docs/warmstart.md).
 DEFAULT_WARMUP = 150
 
-#: Pareto k up to which the warm start's covariance is trusted as is.
+#: Pareto k up to which the warm start's covariance gets a large weight in
+#: the mass-matrix estimates.
 TRUSTED_PARETO_K = 0.7
 
 #: ``metric="auto"`` uses a dense mass matrix up to this many parameters, and
@@ -227,6 +227,7 @@ class WarmStartPotentialState(PotentialState):
     _n_x: int
     _mean_x: np.ndarray
     _m2_x: np.ndarray
+    _draws: list
     _mean_g: np.ndarray
     _m2_g: np.ndarray
     _n_updates: int
@@ -308,7 +309,8 @@ class WarmStartPotential(QuadPotential):
         n = self._n
         self._n_x = 0
         self._mean_x = np.zeros(n)
-        self._m2_x = np.zeros((n, n)) if self.kind != "diag" else np.zeros(n)
+        self._m2_x = np.zeros(n)
+        self._draws = []
         self._mean_g = np.zeros(n)
         self._m2_g = np.zeros(n)
         self._n_updates = 0
@@ -376,10 +378,9 @@ class WarmStartPotential(QuadPotential):
         k = self._n_x
         dx = sample - self._mean_x
         self._mean_x = self._mean_x + dx / k
-        if self.kind == "diag":
-            self._m2_x = self._m2_x + dx * (sample - self._mean_x)
-        else:
-            self._m2_x = self._m2_x + np.outer(sample - self._mean_x, dx)
+        self._m2_x = self._m2_x + dx * (sample - self._mean_x)
+        if self.kind != "diag":
+            self._draws.append(np.array(sample, dtype=float, copy=True))
         if self._use_grads:
             dg = grad - self._mean_g
             self._mean_g = self._mean_g + dg / k
@@ -388,9 +389,12 @@ class WarmStartPotential(QuadPotential):
     def refresh(self, restart: bool = True) -> bool:
         """Re-estimate the metric from the draws collected so far; True if it changed.
 
-        The estimate is ``(w0 * warm_start + n * sample) / (w0 + n)``, with the
-        sample covariance shrunk towards its diagonal as in Stan. With
-        ``restart`` the collected draws are dropped afterwards (a new window).
+        The estimate is ``(w0 * warm_start + n * sample) / (w0 + n)``. For a
+        dense or low-rank metric the sample covariance's correlations are
+        shrunk towards zero by the Schäfer-Strimmer (Ledoit-Wolf type)
+        intensity estimated from the draws themselves, so a few hundred draws
+        give a usable matrix. With ``restart`` the collected draws are dropped
+        afterwards (a new window).
         """
         n = self._n_x
         if n < 5:
@@ -404,8 +408,7 @@ class WarmStartPotential(QuadPotential):
                 var = np.where(ok, np.sqrt(var / np.where(ok, gvar, 1.0)), var)
             est = np.diag(var)
         else:
-            est = self._m2_x / (n - 1)
-            est = (n / (n + 5.0)) * est + 1e-3 * (5.0 / (n + 5.0)) * np.eye(self._n)
+            est = _shrunk_covariance(np.asarray(self._draws))
         prior = self._initial_cov
         if self.kind == "diag":
             prior = np.diag(np.diag(prior))
@@ -423,6 +426,7 @@ class WarmStartPotential(QuadPotential):
             self._n_x = 0
             self._mean_x = np.zeros(n_)
             self._m2_x = np.zeros_like(self._m2_x)
+            self._draws = []
             self._mean_g = np.zeros(n_)
             self._m2_g = np.zeros(n_)
         return True
@@ -436,6 +440,29 @@ class WarmStartPotential(QuadPotential):
                 "The warm-start mass matrix has non-finite or zero entries; run with "
                 "metric='diag' or a different init."
             )
+
+
+def _shrunk_covariance(draws: np.ndarray) -> np.ndarray:
+    """Sample covariance with its correlations shrunk towards 0 (Schäfer & Strimmer 2005).
+
+    The shrinkage intensity ``lam = sum Var(r_ij) / sum r_ij**2`` (off-diagonal)
+    is estimated from the draws; the variances are kept.
+    """
+    n, d = draws.shape
+    centred = draws - draws.mean(axis=0)
+    sd = np.sqrt((centred**2).sum(axis=0) / (n - 1))
+    sd = np.where(sd > 0, sd, 1.0)
+    z = centred / sd
+    w_sum = z.T @ z
+    r = w_sum / (n - 1)
+    sq = (z * z).T @ (z * z)  # sum_k z_ki^2 z_kj^2
+    var_r = n / (n - 1) ** 3 * (sq - w_sum**2 / n)
+    off = ~np.eye(d, dtype=bool)
+    denom = float((r[off] ** 2).sum())
+    lam = 1.0 if denom <= 0 else float(np.clip(var_r[off].sum() / denom, 0.0, 1.0))
+    corr = (1.0 - lam) * r
+    corr[np.diag_indices(d)] = 1.0
+    return corr * np.outer(sd, sd)
 
 
 def _regularise_cov(cov: np.ndarray) -> np.ndarray:
@@ -535,7 +562,6 @@ class WarmStartNUTSState(NUTSState):
     _warm_iter: int
     _start_pending: bool
     _chain_start: np.ndarray | None
-    _adaptation_done: bool
     _last_logp: float
     _window_ends: list
 
@@ -564,9 +590,8 @@ class WarmStartNUTS(NUTS):
         posteriors (regressions, time series); ``lowrank`` keeps the ``rank``
         directions whose variance differs most from the diagonal.
     warmup : int, optional
-        Adaptation iterations after the warm start: :data:`DEFAULT_WARMUP`,
-        doubled when the warm start's Pareto k is above
-        :data:`TRUSTED_PARETO_K`. Also the ``tune`` that ``pm.sample`` uses
+        Adaptation iterations after the warm start (default
+        :data:`DEFAULT_WARMUP`). Also the ``tune`` that ``pm.sample`` uses
         when it is not given. Tuning iterations beyond it are free no-ops.
     metric_windows : sequence of float
         Fractions of ``warmup`` at which the metric is re-estimated from the
@@ -618,12 +643,13 @@ class WarmStartNUTS(NUTS):
 
     Examples
     --------
-    >>> import pymc as pm, pymc_ext
+    >>> import pymc as pm
+    >>> from pymc_ext.warmstart_step import WarmStartNUTS
     >>> with pm.Model() as model:
     ...     mu = pm.Normal("mu", 0, 1)
     ...     sigma = pm.HalfNormal("sigma", 1)
     ...     y = pm.Normal("y", mu, sigma, observed=[0.1, -0.3, 0.5, 0.2])
-    ...     step = pymc_ext.WarmStartNUTS(random_seed=1)
+    ...     step = WarmStartNUTS(random_seed=1)
     ...     idata = pm.sample(draws=200, step=step, chains=2, cores=1, random_seed=2,
     ...                       progressbar=False, compute_convergence_checks=False)
     >>> int(idata.sample_stats.attrs["warmstart_grad_evals"]) > 0
@@ -724,9 +750,7 @@ class WarmStartNUTS(NUTS):
         self.warmstart_trusted = _trusted(self.warmstart_pareto_k)
         if metric == "auto":
             metric = "dense" if n <= AUTO_DENSE_MAX_DIM else "lowrank"
-        if warmup is None:
-            warmup = DEFAULT_WARMUP if self.warmstart_trusted else 2 * DEFAULT_WARMUP
-        warmup = int(warmup)
+        warmup = DEFAULT_WARMUP if warmup is None else int(warmup)
         if prior_weight is None:
             prior_weight = _default_prior_weight(self.warmstart_pareto_k)
         self.prior_weight = float(prior_weight)
@@ -763,7 +787,6 @@ class WarmStartNUTS(NUTS):
         self._warm_iter = 0
         self._start_pending = True
         self._chain_start = None
-        self._adaptation_done = False
         self._last_logp = np.nan
         self._window_ends = self._schedule(warmup)
         if lift_attrs:
@@ -781,7 +804,6 @@ class WarmStartNUTS(NUTS):
         self._chain_tune = int(tune)
         self._chain_iter = 0
         self._warm_iter = 0
-        self._adaptation_done = False
         self._start_pending = True
         n_adapt = min(self.warmup, int(tune))
         self._window_ends = self._schedule(n_adapt)

@@ -41,7 +41,25 @@ __all__ = [
     "run_stanc_info",
 ]
 
-_BUILD_FORMAT = 1  # bump when the layout of a build folder changes
+_BUILD_FORMAT = 2  # bump when the layout of a build folder changes
+
+#: File and C++ class names every program is compiled under, so that a build
+#: depends only on the code, the options and the toolchain (not on where the
+#: file lives). Messages show the user's file name instead (:func:`user_message`).
+PROGRAM_FILE = "stan_bridge_program.stan"
+PROGRAM_CLASS = "stan_bridge_program_model"
+
+
+def user_message(msg: str, display_name: str) -> str:
+    """Put the user's file name into a message from stanc or from the compiled model.
+
+    Examples
+    --------
+    >>> from stan_bridge.builder import user_message
+    >>> user_message("Error in 'stan_bridge_program.stan', line 3", "eight.stan")
+    "Error in 'eight.stan', line 3"
+    """
+    return msg.replace(PROGRAM_FILE, display_name)
 
 _COMMON_FLAGS = (
     "-O3",
@@ -79,8 +97,6 @@ class ModelBuild:
     info : dict
         ``stanc --info`` output: inputs, parameters, transformed parameters,
         generated quantities (each ``name -> {"type", "dimensions"}``).
-    model_name : str
-        The C++ model name given to stanc.
     key : str
         The cache key (hash).
     seconds : float
@@ -92,7 +108,6 @@ class ModelBuild:
     directory: Path
     library: Path
     info: dict
-    model_name: str
     key: str
     seconds: float
     cached: bool
@@ -140,15 +155,6 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-def _sanitize_name(name: str) -> str:
-    name = re.sub(r"\W", "_", name)
-    if not name or name[0].isdigit():
-        name = "m_" + name
-    if not name.endswith("_model"):
-        name += "_model"
-    return name
-
-
 _INCLUDE_RE = re.compile(r'^\s*#include\s+[<"]?([^>"\s]+)[>"]?', re.MULTILINE)
 
 
@@ -167,13 +173,17 @@ def _included_sources(code: str, include_paths: Sequence[Path]) -> list[str]:
 def _run_stanc(
     toolchain: Toolchain, args: Sequence[str], stan_file: Path, display_name: str
 ) -> subprocess.CompletedProcess:
-    cmd = [str(toolchain.stanc), *args, f"--filename-in-msg={display_name}", str(stan_file)]
+    # Run in the file's folder on its bare name, so every message (syntax errors too,
+    # which older stanc reports with the path it was given) shows the user's file name.
+    cmd = [str(toolchain.stanc), *args, stan_file.name]
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        out = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=600, cwd=stan_file.parent
+        )
     except subprocess.TimeoutExpired as err:
         raise StanCompileError(f"stanc timed out on {display_name}") from err
     if out.returncode != 0:
-        msg = (out.stderr or out.stdout).strip()
+        msg = user_message((out.stderr or out.stdout).strip(), display_name)
         raise StanCompileError(
             f"stanc ({toolchain.stanc_version}) could not compile {display_name}:\n{msg}"
         )
@@ -220,7 +230,7 @@ def run_stanc_info(
     ['x']
     """
     with tempfile.TemporaryDirectory(prefix="stan_bridge_info_") as tmp:
-        path = Path(tmp) / "model.stan"
+        path = Path(tmp) / PROGRAM_FILE
         path.write_text(code)
         args = ["--info"]
         if include_paths:
@@ -309,7 +319,6 @@ def build_model(
     code: str,
     toolchain: Toolchain,
     *,
-    model_name: str = "model",
     display_name: str = "model.stan",
     include_paths: Sequence[str | os.PathLike] = (),
     stanc_options: Sequence[str] = (),
@@ -326,11 +335,9 @@ def build_model(
         The Stan program.
     toolchain : Toolchain
         From :func:`~stan_bridge.toolchain.find_toolchain`.
-    model_name : str
-        Name of the generated C++ class (made a valid identifier, ending
-        in ``_model``).
     display_name : str
-        File name that stanc's messages show.
+        File name that messages show (the build itself does not depend on
+        it: the same program from two files is built once).
     include_paths : sequence of path
         Where stanc looks up ``#include`` files.
     stanc_options : sequence of str
@@ -360,21 +367,19 @@ def build_model(
     Examples
     --------
     >>> from stan_bridge.builder import build_model
+    >>> from stan_bridge.programs import EXAMPLE_CODE
     >>> from stan_bridge.toolchain import find_toolchain
-    >>> b = build_model("parameters { real x; } model { x ~ normal(0, 1); }",
-    ...                 find_toolchain(), progressbar=False)  # doctest: +SKIP
-    >>> b.library.name  # doctest: +SKIP
-    'model.so'
+    >>> b = build_model(EXAMPLE_CODE, find_toolchain(), progressbar=False)
+    >>> b.library.name, sorted(b.info["parameters"])
+    ('model.so', ['mu', 'sigma'])
     """
     t0 = time.perf_counter()
     root = cache_dir(cache)
-    model_name = _sanitize_name(model_name)
     include_paths = [Path(p).resolve() for p in include_paths]
     h = hashlib.sha256()
     for part in (
         str(_BUILD_FORMAT),
         code,
-        model_name,
         toolchain.fingerprint,
         *stanc_options,
         "|",
@@ -394,7 +399,6 @@ def build_model(
                 final,
                 final / "model.so",
                 info,
-                model_name,
                 key,
                 time.perf_counter() - t0,
                 True,
@@ -410,7 +414,7 @@ def build_model(
     with _progress(progressbar, f"Building Stan model {display_name}") as bar:
         tmp = Path(tempfile.mkdtemp(prefix=f"tmp-{key}-", dir=root / "models"))
         try:
-            stan_file = tmp / "model.stan"
+            stan_file = tmp / PROGRAM_FILE
             stan_file.write_text(code)
             inc = (
                 ["--include-paths=" + ",".join(str(p) for p in include_paths)]
@@ -422,7 +426,7 @@ def build_model(
             # stanc first, outside the lock: syntax errors come back at once.
             _run_stanc(
                 toolchain,
-                [f"--name={model_name}", f"--o={tmp / 'model.hpp'}", *inc, *stanc_options],
+                [f"--name={PROGRAM_CLASS}", f"--o={tmp / 'model.hpp'}", *inc, *stanc_options],
                 stan_file,
                 display_name,
             )
@@ -485,7 +489,6 @@ def build_model(
         final,
         final / "model.so",
         info,
-        model_name,
         key,
         time.perf_counter() - t0,
         False,

@@ -316,8 +316,8 @@ class CmdStanModel(cmdstanpy.CmdStanModel):
         >>> model = CmdStanModel(stan_file=write_program("arK"))
         >>> fit = model.sample(data=reference_data("arK"), warmstart="pathfinder",
         ...                    chains=2, seed=2, show_progress=False)
-        >>> round(float(fit.stan_variable("sigma").mean()), 1)
-        0.1
+        >>> bool(abs(fit.stan_variable("sigma").mean() - 0.15) < 0.01)  # reference: 0.1506
+        True
         """
         if warmstart is None:
             if warmstart_options:

@@ -142,6 +142,9 @@ class ModelHandle:
         self.info = json.loads(ctypes.string_at(raw).decode())
         library.sb_free_string(raw)
         self.dim = int(self.info["dim"])
+        self._tls = threading.local()
+        self._f_lp = library.sb_log_density
+        self._f_grad = library.sb_log_density_gradient
 
     def __del__(self) -> None:
         ptr, self._ptr = getattr(self, "_ptr", None), None
@@ -151,26 +154,41 @@ class ModelHandle:
             except Exception:  # interpreter shutdown
                 pass
 
+    def _buffers(self):
+        """Per-thread input/output buffers with their addresses, made once.
+
+        Taking an array's address (``arr.ctypes.data``) costs microseconds;
+        reusing buffers whose addresses are known keeps a call cheap.
+        """
+        x = np.empty(self.dim)
+        out = np.empty(self.dim + 1)
+        err = ctypes.c_void_p()
+        oa = out.ctypes.data
+        bufs = (x, x.ctypes.data, out, oa, oa + 8, err, ctypes.addressof(err))
+        self._tls.bufs = bufs
+        return bufs
+
     # The calls below return the status; the caller decides what a reject means.
     def log_density(self, x: np.ndarray, propto: bool, jacobian: bool) -> tuple[int, float, str]:
-        out = np.empty(1)
-        err = ctypes.c_void_p()
-        status = self.lib.sb_log_density(
-            self._ptr, propto, jacobian, x.ctypes.data, out.ctypes.data, ctypes.addressof(err)
-        )
+        try:
+            xb, xa, out, oa, _, err, ea = self._tls.bufs
+        except AttributeError:
+            xb, xa, out, oa, _, err, ea = self._buffers()
+        xb[:] = x
+        status = self._f_lp(self._ptr, propto, jacobian, xa, oa, ea)
         return status, float(out[0]), self.lib.take_error(err) if status else ""
 
     def log_density_gradient(
         self, x: np.ndarray, propto: bool, jacobian: bool
-    ) -> tuple[int, np.ndarray, str]:
-        """Returns (status, buffer, msg) where buffer[0] is lp and buffer[1:] the gradient."""
-        buf = np.empty(self.dim + 1)
-        addr = buf.ctypes.data
-        err = ctypes.c_void_p()
-        status = self.lib.sb_log_density_gradient(
-            self._ptr, propto, jacobian, x.ctypes.data, addr, addr + 8, ctypes.addressof(err)
-        )
-        return status, buf, self.lib.take_error(err) if status else ""
+    ) -> tuple[int, float, np.ndarray, str]:
+        """Returns (status, lp, gradient (a new array), msg)."""
+        try:
+            xb, xa, out, oa, og, err, ea = self._tls.bufs
+        except AttributeError:
+            xb, xa, out, oa, og, err, ea = self._buffers()
+        xb[:] = x
+        status = self._f_grad(self._ptr, propto, jacobian, xa, oa, og, ea)
+        return status, float(out[0]), out[1:].copy(), self.lib.take_error(err) if status else ""
 
     def log_density_batch(
         self, X: np.ndarray, propto: bool, jacobian: bool

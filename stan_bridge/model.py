@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from pymc_ext.density import BaseLogDensity
-from stan_bridge.builder import ModelBuild, build_model
+from stan_bridge.builder import ModelBuild, build_model, user_message
 from stan_bridge.data import StanDataError, check_data, load_data, pack_data
 from stan_bridge.library import ModelHandle, ShimLibrary, StanRejectError
 from stan_bridge.toolchain import Toolchain, find_toolchain
@@ -110,17 +110,30 @@ class StanModel(BaseLogDensity):
     --------
     >>> import numpy as np
     >>> from stan_bridge import StanModel
-    >>> code = '''
-    ... data { int N; vector[N] y; }
-    ... parameters { real mu; real<lower=0> sigma; }
-    ... model { y ~ normal(mu, sigma); }
-    ... '''
-    >>> sm = StanModel(code, {"N": 3, "y": [0.1, -0.3, 0.2]})  # doctest: +SKIP
-    >>> sm.dim, sm.names  # doctest: +SKIP
-    (2, ['mu', 'sigma'])
-    >>> lp, grad = sm.logp_and_grad(np.zeros(2))  # doctest: +SKIP
-    >>> sm.constrain(np.zeros(2))["sigma"]  # doctest: +SKIP
-    array(1.)
+    >>> from stan_bridge.programs import EXAMPLE_CODE
+    >>> print(EXAMPLE_CODE.split("model")[0])  # the program, in short
+    data {
+      int<lower=0> N;
+      vector[N] y;
+      int<lower=0, upper=1> prior_only;
+    }
+    parameters {
+      real mu;
+      real<lower=0> sigma;
+    }
+    transformed parameters {
+      real log_sigma = log(sigma);
+    }
+    <BLANKLINE>
+    >>> sm = StanModel(EXAMPLE_CODE, {"N": 3, "y": [0.1, -0.3, 0.2], "prior_only": 0},
+    ...                progressbar=False)
+    >>> sm.dim, sm.names
+    (2, ['mu', 'sigma', 'log_sigma'])
+    >>> lp, grad = sm.logp_and_grad(np.zeros(2))
+    >>> grad.shape
+    (2,)
+    >>> sm.constrain(np.array([0.5, 0.0]))
+    {'mu': array(0.5), 'sigma': array(1.), 'log_sigma': array(0.)}
     """
 
     def __init__(
@@ -167,10 +180,11 @@ class StanModel(BaseLogDensity):
             _check_has_parameters(info)
             check_data(raw_data, info.get("inputs", {}))
 
+        self.model_name = model_name
+        self.display_name = display
         self.build: ModelBuild = build_model(
             code,
             self.toolchain,
-            model_name=model_name,
             display_name=display,
             include_paths=include_paths,
             stanc_options=tuple(stanc_options),
@@ -199,8 +213,9 @@ class StanModel(BaseLogDensity):
         try:
             self._handle = ModelHandle(self._lib, real_part, int_part, seed=self.seed)
         except StanRejectError as err:
+            msg = user_message(str(err), self.display_name)
             raise StanDataError(
-                f"Stan rejected the data: {err}\nCheck the sizes and constraints that the "
+                f"Stan rejected the data: {msg}\nCheck the sizes and constraints that the "
                 "program's data block declares against the data given."
             ) from None
         info = self._handle.info
@@ -239,7 +254,7 @@ class StanModel(BaseLogDensity):
             (True, True): int(info["n_params_all"]),
             (False, True): int(info["n_params_all"]),
         }
-        self.model_name = info["model_name"]
+        self._point_shape = (self.dim,)
 
     def with_data(self, data: Mapping[str, Any] | str | os.PathLike | None, **kwargs) -> StanModel:
         """The same program with other data (no compiling: the library is shared).
@@ -257,13 +272,20 @@ class StanModel(BaseLogDensity):
 
         Examples
         --------
-        >>> sm2 = sm.with_data({"N": 2, "y": [1.0, 2.0]})  # doctest: +SKIP
+        >>> import numpy as np
+        >>> from stan_bridge.programs import example_model
+        >>> sm = example_model()
+        >>> sm2 = sm.with_data({"N": 2, "y": [1.0, 2.0], "prior_only": 0})
+        >>> sm2.data["y"]
+        array([1., 2.])
         """
         new = object.__new__(type(self))
         new.stan_file = self.stan_file
         new.code = self.code
         new.toolchain = self.toolchain
         new.build = self.build
+        new.model_name = self.model_name
+        new.display_name = self.display_name
         opts = {k: v for k, v in self._build_options.items() if k != "toolchain"}
         opts.update(kwargs)
         new._build_options = {**opts, "toolchain": self.toolchain}
@@ -272,9 +294,8 @@ class StanModel(BaseLogDensity):
 
     # -- LogDensity ----------------------------------------------------------
     def _as_point(self, x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float64)
-        if x.shape != (self.dim,):
-            raise ValueError(f"Expected a point of shape ({self.dim},); got {x.shape}.")
+        if np.shape(x) != (self.dim,):
+            raise ValueError(f"Expected a point of shape ({self.dim},); got {np.shape(x)}.")
         return x
 
     def _as_batch(self, X: np.ndarray) -> np.ndarray:
@@ -284,10 +305,31 @@ class StanModel(BaseLogDensity):
         return X
 
     def _raise(self, msg: str) -> None:
-        raise RuntimeError(f"Error in Stan model {self.model_name}: {msg}")
+        raise RuntimeError(
+            f"Error in Stan model {self.model_name}: {user_message(msg, self.display_name)}"
+        )
 
     def _logp(self, x: np.ndarray) -> float:
         return self.log_density(x, counted=False)
+
+    def logp_and_grad(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        """Log density and its gradient at one unconstrained point (counted in ``grad_evals``).
+
+        The hot path of every sampler, kept short: see :meth:`log_density_gradient`.
+        """
+        self.grad_evals += 1
+        if np.shape(x) != self._point_shape:
+            raise ValueError(f"Expected a point of shape ({self.dim},); got {np.shape(x)}.")
+        status, lp, grad, msg = self._handle.log_density_gradient(x, self.propto, self.jacobian)
+        if status:
+            return self._on_error(status, msg)
+        return lp, grad
+
+    def _on_error(self, status: int, msg: str) -> tuple[float, np.ndarray]:
+        if status == 1:
+            self.last_reject = user_message(msg, self.display_name)
+            return -np.inf, np.full(self.dim, np.nan)
+        self._raise(msg)
 
     def _logp_and_grad(self, x: np.ndarray) -> tuple[float, np.ndarray]:
         return self.log_density_gradient(x, counted=False)
@@ -335,8 +377,13 @@ class StanModel(BaseLogDensity):
 
         Examples
         --------
-        >>> sm.log_density(np.zeros(sm.dim), jacobian=False)  # doctest: +SKIP
-        -1.23...
+        >>> import numpy as np
+        >>> from stan_bridge.programs import example_model
+        >>> sm = example_model()
+        >>> with_jacobian = sm.log_density(np.array([0.0, 1.0]))
+        >>> without = sm.log_density(np.array([0.0, 1.0]), jacobian=False)
+        >>> round(with_jacobian - without, 12)  # log |d sigma / d log(sigma)| at log(sigma) = 1
+        1.0
         """
         x = self._as_point(x)
         if counted:
@@ -347,7 +394,7 @@ class StanModel(BaseLogDensity):
             self.jacobian if jacobian is None else jacobian,
         )
         if status == 1:
-            self.last_reject = msg
+            self.last_reject = user_message(msg, self.display_name)
             return -np.inf
         if status:
             self._raise(msg)
@@ -379,22 +426,24 @@ class StanModel(BaseLogDensity):
 
         Examples
         --------
-        >>> lp, g = sm.log_density_gradient(np.zeros(sm.dim))  # doctest: +SKIP
+        >>> import numpy as np
+        >>> from stan_bridge.programs import example_model
+        >>> sm = example_model()
+        >>> lp, g = sm.log_density_gradient(np.zeros(2))
+        >>> g.shape
+        (2,)
         """
         x = self._as_point(x)
         if counted:
             self.grad_evals += 1
-        status, buf, msg = self._handle.log_density_gradient(
+        status, lp, grad, msg = self._handle.log_density_gradient(
             x,
             self.propto if propto is None else propto,
             self.jacobian if jacobian is None else jacobian,
         )
-        if status == 1:
-            self.last_reject = msg
-            return -np.inf, np.full(self.dim, np.nan)
         if status:
-            self._raise(msg)
-        return float(buf[0]), buf[1:]
+            return self._on_error(status, msg)
+        return lp, grad
 
     # -- constrain / unconstrain ---------------------------------------------
     def param_constrain(
@@ -425,8 +474,11 @@ class StanModel(BaseLogDensity):
 
         Examples
         --------
-        >>> sm.param_constrain(np.zeros(sm.dim)).shape  # doctest: +SKIP
-        (2,)
+        >>> import numpy as np
+        >>> from stan_bridge.programs import example_model
+        >>> sm = example_model()
+        >>> sm.param_constrain(np.array([0.5, 0.0]))
+        array([0.5, 1. , 0. ])
         """
         X = np.asarray(X, dtype=np.float64)
         single = X.ndim == 1
@@ -453,7 +505,10 @@ class StanModel(BaseLogDensity):
 
         Examples
         --------
-        >>> sm.constrain_batch(np.zeros((5, sm.dim)))["mu"].shape  # doctest: +SKIP
+        >>> import numpy as np
+        >>> from stan_bridge.programs import example_model
+        >>> sm = example_model()
+        >>> sm.constrain_batch(np.zeros((5, 2)))["sigma"].shape
         (5,)
         """
         X = self._as_batch(X)
@@ -465,11 +520,14 @@ class StanModel(BaseLogDensity):
 
         Examples
         --------
-        >>> sm.constrain(np.zeros(sm.dim))  # doctest: +SKIP
-        {'mu': array(0.), 'sigma': array(1.)}
+        >>> import numpy as np
+        >>> from stan_bridge.programs import example_model
+        >>> sm = example_model()
+        >>> sm.constrain(np.array([0.5, 0.0]))
+        {'mu': array(0.5), 'sigma': array(1.), 'log_sigma': array(0.)}
         """
-        out = self.constrain_batch(self._as_point(x)[None])
-        return {k: v[0] for k, v in out.items()}
+        out = self.constrain_batch(np.asarray(self._as_point(x), dtype=np.float64)[None])
+        return {k: v[0, ...] for k, v in out.items()}
 
     def generated_quantities(
         self, X: np.ndarray, seed: int | None = None, chain: int = 1
@@ -492,7 +550,12 @@ class StanModel(BaseLogDensity):
 
         Examples
         --------
-        >>> gq = sm.generated_quantities(np.zeros((10, sm.dim)), seed=1)  # doctest: +SKIP
+        >>> import numpy as np
+        >>> from stan_bridge.programs import example_model
+        >>> sm = example_model()
+        >>> gq = sm.generated_quantities(np.zeros((10, 2)), seed=1)
+        >>> gq["y_rep"].shape
+        (10, 4)
         """
         X = self._as_batch(X)
         flat = self.param_constrain(X, include_tp=True, include_gq=True, seed=seed, chain=chain)
@@ -518,8 +581,11 @@ class StanModel(BaseLogDensity):
 
         Examples
         --------
-        >>> sm.unconstrain({"mu": 0.5, "sigma": 2.0})  # doctest: +SKIP
-        array([0.5       , 0.69314718])
+        >>> import numpy as np
+        >>> from stan_bridge.programs import example_model
+        >>> sm = example_model()
+        >>> sm.unconstrain({"mu": 0.5, "sigma": np.e})
+        array([0.5, 1. ])
         """
         missing = [n for n in self.param_names_list if n not in point]
         if missing:
@@ -550,8 +616,12 @@ class StanModel(BaseLogDensity):
 
         Examples
         --------
-        >>> x = np.zeros(sm.dim)  # doctest: +SKIP
-        >>> np.allclose(sm.param_unconstrain(sm.param_constrain(x, include_tp=False)), x)  # doctest: +SKIP
+        >>> import numpy as np
+        >>> from stan_bridge.programs import example_model
+        >>> sm = example_model()
+        >>> x = np.array([0.5, -1.0])
+        >>> flat = sm.param_constrain(x, include_tp=False)
+        >>> np.allclose(sm.param_unconstrain(flat), x)
         True
         """
         flat = np.asarray(flat, dtype=np.float64)
@@ -559,7 +629,7 @@ class StanModel(BaseLogDensity):
         if flat.shape != (n_par,):
             raise ValueError(f"Expected {n_par} constrained parameter values; got {flat.shape}.")
         point = self._split(flat[None], self.param_names_list)
-        return self.unconstrain({k: v[0] for k, v in point.items()})
+        return self.unconstrain({k: v[0, ...] for k, v in point.items()})
 
     # -- names ---------------------------------------------------------------
     def flat_names(self, include_tp: bool = True, include_gq: bool = False) -> list[str]:
@@ -567,8 +637,9 @@ class StanModel(BaseLogDensity):
 
         Examples
         --------
-        >>> sm.flat_names()  # doctest: +SKIP
-        ['mu', 'sigma']
+        >>> from stan_bridge.programs import example_model
+        >>> example_model().flat_names(include_gq=True)
+        ['mu', 'sigma', 'log_sigma', 'y_rep[1]', 'y_rep[2]', 'y_rep[3]', 'y_rep[4]']
         """
         names = list(self.param_names_list)
         if include_tp or include_gq:
@@ -598,7 +669,8 @@ class StanModel(BaseLogDensity):
 
         Examples
         --------
-        >>> sm.initial_point(1).shape  # doctest: +SKIP
+        >>> from stan_bridge.programs import example_model
+        >>> example_model().initial_point(1).shape
         (2,)
         """
         rng = np.random.default_rng(random_seed)
@@ -653,7 +725,11 @@ class StanModel(BaseLogDensity):
 
         Examples
         --------
-        >>> params, sims = sm.prior_predictive(100, random_seed=1)  # doctest: +SKIP
+        >>> from stan_bridge.programs import example_model
+        >>> sm = example_model()
+        >>> params, sims = sm.prior_predictive(100, random_seed=1, progressbar=False)
+        >>> params.shape, sims["y"].shape
+        ((100, 2), (100, 4))
         """
         from stan_bridge.prior import prior_predictive
 

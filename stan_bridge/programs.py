@@ -14,7 +14,45 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PROGRAMS", "REFERENCE_POSTERIORS", "reference_data", "write_program"]
+__all__ = [
+    "PROGRAMS",
+    "REFERENCE_POSTERIORS",
+    "EXAMPLE_CODE",
+    "EXAMPLE_DATA",
+    "example_model",
+    "reference_data",
+    "write_program",
+]
+
+#: A small program used in the docstring examples (with the prior-predictive
+#: convention, so every method can be shown on it).
+EXAMPLE_CODE = """\
+data {
+  int<lower=0> N;
+  vector[N] y;
+  int<lower=0, upper=1> prior_only;
+}
+parameters {
+  real mu;
+  real<lower=0> sigma;
+}
+transformed parameters {
+  real log_sigma = log(sigma);
+}
+model {
+  mu ~ normal(0, 10);
+  sigma ~ exponential(1);
+  if (!prior_only) {
+    y ~ normal(mu, sigma);
+  }
+}
+generated quantities {
+  vector[N] y_rep = to_vector(normal_rng(rep_vector(mu, N), sigma));
+}
+"""
+
+#: Data for :data:`EXAMPLE_CODE`.
+EXAMPLE_DATA = {"N": 4, "y": [0.3, -1.2, 0.8, 0.1], "prior_only": 0}
 
 PROGRAMS: dict[str, str] = {
     "eight_schools": """\
@@ -129,6 +167,29 @@ REFERENCE_POSTERIORS = {
     "gp_pois_regr": "gp_pois_regr-gp_pois_regr",
     "low_dim_gauss_mix": "low_dim_gauss_mix-low_dim_gauss_mix",
 }
+
+
+def example_model(**kwargs: Any):
+    """:data:`EXAMPLE_CODE` with :data:`EXAMPLE_DATA` as a :class:`~stan_bridge.StanModel`.
+
+    Compiled on first use (tens of seconds), cached afterwards.
+
+    Parameters
+    ----------
+    **kwargs
+        Passed to :class:`~stan_bridge.StanModel`.
+
+    Examples
+    --------
+    >>> from stan_bridge.programs import example_model
+    >>> sm = example_model()
+    >>> sm.names
+    ['mu', 'sigma', 'log_sigma']
+    """
+    from stan_bridge.model import StanModel
+
+    kwargs.setdefault("progressbar", False)
+    return StanModel(EXAMPLE_CODE, EXAMPLE_DATA, **kwargs)
 
 
 def reference_data(name: str) -> dict[str, Any]:

@@ -163,19 +163,57 @@ def test_constrain_unconstrain_round_trip(models, name, data):
     np.testing.assert_allclose(sm.param_unconstrain(flat), x, atol=1e-9)
 
 
-def test_matrix_column_major_and_constrained_types():
+# One program for several tests (one compile): constrained types, data layouts,
+# reject(), an index error behind a data flag, and an int generated quantity.
+SHAPES_CODE = """
+data {
+  int N;
+  matrix[N, 2] M;
+  array[2] vector[N] av;
+  int<lower=0, upper=1> bad_index;
+}
+parameters {
+  simplex[3] s;
+  cholesky_factor_corr[3] L;
+  matrix[2, 3] B;
+  real x;
+}
+transformed parameters {
+  real m12 = M[1, 2];
+  real av21 = av[2][1];
+}
+model {
+  array[2] real a = {1.0, 2.0};
+  if (x > 1) reject("x must be at most 1; got ", x);
+  if (bad_index) target += a[3];
+  s ~ dirichlet(rep_vector(2, 3));
+  L ~ lkj_corr_cholesky(2);
+  to_vector(B) ~ normal(0, 1);
+  x ~ normal(0, 1);
+}
+generated quantities {
+  int k = poisson_rng(3);
+}
+"""
+SHAPES_DATA = {
+    "N": 3,
+    "M": np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]),
+    "av": np.array([[1.0, 2.0, 3.0], [7.0, 8.0, 9.0]]),
+    "bad_index": 0,
+}
+
+
+@pytest.fixture(scope="module")
+def shapes_model():
+    return StanModel(SHAPES_CODE, SHAPES_DATA, progressbar=False)
+
+
+def test_matrix_column_major_and_constrained_types(shapes_model):
     """Matrices, arrays of vectors, simplexes and Cholesky factors keep their shapes."""
-    code = """
-    data { int N; matrix[N, 2] M; array[2] vector[N] av; }
-    parameters { simplex[3] s; cholesky_factor_corr[3] L; matrix[2, 3] B; }
-    transformed parameters { real m12 = M[1, 2]; real av21 = av[2][1]; }
-    model { s ~ dirichlet(rep_vector(2, 3)); L ~ lkj_corr_cholesky(2); to_vector(B) ~ normal(0, 1); }
-    """
-    M = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
-    av = np.array([[1.0, 2.0, 3.0], [7.0, 8.0, 9.0]])
-    sm = StanModel(code, {"N": 3, "M": M, "av": av}, progressbar=False)
-    assert sm.dim == 2 + 3 + 6
+    sm = shapes_model
+    assert sm.dim == 2 + 3 + 6 + 1
     x = np.random.default_rng(4).normal(size=sm.dim)
+    x[-1] = 0.3
     p = sm.constrain(x)
     assert p["m12"] == 2.0 and p["av21"] == 7.0  # data read in the right order
     assert p["s"].shape == (3,) and p["s"].sum() == pytest.approx(1.0)
@@ -205,31 +243,23 @@ def test_generated_quantities_seeded(models):
     assert abs(z.mean()) < 0.03 and abs(z.std() - 1) < 0.03
 
 
-def test_reject_gives_minus_inf_and_other_errors_raise():
-    code = """
-    data { int<lower=0, upper=1> bad_index; }
-    parameters { real x; }
-    model {
-      array[2] real a = {1.0, 2.0};
-      if (x > 1) reject("x must be at most 1; got ", x);
-      if (bad_index) target += a[3];
-      x ~ normal(0, 1);
-    }
-    generated quantities { int k = poisson_rng(3); }
-    """
-    sm = StanModel(code, {"bad_index": 0}, progressbar=False)
-    assert np.isfinite(sm.logp(np.array([0.5])))
-    assert sm.logp(np.array([2.0])) == -np.inf
-    lp, g = sm.logp_and_grad(np.array([2.0]))
+def test_reject_gives_minus_inf_and_other_errors_raise(shapes_model):
+    sm = shapes_model
+    x = np.zeros(sm.dim)
+    x_bad = x.copy()
+    x_bad[-1] = 2.0
+    assert np.isfinite(sm.logp(x))
+    assert sm.logp(x_bad) == -np.inf
+    lp, g = sm.logp_and_grad(x_bad)
     assert lp == -np.inf and np.isnan(g).all()
     assert "x must be at most 1" in sm.last_reject
-    lp_b = sm.logp_batch(np.array([[0.0], [2.0], [0.5]]))
+    lp_b = sm.logp_batch(np.stack([x, x_bad, x]))
     assert np.isfinite(lp_b[[0, 2]]).all() and lp_b[1] == -np.inf
-    gq = sm.generated_quantities(np.zeros((500, 1)), seed=3)
+    gq = sm.generated_quantities(np.zeros((500, sm.dim)), seed=3)
     assert gq["k"].dtype == np.int64 and abs(gq["k"].mean() - 3) < 0.3
-    bad = sm.with_data({"bad_index": 1})
+    bad = sm.with_data({**SHAPES_DATA, "bad_index": 1})
     with pytest.raises(RuntimeError, match="index"):
-        bad.logp(np.array([0.0]))
+        bad.logp(x)
 
 
 def test_threads_give_the_same_answers(models):

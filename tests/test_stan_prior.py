@@ -47,34 +47,51 @@ def test_prior_draws_follow_the_prior(eight_schools, draws):
     assert stats.kstest(z.ravel(), stats.norm().cdf).pvalue > 0.001
 
 
-def test_observed_and_int_data():
-    code = """
-    data {
-      int<lower=1> N;
-      vector[N] x;
-      array[N] int<lower=0> k;
-      int<lower=0, upper=1> prior_only;
-    }
-    parameters { real a; real b; }
-    model {
-      a ~ normal(1, 0.5);
-      b ~ normal(0, 0.3);
-      if (!prior_only) k ~ poisson_log(a + b * x);
-    }
-    generated quantities {
-      array[N] int k_rep = poisson_log_rng(a + b * x);
-      real unrelated = normal_rng(0, 1);
-    }
-    """
-    data = {"N": 4, "x": [-1.0, 0.0, 1.0, 2.0], "k": [1, 2, 3, 9], "prior_only": 0}
-    sm = StanModel(code, data, progressbar=False)
+# Int data, covariates, and a flag that makes the prior improper (one compile).
+POISSON_CODE = """
+data {
+  int<lower=1> N;
+  vector[N] x;
+  array[N] int<lower=0> k;
+  int<lower=0, upper=1> prior_only;
+  int<lower=0, upper=1> flat_prior;
+}
+parameters { real a; real b; }
+model {
+  if (!flat_prior) {
+    a ~ normal(1, 0.5);
+    b ~ normal(0, 0.3);
+  }
+  if (!prior_only) k ~ poisson_log(a + b * x);
+}
+generated quantities {
+  array[N] int k_rep = poisson_log_rng(a + b * x);
+  real unrelated = normal_rng(0, 1);
+}
+"""
+POISSON_DATA = {
+    "N": 4,
+    "x": [-1.0, 0.0, 1.0, 2.0],
+    "k": [1, 2, 3, 9],
+    "prior_only": 0,
+    "flat_prior": 0,
+}
+
+
+@pytest.fixture(scope="module")
+def poisson():
+    return StanModel(POISSON_CODE, POISSON_DATA, progressbar=False)
+
+
+def test_observed_and_int_data(poisson):
+    sm = poisson
     params, sims = sm.prior_predictive(1500, random_seed=1, observed=["k"], progressbar=False)
     assert sims["k"].dtype == np.int64 and sims["k"].shape == (1500, 4)
     # E[k at x=0] = E[exp(a)] = exp(1 + 0.5**2 / 2)
     assert sims["k"][:, 1].mean() == pytest.approx(np.exp(1.125), rel=0.1)
     assert params[:, 0].mean() == pytest.approx(1.0, abs=0.06)
     # the data's own values are not used: other observed counts, same prior predictive law
-    sm2 = sm.with_data({**data, "k": [0, 0, 0, 0]})
+    sm2 = sm.with_data({**POISSON_DATA, "k": [0, 0, 0, 0]})
     _, sims2 = sm2.prior_predictive(1500, random_seed=1, observed=["k"], progressbar=False)
     np.testing.assert_array_equal(sims2["k"], sims["k"])
 
@@ -96,14 +113,8 @@ def test_partial_conventions_are_named(eight_schools):
         eight_schools.prior_predictive(10, suffix="_sim")
 
 
-def test_improper_prior_is_refused():
-    code = """
-    data { int N; vector[N] y; int<lower=0, upper=1> prior_only; }
-    parameters { real mu; }
-    model { if (!prior_only) y ~ normal(mu, 1); }
-    generated quantities { vector[N] y_rep = to_vector(normal_rng(rep_vector(mu, N), 1)); }
-    """
-    sm = StanModel(code, {"N": 2, "y": [0.0, 1.0], "prior_only": 0}, progressbar=False)
+def test_improper_prior_is_refused(poisson):
+    sm = poisson.with_data({**POISSON_DATA, "flat_prior": 1})
     with pytest.raises(PriorPredictiveError, match="improper"):
         sm.prior_predictive(200, random_seed=0, progressbar=False)
 

@@ -1,0 +1,385 @@
+"""Benchmark: flow MCMC against PyMC NUTS, nutpie and nutpie's normalizing-flow adaptation.
+
+Targets (all written as PyMC models, so every sampler sees the same density):
+
+- ``mixture2_d10`` / ``mixture2_d50``: two Gaussian modes N(+-3 * 1, I) with
+  weights 0.3 (minus) and 0.7 (plus), in 10 and 50 dimensions;
+- ``mixture3_d10``: three modes with weights 0.2 / 0.5 / 0.3 and scales
+  0.5 / 1 / 1.5, in 10 dimensions;
+- ``funnel_d10``: Neal's funnel, v ~ N(0, 3), x_i ~ N(0, exp(v / 2)), i = 1..9
+  (centred, the hard way round);
+- every reference posterior (``pymc_ext.models.reference_model``).
+
+Samplers, in one run:
+
+- ``flow_mcmc``: :func:`pymc_ext.flow_sampler.flow_mcmc` with its defaults
+  (walkers from the dimension, 10 adaptation rounds, 500 draws per walker),
+  on the model's vectorised log density (``pymc_ext.log_density``);
+- ``pymc``: ``pm.sample(nuts_sampler="pymc")``, 4 chains, tune=1000, 1000 draws;
+- ``nutpie``: ``nutpie.sample`` (numba backend), 4 chains, tune=1000, 1000 draws;
+- ``nutpie_flow``: ``nutpie.sample(adaptation="flow")`` on the jax backend
+  (needs ``jax`` and ``flowjax``), 4 chains, tune=1000, 1000 draws.
+
+Reported per run: wall time (the whole call, compile included; the PyTensor
+cache warm after the first target), gradient evaluations (tune + draws; for
+flow_mcmc also Pathfinder and the flow fits' reverse-KL gradients, if any),
+max R-hat and min bulk ESS over the posterior, divergences, and the accuracy:
+mixture weight error (share of draws nearest each mode against the true
+weight, the largest difference), funnel mean and sd error of ``v``, or the
+reference errors (mean error in reference sd, relative sd error; largest over
+parameters). For flow_mcmc also the global acceptance and mode hops.
+
+Writes ``benchmarks/results/flows.md`` and ``flows.json`` (``--tag`` adds a
+suffix), updated after every run so a long run can be stopped.
+
+Usage::
+
+    python benchmarks/flows.py                       # everything (long: about an hour)
+    python benchmarks/flows.py --quick               # mixture2_d10, funnel_d10, 2 references
+    python benchmarks/flows.py --targets mixture2_d10,funnel_d10 --samplers flow_mcmc,pymc
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+REFERENCES = [
+    "eight_schools-eight_schools_noncentered",
+    "kidiq-kidscore_momiq",
+    "earnings-logearn_interaction",
+    "arK-arK",
+    "gp_pois_regr-gp_pois_regr",
+    "low_dim_gauss_mix-low_dim_gauss_mix",
+    "mesquite-logmesquite_logvas",
+    "sblrc-blr",
+]
+TOY_TARGETS = ["mixture2_d10", "mixture2_d50", "mixture3_d10", "funnel_d10"]
+ALL_TARGETS = TOY_TARGETS + REFERENCES
+QUICK_TARGETS = ["mixture2_d10", "funnel_d10", "eight_schools-eight_schools_noncentered",
+                 "kidiq-kidscore_momiq"]
+ALL_SAMPLERS = ["flow_mcmc", "pymc", "nutpie", "nutpie_flow"]
+
+
+# -- targets ---------------------------------------------------------------------------------
+
+
+def mixture_spec(name: str) -> dict[str, Any]:
+    """Weights, centres and scales of the mixture targets."""
+    if name.startswith("mixture2"):
+        dim = int(name.split("_d")[1])
+        one = np.ones(dim)
+        return {"dim": dim, "weights": [0.3, 0.7], "centers": [-3 * one, 3 * one],
+                "scales": [1.0, 1.0]}
+    if name.startswith("mixture3"):
+        dim = int(name.split("_d")[1])
+        one = np.ones(dim)
+        alt = np.where(np.arange(dim) % 2 == 0, 4.0, -4.0)
+        return {"dim": dim, "weights": [0.2, 0.5, 0.3], "centers": [-4 * one, 4 * one, alt],
+                "scales": [0.5, 1.0, 1.5]}
+    raise KeyError(name)
+
+
+def build_target(name: str):
+    """``(pm.Model, info)`` for a target name."""
+    import pymc as pm
+    import pytensor.tensor as pt
+
+    if name.startswith("mixture"):
+        spec = mixture_spec(name)
+        with pm.Model() as model:
+            x = pm.Flat("x", shape=spec["dim"])
+            comps = [
+                np.log(w) + pm.logp(pm.Normal.dist(c, s), x).sum()
+                for w, c, s in zip(spec["weights"], spec["centers"], spec["scales"], strict=True)
+            ]
+            pm.Potential("mixture", pt.logsumexp(pt.stack(comps)))
+        return model, {"kind": "mixture", **spec}
+    if name.startswith("funnel"):
+        dim = int(name.split("_d")[1])
+        with pm.Model() as model:
+            v = pm.Normal("v", 0.0, 3.0)
+            pm.Normal("x", 0.0, pm.math.exp(v / 2), shape=dim - 1)
+        return model, {"kind": "funnel", "dim": dim}
+    from pymc_ext.models import reference_model
+
+    return reference_model(name), {"kind": "reference"}
+
+
+# -- metrics ---------------------------------------------------------------------------------
+
+
+def _flat_draws(idata, var: str) -> np.ndarray:
+    x = idata.posterior[var].values
+    return x.reshape(x.shape[0], x.shape[1], -1)
+
+
+def accuracy(name: str, info: dict[str, Any], idata) -> dict[str, Any]:
+    """Target-specific accuracy numbers."""
+    if info["kind"] == "mixture":
+        x = _flat_draws(idata, "x")
+        centers = np.asarray(info["centers"])
+        scales = np.asarray(info["scales"])
+        d2 = ((x[..., None, :] - centers) ** 2).sum(-1) / scales**2 + 2 * x.shape[-1] * np.log(
+            scales
+        )
+        label = np.argmin(d2, axis=-1)
+        shares = [float((label == k).mean()) for k in range(len(info["weights"]))]
+        errs = [abs(s - w) for s, w in zip(shares, info["weights"], strict=True)]
+        per_chain_plus = [float((label[c] == np.argmax(info["weights"])).mean())
+                          for c in range(label.shape[0])]
+        return {
+            "weights": shares,
+            "weight_error": max(errs),
+            "chains_in_one_mode": int(
+                sum(len(np.unique(label[c])) == 1 for c in range(label.shape[0]))
+            ),
+            "heavy_mode_share_per_chain_range": [min(per_chain_plus), max(per_chain_plus)],
+        }
+    if info["kind"] == "funnel":
+        v = idata.posterior["v"].values.ravel()
+        return {"v_mean": float(v.mean()), "v_sd": float(v.std()),
+                "v_mean_error": float(abs(v.mean())), "v_sd_error": float(abs(v.std() - 3.0))}
+    from pymc_ext.reference import compare_to_reference
+
+    out = compare_to_reference(idata, name)
+    return {"max_mean_error": out["max_mean_error"], "max_sd_error": out["max_sd_error"]}
+
+
+def convergence(idata) -> dict[str, Any]:
+    import arviz as az
+
+    post = idata.posterior
+    rhat = az.rhat(post)
+    ess = az.ess(post)
+    return {
+        "max_rhat": float(max(float(rhat[v].max()) for v in rhat.data_vars)),
+        "min_ess_bulk": float(min(float(ess[v].min()) for v in ess.data_vars)),
+        "draws_total": int(post.sizes["chain"] * post.sizes["draw"]),
+    }
+
+
+# -- samplers --------------------------------------------------------------------------------
+
+
+def run_flow_mcmc(model, seed: int, quick: bool) -> tuple[Any, dict[str, Any]]:
+    from pymc_ext.flow_sampler import flow_mcmc
+    from pymc_ext.pymc_model import log_density
+
+    t0 = time.perf_counter()
+    density = log_density(model)
+    t_compile = time.perf_counter() - t0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        idata = flow_mcmc(density, random_seed=seed, progressbar=False,
+                          draws=300 if quick else 500)
+    attrs = idata.sample_stats.attrs
+    extra = {
+        "setup_s": t_compile,
+        "grad_evals": int(attrs["grad_evals"]),
+        "divergences": int(attrs["divergences"]),
+        "global_acceptance": float(attrs["global_acceptance"]),
+        "local_acceptance": float(attrs["local_acceptance"]),
+        "mode_hops": int(attrs["mode_hops"]),
+        "n_modes": int(attrs["n_modes"]),
+        "walkers": int(idata.posterior.sizes["chain"]),
+        "adaptation_s": float(attrs["adaptation_seconds"]),
+        "sampling_s": float(attrs["sampling_seconds"]),
+        "global_acceptance_per_round": attrs["global_acceptance_per_round"],
+        "warnings": [str(w.message)[:160] for w in caught
+                     if "FlowMCMCWarning" in type(w.message).__name__],
+    }
+    return idata, extra
+
+
+def run_pymc(model, seed: int, quick: bool) -> tuple[Any, dict[str, Any]]:
+    import pymc as pm
+
+    n = 500 if quick else 1000
+    with model:
+        idata = pm.sample(draws=n, tune=n, chains=4, cores=1, nuts_sampler="pymc",
+                          random_seed=seed, progressbar=False, discard_tuned_samples=False,
+                          compute_convergence_checks=False)
+    grads = int(idata.sample_stats["tree_size"].sum())
+    if "warmup_sample_stats" in idata.children:
+        grads += int(idata.warmup_sample_stats["tree_size"].sum())
+    return idata, {"grad_evals": grads,
+                   "divergences": int(idata.sample_stats["diverging"].sum())}
+
+
+def _nutpie(model, seed: int, quick: bool, flow: bool) -> tuple[Any, dict[str, Any]]:
+    import nutpie
+
+    n = 500 if quick else 1000
+    t0 = time.perf_counter()
+    if flow:
+        compiled = nutpie.compile_pymc_model(model, backend="jax", gradient_backend="jax")
+    else:
+        compiled = nutpie.compile_pymc_model(model)
+    t_compile = time.perf_counter() - t0
+    kwargs = {"adaptation": "flow"} if flow else {}
+    idata = nutpie.sample(compiled, draws=n, tune=n, chains=4, cores=1, seed=seed,
+                          progress_bar=False, save_warmup=True, **kwargs)
+    grads = int(idata.sample_stats["n_steps"].sum())
+    if "warmup_sample_stats" in idata.children:
+        grads += int(idata.warmup_sample_stats["n_steps"].sum())
+    return idata, {"setup_s": t_compile, "grad_evals": grads,
+                   "divergences": int(idata.sample_stats["diverging"].sum())}
+
+
+def run_nutpie(model, seed: int, quick: bool):
+    return _nutpie(model, seed, quick, flow=False)
+
+
+def run_nutpie_flow(model, seed: int, quick: bool):
+    from importlib.util import find_spec
+
+    missing = [p for p in ("jax", "flowjax") if find_spec(p) is None]
+    if missing:
+        raise RuntimeError(
+            f"nutpie's flow adaptation needs {missing}: pip install jax flowjax"
+        )
+    return _nutpie(model, seed, quick, flow=True)
+
+
+RUNNERS = {"flow_mcmc": run_flow_mcmc, "pymc": run_pymc, "nutpie": run_nutpie,
+           "nutpie_flow": run_nutpie_flow}
+
+
+# -- report ----------------------------------------------------------------------------------
+
+
+def _fmt(v: Any, digits: int = 2) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if not np.isfinite(v):
+            return str(v)
+        return f"{v:.{digits}f}" if abs(v) < 1e4 else f"{v:.3g}"
+    return str(v)
+
+
+def write_report(results: list[dict[str, Any]], meta: dict[str, Any], out: Path, tag: str):
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "flows" + (f"_{tag}" if tag else "")
+    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    lines = [
+        "# Flow MCMC benchmark",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Machine: {meta['machine']}; started {meta['started']}; "
+        f"torch threads {meta['torch_threads']}; load average at start {meta['load']}.  ",
+        "Wall times include compilation (PyTensor cache warm after the first target; "
+        "nutpie's numba/jax compile is in the time). The machine was shared with other "
+        "jobs, so compare times within a target only.",
+        "",
+        "| target | sampler | wall s | grad evals | accuracy | max R-hat | min ESS | "
+        "divergences | notes |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['target']} | {r['sampler']} | - | - | failed: "
+                         f"{r['error'][:120]} | - | - | - | - |")
+            continue
+        acc = r["accuracy"]
+        if "weight_error" in acc:
+            acc_s = (f"weight err {_fmt(acc['weight_error'], 3)} "
+                     f"(shares {', '.join(_fmt(s, 3) for s in acc['weights'])}); "
+                     f"chains stuck in one mode: {acc['chains_in_one_mode']}")
+        elif "v_mean_error" in acc:
+            acc_s = f"v mean {_fmt(acc['v_mean'])}, sd {_fmt(acc['v_sd'])} (truth 0, 3)"
+        else:
+            acc_s = (f"mean err {_fmt(acc['max_mean_error'], 3)}, "
+                     f"sd err {_fmt(acc['max_sd_error'], 3)}")
+        notes = []
+        if r["sampler"] == "flow_mcmc":
+            notes.append(f"global acc {_fmt(r['global_acceptance'])}, hops {r['mode_hops']}, "
+                         f"{r['walkers']} walkers, modes {r['n_modes']}, adapt "
+                         f"{_fmt(r['adaptation_s'], 0)} s + sample {_fmt(r['sampling_s'], 0)} s")
+            if r.get("warnings"):
+                notes.append(f"{len(r['warnings'])} warning(s)")
+        if r.get("setup_s") is not None:
+            notes.append(f"compile {_fmt(r['setup_s'], 0)} s")
+        lines.append(
+            f"| {r['target']} | {r['sampler']} | {_fmt(r['wall_s'], 0)} | {r['grad_evals']} | "
+            f"{acc_s} | {_fmt(r['max_rhat'], 3)} | {_fmt(r['min_ess_bulk'], 0)} | "
+            f"{r['divergences']} | {'; '.join(notes)} |"
+        )
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help=f"targets {','.join(QUICK_TARGETS)}; 300-500 draws")
+    parser.add_argument("--targets", default=None, help="comma-separated (short names work)")
+    parser.add_argument("--samplers", default=",".join(ALL_SAMPLERS))
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--tag", default="")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    if args.targets:
+        targets = []
+        for t in args.targets.split(","):
+            match = [n for n in ALL_TARGETS if n == t or n.split("-")[0] == t]
+            if not match:
+                raise SystemExit(f"Unknown target {t!r}; choose from {ALL_TARGETS}")
+            targets.append(match[0])
+    else:
+        targets = QUICK_TARGETS if args.quick else ALL_TARGETS
+    samplers = args.samplers.split(",")
+    unknown = [s for s in samplers if s not in RUNNERS]
+    if unknown:
+        raise SystemExit(f"Unknown sampler(s) {unknown}; choose from {ALL_SAMPLERS}")
+    meta = {
+        "command": "python benchmarks/flows.py " + " ".join(argv if argv is not None
+                                                            else sys.argv[1:]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}",
+        "started": time.strftime("%Y-%m-%d %H:%M"),
+        "torch_threads": torch.get_num_threads(),
+        "load": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+        "seed": args.seed,
+    }
+    results: list[dict[str, Any]] = []
+    for target in targets:
+        model, info = build_target(target)
+        for sampler in samplers:
+            print(f"[{time.strftime('%H:%M:%S')}] {target} / {sampler}", flush=True)
+            row: dict[str, Any] = {"target": target, "sampler": sampler}
+            t0 = time.perf_counter()
+            try:
+                idata, extra = RUNNERS[sampler](model, args.seed, args.quick)
+                row["wall_s"] = time.perf_counter() - t0
+                row.update(extra)
+                row.update(convergence(idata))
+                row["accuracy"] = accuracy(target, info, idata)
+            except Exception as err:  # noqa: BLE001 - record and go on
+                row["error"] = f"{type(err).__name__}: {err}"
+                row["wall_s"] = time.perf_counter() - t0
+                traceback.print_exc()
+            print("   ", {k: v for k, v in row.items() if k not in ("warnings",)}, flush=True)
+            results.append(row)
+            write_report(results, meta, Path(args.out), args.tag)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

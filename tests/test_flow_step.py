@@ -1,0 +1,130 @@
+"""FlowMC (pymc_ext.flow_step): a pm.sample step method with exact flow proposals."""
+
+from __future__ import annotations
+
+import warnings
+
+import arviz as az
+import numpy as np
+import pymc as pm
+import pytensor.tensor as pt
+import pytest
+import torch
+import xarray as xr
+
+from pymc_ext.flow_sampler import FlowMCMCWarning
+from pymc_ext.flow_step import FlowMC
+
+ADAPT = {
+    "n_rounds": 3,
+    "first_train_steps": 200,
+    "train_steps": 60,
+    "adapt_local_steps": 10,
+    "num_paths": 6,
+    "walkers": 64,
+    "progressbar": False,
+    "flow_kwargs": {"transforms": 3, "hidden_features": (32, 32)},
+}
+SAMPLE = {"progressbar": False, "compute_convergence_checks": False}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def two_mode_model() -> pm.Model:
+    """x in R^2: mixture 0.3 N(-3, I) + 0.7 N(3, I) (times a flat-ish N(0, 10^2) prior)."""
+    with pm.Model() as model:
+        x = pm.Normal("x", 0, 10, shape=2)
+        lo = pm.logp(pm.Normal.dist(-3.0, 1.0), x).sum() + np.log(0.3)
+        hi = pm.logp(pm.Normal.dist(3.0, 1.0), x).sum() + np.log(0.7)
+        pm.Potential("mixture", pt.logaddexp(lo, hi))
+    return model
+
+
+@pytest.fixture(scope="module")
+def model_and_adaptation():
+    model = two_mode_model()
+    with model, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FlowMCMCWarning)
+        step = FlowMC(random_seed=0, **ADAPT)
+    return model, step.adaptation
+
+
+def _plus_share(idata) -> tuple[float, float]:
+    plus = (idata.posterior["x"].mean("x_dim_0") > 0).astype(float)
+    ess = float(az.ess(xr.Dataset({"p": plus}))["p"])
+    p = float(plus.mean())
+    return p, np.sqrt(p * (1 - p) / ess)
+
+
+def test_flowmc_with_nuts_mixes_between_modes_with_the_right_weights(model_and_adaptation):
+    model, adaptation = model_and_adaptation
+    with model:
+        step = FlowMC(adaptation=adaptation)
+        idata = pm.sample(draws=400, tune=200, chains=2, cores=1, step=step, random_seed=5,
+                          **SAMPLE)
+    p, se = _plus_share(idata)
+    assert abs(p - 0.7) < max(4 * se, 0.03), (p, se)
+    stats = idata.sample_stats
+    for name in ("flow_accept_prob", "flow_accepted", "move", "diverging", "step_size"):
+        assert name in stats
+    assert float(stats["flow_accept_prob"].mean()) > 0.3
+    # every chain visits both modes (NUTS alone stays where it starts)
+    side = idata.posterior["x"].mean("x_dim_0") > 0
+    assert bool(side.any("draw").all()) and bool((~side).any("draw").all())
+    assert np.array_equal(stats["move"].values, stats["flow_accepted"].values.astype(int))
+
+
+def test_flowmc_is_reproducible_with_random_seed(model_and_adaptation):
+    model, adaptation = model_and_adaptation
+    runs = []
+    for _ in range(2):
+        with model:
+            idata = pm.sample(draws=30, tune=20, chains=2, cores=1, random_seed=7,
+                              step=FlowMC(adaptation=adaptation), **SAMPLE)
+        runs.append(idata.posterior["x"].values)
+    assert np.array_equal(runs[0], runs[1])
+    with model:
+        other = pm.sample(draws=30, tune=20, chains=2, cores=1, random_seed=8,
+                          step=FlowMC(adaptation=adaptation), **SAMPLE)
+    assert not np.array_equal(runs[0], other.posterior["x"].values)
+
+
+def test_flowmc_adaptation_is_reproducible_with_its_own_seed(model_and_adaptation):
+    model, adaptation = model_and_adaptation
+    with model, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FlowMCMCWarning)
+        again = FlowMC(random_seed=0, local="mala", **ADAPT)
+    X = np.random.default_rng(0).normal(size=(5, 2))
+    assert np.array_equal(
+        again.adaptation.kernel.flow.log_prob_numpy(X), adaptation.kernel.flow.log_prob_numpy(X)
+    )
+
+
+@pytest.mark.slow
+def test_flowmc_runs_in_parallel_chains_and_matches_sequential(model_and_adaptation):
+    model, adaptation = model_and_adaptation
+    out = {}
+    for cores in (1, 2):
+        with model:
+            idata = pm.sample(draws=40, tune=20, chains=2, cores=cores, random_seed=3,
+                              step=FlowMC(adaptation=adaptation, local="mala"), **SAMPLE)
+        out[cores] = idata
+    assert np.array_equal(out[1].posterior["x"].values, out[2].posterior["x"].values)
+    assert "local_accept_prob" in out[2].sample_stats
+
+
+def test_flowmc_refuses_a_subset_of_variables(model_and_adaptation):
+    model, adaptation = model_and_adaptation
+    with pm.Model():
+        a = pm.Normal("a")
+        pm.Normal("b")
+        with pytest.raises(ValueError, match="all continuous free variables"):
+            FlowMC(vars=[a], adaptation=adaptation)
+    with model, pytest.raises(ValueError, match="local must be"):
+        FlowMC(adaptation=adaptation, local="slice")
