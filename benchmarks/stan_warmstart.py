@@ -37,6 +37,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import platform
 import sys
 import time
@@ -290,12 +291,18 @@ def write_report(results: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
         note = ""
         if "abs_diff_logp_vs_ours" in r:
             note = (
-                f"equals ours: |Δ log p| = {r['abs_diff_logp_vs_ours']:.1e}, max |Δ grad| = "
-                f"{r['max_abs_diff_grad_vs_ours']:.1e}"
+                f"same values as ours: log p differs by {r['abs_diff_logp_vs_ours']:.1e}, "
+                f"gradient by at most {r['max_abs_diff_grad_vs_ours']:.1e}"
             )
         lines.append(f"| {r['what']} | {_fmt(r['us_per_call'], 1)} | {note} |")
     md_path.write_text("\n".join(lines) + "\n")
     return md_path, json_path
+
+
+def rewrite_report(out_dir: Path) -> None:
+    """Write the markdown again from the JSON file (after a change of format)."""
+    results = json.loads((out_dir / "stan_warmstart.json").read_text())
+    write_report(results, out_dir)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -307,16 +314,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args(argv)
     import cmdstanpy
+    from cmdstanpy.utils.logging import get_logger as cmdstanpy_logger
 
-    logging.getLogger("cmdstanpy").setLevel(logging.WARNING)
+    cmdstanpy_logger().setLevel(logging.WARNING)  # warnings (divergences) stay visible
 
     programs = ["eight_schools"] if args.quick else args.programs.split(",")
     seeds = [1] if args.quick else list(range(1, args.seeds + 1))
     results: dict[str, Any] = {
         "command": "python benchmarks/stan_warmstart.py " + " ".join(sys.argv[1:] or []),
-        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, "
-        f"{__import__('os').cpu_count()} cores, Python {platform.python_version()}",
-        "cmdstan": cmdstanpy.cmdstan_version(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), "
+        f"Python {platform.python_version()}",
+        "cmdstan": ".".join(str(v) for v in cmdstanpy.cmdstan_version() or ()),
         "seeds": seeds,
         "programs": bench_programs(programs, seeds),
         "call_cost": bench_call_cost(pystan=not (args.no_pystan or args.quick)),

@@ -43,9 +43,9 @@ def main(argv: list[str] | None = None) -> None:
     quick = args.quick or os.environ.get("PYMC_EXT_QUICK") == "1"
     chains, draws = (2, 300) if quick else (4, 1000)
     import arviz as az
-    import cmdstanpy  # noqa: F401  (its logger exists once imported)
+    from cmdstanpy.utils.logging import get_logger as cmdstanpy_logger
 
-    logging.getLogger("cmdstanpy").setLevel(logging.WARNING)
+    cmdstanpy_logger().setLevel(logging.WARNING)  # warnings (divergences) stay visible
 
     import stan_bridge
     from pymc_ext.reference import compare_to_reference
@@ -104,7 +104,15 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  sd of simulated y per school: {np.round(sims['y'].std(0), 1)}\n")
 
     # 5. ArviZ
-    idata = az.from_cmdstanpy(warm, save_warmup=False)
+    idata = az.from_cmdstanpy(warm)
+    n = idata.posterior.sizes["draw"]
+    if idata.sample_stats.sizes["draw"] != n:
+        # ArviZ 1.3's from_cmdstanpy keeps the warmup iterations in sample_stats when the
+        # fit saved them (save_warmup=True); keep the sampling iterations only.
+        import xarray as xr
+
+        stats = idata.sample_stats.to_dataset().isel(draw=slice(-n, None))
+        idata["sample_stats"] = xr.DataTree(stats.assign_coords(draw=np.arange(n)))
     print(az.summary(idata, var_names=["mu", "tau"]))
     if args.plot:
         import matplotlib

@@ -521,7 +521,7 @@ def single_path_pathfinder(
     num_elbo_draws: int = 25,
     history_size: int = 6,
     maxiter: int = 1000,
-    ftol: float = 1e-5,
+    ftol: float = 1e-8,
     gtol: float = 1e-8,
     random_seed: int | np.random.Generator | None = None,
 ) -> PathResult:
@@ -819,7 +819,7 @@ def multipath_pathfinder(
     num_elbo_draws: int = 25,
     history_size: int = 6,
     maxiter: int = 1000,
-    ftol: float = 1e-5,
+    ftol: float = 1e-8,
     gtol: float = 1e-8,
     importance_sampling: str = "psis",
     replace: bool = True,
@@ -855,6 +855,10 @@ def multipath_pathfinder(
         Maximum L-BFGS iterations per path.
     ftol, gtol : float
         Convergence tolerances (relative change of ``log p``; max-abs gradient).
+        The default ``ftol=1e-8`` is tighter than pymc-extras' 1e-5: with a
+        large ``|log p|`` (many observations) 1e-5 stops L-BFGS early in long,
+        narrow valleys (kidiq: mean error 4.1 sd at 1e-5, 0.04 at 1e-8, for
+        twice the gradient evaluations).
     importance_sampling : {"psis", "none"}
         ``"psis"`` resamples the pooled draws by Pareto-smoothed importance
         weights; ``"none"`` pools them with equal weight per path.

@@ -89,13 +89,16 @@ def _default_prior_weight(pareto_k: float) -> float:
 
 _ATTR_STATS = ("warmstart_grad_evals", "warmstart_pareto_k")
 
-#: Pathfinder settings for a warm start: fewer draws than a stand-alone fit (a
-#: warm start needs start points and a covariance, not a posterior sample).
+#: Pathfinder settings for a warm start: fewer draws than a stand-alone fit and
+#: a looser L-BFGS tolerance (a warm start needs start points in the typical set
+#: and a covariance, which the short adaptation then refines; not a posterior
+#: sample).
 WARMSTART_PATHFINDER_DEFAULTS: dict[str, Any] = {
     "num_paths": 4,
     "num_draws": 250,
     "num_draws_per_path": 250,
     "num_elbo_draws": 10,
+    "ftol": 1e-5,
 }
 
 

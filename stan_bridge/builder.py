@@ -61,6 +61,7 @@ def user_message(msg: str, display_name: str) -> str:
     """
     return msg.replace(PROGRAM_FILE, display_name)
 
+
 _COMMON_FLAGS = (
     "-O3",
     "-fPIC",
@@ -177,9 +178,7 @@ def _run_stanc(
     # which older stanc reports with the path it was given) shows the user's file name.
     cmd = [str(toolchain.stanc), *args, stan_file.name]
     try:
-        out = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=600, cwd=stan_file.parent
-        )
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=stan_file.parent)
     except subprocess.TimeoutExpired as err:
         raise StanCompileError(f"stanc timed out on {display_name}") from err
     if out.returncode != 0:
@@ -307,6 +306,17 @@ def _precompiled_header(toolchain: Toolchain, extra: Sequence[str], root: Path) 
     return final if (final / "ok").exists() else None
 
 
+def _remove_stale_temporaries(folder: Path, max_age_s: float = 86400.0) -> None:
+    """Remove build folders left by processes killed mid-build (older than a day)."""
+    now = time.time()
+    for tmp in folder.glob("tmp-*"):
+        try:
+            if tmp.is_dir() and now - tmp.stat().st_mtime > max_age_s:
+                shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:
+            pass
+
+
 def _progress(enabled: bool, desc: str):
     if not enabled:
         return contextlib.nullcontext(None)
@@ -411,6 +421,7 @@ def build_model(
             validate(found.info)
         return found
     (root / "models").mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(root / "models")
     with _progress(progressbar, f"Building Stan model {display_name}") as bar:
         tmp = Path(tempfile.mkdtemp(prefix=f"tmp-{key}-", dir=root / "models"))
         try:

@@ -226,8 +226,7 @@ class StanModel(BaseLogDensity):
             )
         all_names = list(info["names"])
         all_shapes = {
-            n: tuple(int(d) for d in dims)
-            for n, dims in zip(all_names, info["dims"], strict=True)
+            n: tuple(int(d) for d in dims) for n, dims in zip(all_names, info["dims"], strict=True)
         }
         params = [n for n in all_names if n in self.info.get("parameters", {})]
         tparams = [n for n in all_names if n in self.info.get("transformed parameters", {})]
@@ -589,9 +588,7 @@ class StanModel(BaseLogDensity):
         """
         missing = [n for n in self.param_names_list if n not in point]
         if missing:
-            raise KeyError(
-                f"unconstrain needs a value for every parameter; missing {missing}."
-            )
+            raise KeyError(f"unconstrain needs a value for every parameter; missing {missing}.")
         values, ndims, dims = [], [], []
         for n in self.param_names_list:
             shape = self.shapes[n]
@@ -741,5 +738,3 @@ class StanModel(BaseLogDensity):
     def __repr__(self) -> str:
         src = self.stan_file.name if self.stan_file is not None else "<code>"
         return f"StanModel({src}, dim={self.dim}, names={self.names})"
-
-
