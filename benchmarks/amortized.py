@@ -441,7 +441,8 @@ def write_report(results: dict[str, Any], out_dir: Path, tag: str) -> Path:
                 f"| {r['problem']} | {i} | {_f(row['pareto_k'])} | "
                 f"{_f(row['raw']['mean_error'])} / {_f(row['raw']['sd_error'])} | "
                 f"{_f(row['psis']['mean_error'])} / {_f(row['psis']['sd_error'])} | "
-                f"{_f(row['amortized_mh']['mean_error'])} / {_f(row['amortized_mh']['sd_error'])} | "
+                f"{_f(row['amortized_mh']['mean_error'])} / "
+                f"{_f(row['amortized_mh']['sd_error'])} | "
                 f"{_f(row['mh_acceptance'])} | "
                 + (f"{_f(s['mean_error'])} / {_f(s['sd_error'])} |" if s else "- |")
             )
@@ -486,7 +487,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--tag", default="")
     p.add_argument("--threads", type=int, default=1,
-                   help="torch threads (1: small networks gain nothing from more on a busy machine)")
+                   help="torch threads (1: small networks gain little from more when busy)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = p.parse_args(argv)
     quick = args.quick

@@ -331,11 +331,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--tag", default="")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: more threads oversubscribe a shared small machine)")
     args = parser.parse_args(argv)
 
     import torch
 
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(args.threads)
     if args.targets:
         targets = []
         for t in args.targets.split(","):

@@ -26,6 +26,7 @@ import pymc as pm
 
 import pymc_ext
 from pymc_ext.amortized_diagnostics import AmortizedDataWarning
+from pymc_ext.amortized_step import AmortizedMH  # also pymc_ext.AmortizedMH
 from pymc_ext.models import EIGHT_SCHOOLS_DATA, eight_schools
 
 
@@ -83,7 +84,7 @@ def main() -> None:
     # -- exact, for one dataset -----------------------------------------------------------------
     with model:
         exact = pm.sample(draws=500 if quick else 1000, tune=100, chains=2, cores=1,
-                          step=pymc_ext.AmortizedMH(amortizer), random_seed=6,
+                          step=AmortizedMH(amortizer), random_seed=6,
                           progressbar=False, compute_convergence_checks=False)
     acc = float(exact.sample_stats["accepted"].mean())
     print(f"AmortizedMH: acceptance {acc:.2f}; tau mean {float(exact.posterior['tau'].mean()):.2f}")

@@ -46,7 +46,7 @@ from pymc_ext.amortized_diagnostics import (
 from pymc_ext.amortized_layout import DataLayout
 from pymc_ext.amortized_targets import make_target
 from pymc_ext.calibration import CalibrationResult, simulation_based_calibration
-from pymc_ext.conditional_flow import ConditionalFlow, torch_device
+from pymc_ext.conditional_flow import ConditionalFlow, torch_device, torch_threads
 from pymc_ext.summary_nets import build_summary_net, check_summary_net
 
 __all__ = ["Amortizer", "AmortizerMismatchError", "AmortizerNotFittedError", "TrainingHistory"]
@@ -110,6 +110,18 @@ class TrainingHistory(dict):
             raise AttributeError(name) from err
 
 
+def _with_threads(method: Callable) -> Callable:
+    """Run an Amortizer method under its ``num_threads`` setting."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(self: Amortizer, *args: Any, **kwargs: Any) -> Any:
+        with torch_threads(getattr(self, "num_threads", None)):
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 class Amortizer:
     """Amortized posterior estimation for a PyMC model or a Stan program.
 
@@ -145,6 +157,10 @@ class Amortizer:
         Only for a custom summary module: how data reach it.
     device : str or torch.device, optional
         Where the networks run; the GPU when torch sees one, else the CPU.
+    num_threads : int or None
+        Torch CPU threads while the amortizer trains or draws (restored
+        afterwards). 1 by default: the networks are small, and extra threads
+        slow them down on a busy machine. ``None`` leaves torch's setting.
 
     Examples
     --------
@@ -173,7 +189,9 @@ class Amortizer:
         flow_kwargs: Mapping[str, Any] | None = None,
         data_layout: str | None = None,
         device: str | torch.device | None = None,
+        num_threads: int | None = 1,
     ) -> None:
+        self.num_threads = num_threads
         self.target = make_target(
             model, observed=observed, covariates=covariates, covariate_sampler=covariate_sampler
         )
@@ -330,6 +348,7 @@ class Amortizer:
         return -self.flow.flow(context).log_prob(z).mean()
 
     # -- training ------------------------------------------------------------------------------
+    @_with_threads
     def fit(
         self,
         num_simulations: int = 10_000,
@@ -461,7 +480,9 @@ class Amortizer:
                     continue
                 scheduler.step()
                 train_loss = total / max(count, 1)
-                val_loss = self._eval_loss(theta_t, values, lengths, val_idx) if n_val else train_loss
+                val_loss = (
+                    self._eval_loss(theta_t, values, lengths, val_idx) if n_val else train_loss
+                )
                 history["train_loss"].append(train_loss)
                 history["val_loss"].append(val_loss)
                 history["epochs_run"] = epoch + 1
@@ -494,7 +515,9 @@ class Amortizer:
         self.fitted = True
         return self
 
-    def _replace_oldest(self, theta_t, values, lengths, train_idx, theta_new, values_new, lengths_new):
+    def _replace_oldest(
+        self, theta_t, values, lengths, train_idx, theta_new, values_new, lengths_new
+    ):
         """Swap the oldest training simulations for fresh ones (rolling window)."""
         k = min(len(theta_new), len(train_idx))
         if not hasattr(self, "_roll"):
@@ -604,6 +627,7 @@ class Amortizer:
                 log_qs.append(log_q.double().cpu().numpy())
         return np.concatenate(thetas), np.concatenate(log_qs)
 
+    @_with_threads
     def log_q(self, theta: np.ndarray, data: Mapping[str, Any] | None = None) -> np.ndarray:
         """``log q(theta_i | y)`` of the amortized posterior at one dataset.
 
@@ -626,6 +650,7 @@ class Amortizer:
             out = self.flow.log_prob(theta_t, ctx.expand(theta_t.shape[0], -1))
         return out.double().cpu().numpy()
 
+    @_with_threads
     def sample(
         self,
         data: Mapping[str, Any] | None = None,
@@ -690,6 +715,7 @@ class Amortizer:
             attrs=attrs,
         )
 
+    @_with_threads
     def sample_many(
         self,
         datasets: Sequence[Mapping[str, Any]],
@@ -770,6 +796,7 @@ class Amortizer:
         return dt
 
     # -- calibration -----------------------------------------------------------------------------
+    @_with_threads
     def check_calibration(
         self,
         num_datasets: int = 200,
@@ -868,7 +895,9 @@ class Amortizer:
             "format": SAVE_FORMAT,
             "format_version": SAVE_FORMAT_VERSION,
             "config": json.dumps(self._config()),
-            "summary_state": {k: v.detach().cpu() for k, v in self.summary_net.state_dict().items()},
+            "summary_state": {
+                k: v.detach().cpu() for k, v in self.summary_net.state_dict().items()
+            },
             "flow_state": {k: v.detach().cpu() for k, v in self.flow.state_dict().items()},
         }
         directory = os.path.dirname(os.path.abspath(path))
@@ -893,6 +922,7 @@ class Amortizer:
         summary: nn.Module | None = None,
         covariate_sampler: Callable[[np.random.Generator], Mapping[str, Any]] | None = None,
         device: str | torch.device | None = None,
+        num_threads: int | None = 1,
     ) -> Amortizer:
         """Load a saved amortizer into ``model``, checking that it is the same model.
 
@@ -909,6 +939,8 @@ class Amortizer:
             For further training or calibration with new covariates.
         device : str or torch.device, optional
             Where to run.
+        num_threads : int or None
+            As in :class:`Amortizer`.
 
         Raises
         ------
@@ -963,9 +995,12 @@ class Amortizer:
                 k: v for k, v in config["summary"]["kwargs"].items()
                 if k not in ("input_dim", "feature_dim")
             },
-            flow_kwargs={k: v for k, v in config["flow"].items() if k not in ("dim", "context_dim")},
+            flow_kwargs={
+                k: v for k, v in config["flow"].items() if k not in ("dim", "context_dim")
+            },
             data_layout=layout.kind if summary is not None else None,
             device=device,
+            num_threads=num_threads,
         )
         amortizer.layout = layout
         try:

@@ -142,7 +142,9 @@ class DataLayout:
                         f"{n_rows}: every data variable needs the same number of rows."
                     )
             if not np.all(np.isfinite(arr)):
-                raise DataShapeError(f"{where}[{n!r}] has NaN or inf values; remove or impute them.")
+                raise DataShapeError(
+                    f"{where}[{n!r}] has NaN or inf values; remove or impute them."
+                )
             out[n] = arr
         if self.has_rows and n_rows == 0:
             raise DataShapeError(f"{where} has no rows (N = 0).")

@@ -26,8 +26,7 @@ from dataclasses import field
 from typing import Any
 
 import numpy as np
-from pymc.step_methods.compound import Competence
-from pymc.step_methods.compound import BlockedStep, StepMethodState
+from pymc.step_methods.compound import BlockedStep, Competence, StepMethodState
 from pymc.step_methods.state import dataclass_state
 from pymc.util import get_random_generator
 
@@ -66,15 +65,17 @@ class AmortizedMH(BlockedStep):
 
     Examples
     --------
-    >>> import numpy as np, pymc as pm, pymc_ext
+    >>> import numpy as np, pymc as pm
+    >>> from pymc_ext.amortized import Amortizer
+    >>> from pymc_ext.amortized_step import AmortizedMH    # also pymc_ext.AmortizedMH
     >>> with pm.Model() as model:
     ...     mu = pm.Normal("mu", 0, 1)
     ...     y = pm.Normal("y", mu, 1, observed=np.array([0.3, 0.9]))
-    >>> amortizer = pymc_ext.Amortizer(model).fit(
-    ...     500, epochs=3, random_seed=0, progressbar=False)
+    >>> amortizer = Amortizer(model).fit(500, epochs=3, random_seed=0, progressbar=False)
     >>> with model:
     ...     idata = pm.sample(draws=200, tune=50, chains=1, random_seed=1, progressbar=False,
-    ...                       step=pymc_ext.AmortizedMH(amortizer), compute_convergence_checks=False)
+    ...                       step=AmortizedMH(amortizer),
+    ...                       compute_convergence_checks=False)
     >>> float(idata.sample_stats["accepted"].mean()) > 0.2
     True
     """
@@ -148,6 +149,7 @@ class AmortizedMH(BlockedStep):
         _, ctx = amortizer._prepare([data])
         self.context = ctx[0].detach().cpu().clone()
         self.proposal_batch = int(proposal_batch)
+        self.num_threads = amortizer.num_threads
         self.rng = get_random_generator(rng)
         self.tune = True
         self._reset()
@@ -169,9 +171,11 @@ class AmortizedMH(BlockedStep):
     def _refill(self) -> None:
         import torch
 
+        from pymc_ext.conditional_flow import torch_threads
+
         seed = int(self.rng.integers(2**31 - 1))
         flow = self.flow.cpu() if next(self.flow.parameters()).device.type != "cpu" else self.flow
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        with torch.no_grad(), torch.random.fork_rng(devices=[]), torch_threads(self.num_threads):
             torch.manual_seed(seed)
             theta, log_q = flow.sample(self.proposal_batch, self.context)
         theta = theta.double().numpy()

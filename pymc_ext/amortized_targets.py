@@ -169,7 +169,9 @@ class _SizedPriorPredictive:
         from pymc.pytensorf import reseed_rngs
 
         shared_rngs = [
-            s for s in self.fn.get_shared() if isinstance(s.type, pt.random.type.RandomGeneratorType)
+            s
+            for s in self.fn.get_shared()
+            if isinstance(s.type, pt.random.type.RandomGeneratorType)
         ]
         reseed_rngs(shared_rngs, rng.integers(2**31))
         values = self.fn(np.int32(n))

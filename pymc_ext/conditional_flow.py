@@ -16,7 +16,9 @@ part, the masked hyper-network and the spline maths, is zuko's own.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
@@ -27,7 +29,40 @@ from torch import nn
 from torch.distributions import Transform
 from zuko.transforms import MonotonicRQSTransform
 
-__all__ = ["ConditionalFlow", "torch_device"]
+__all__ = ["ConditionalFlow", "torch_device", "torch_threads"]
+
+
+@contextlib.contextmanager
+def torch_threads(num_threads: int | None) -> Iterator[None]:
+    """Run a block with ``torch.set_num_threads(num_threads)``, then restore the old value.
+
+    The networks of amortized fitting are small: torch's intra-op threads
+    gain little on them, and on a busy machine (more runnable processes than
+    cores) its spinning worker threads slow every operation down many times.
+    ``None`` leaves torch's setting alone.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from pymc_ext.conditional_flow import torch_threads
+    >>> before = torch.get_num_threads()
+    >>> with torch_threads(1):
+    ...     torch.get_num_threads()
+    1
+    >>> torch.get_num_threads() == before
+    True
+    """
+    if num_threads is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    if old != num_threads:
+        torch.set_num_threads(int(num_threads))
+    try:
+        yield
+    finally:
+        if old != num_threads:
+            torch.set_num_threads(old)
 
 
 def torch_device() -> torch.device:

@@ -245,7 +245,11 @@ class GRUSummary(nn.Module):
 
     def config(self) -> dict[str, Any]:
         """Constructor arguments (JSON-able), used by ``Amortizer.save``."""
-        return {"feature_dim": self.feature_dim, "output_dim": self.output_dim, "hidden": self.hidden}
+        return {
+            "feature_dim": self.feature_dim,
+            "output_dim": self.output_dim,
+            "hidden": self.hidden,
+        }
 
 
 class ConvSummary(nn.Module):

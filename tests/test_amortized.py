@@ -22,7 +22,7 @@ from pymc_ext.amortized import (
 from pymc_ext.amortized_diagnostics import AmortizedDataWarning, psis_log_weights
 from pymc_ext.amortized_layout import DataLayout, DataShapeError
 from pymc_ext.calibration import simulation_based_calibration
-from pymc_ext.summary_nets import ConvSummary, DeepSetSummary, GRUSummary, MLPSummary
+from pymc_ext.summary_nets import ConvSummary, DeepSetSummary, GRUSummary
 
 torch.set_num_threads(1)
 

@@ -1,4 +1,4 @@
-"""The same Amortizer on a Stan program (stan_bridge.StanModel with the prior-predictive convention)."""
+"""The same Amortizer on a Stan program (a StanModel with the prior-predictive convention)."""
 
 from __future__ import annotations
 
