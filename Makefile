@@ -11,7 +11,7 @@ export CMDSTAN_HOME
 CMDSTAN_STAMP := $(CMDSTAN_HOME)/cmdstan-2.27.0/.build-ok
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-quick bench docs lint cmdstan clean
+.PHONY: setup demo test test-quick bench docs examples lint cmdstan clean
 
 setup: $(STAMP) $(CMDSTAN_STAMP)
 
@@ -43,6 +43,13 @@ test-quick: setup
 
 bench: setup
 	$(PY) benchmarks/run_all.py
+
+## Run every example (full size) and keep its output and plots for the docs gallery.
+examples: setup
+	@mkdir -p docs/_static/examples
+	@for f in examples/*.py; do n=$$(basename $$f .py); echo "== $$f"; \
+	  MPLBACKEND=Agg $(PY) $$f --out docs/_static/examples/$$n.png \
+	    > docs/_static/examples/$$n.txt 2>&1 || { cat docs/_static/examples/$$n.txt; exit 1; }; done
 
 docs: setup
 	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html

@@ -47,3 +47,55 @@ sys.path.insert(0, os.path.dirname(__file__))
 from collect_messages import write_page  # noqa: E402
 
 write_page(__import__("pathlib").Path(__file__).with_name("messages_generated.md"))
+
+
+def _write_benchmarks_page() -> None:
+    """docs/benchmarks.md: the intro plus every table in benchmarks/results/, as it is."""
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parent
+    results = docs.parent / "benchmarks" / "results"
+    parts = [(docs / "benchmarks_intro.md").read_text()]
+    for table in sorted(results.glob("*.md")):
+        rel = os.path.relpath(table, docs)
+        parts.append(f"\n```{{include}} {rel}\n:heading-offset: 1\n```\n")
+    (docs / "benchmarks.md").write_text("\n".join(parts))
+
+
+_write_benchmarks_page()
+
+
+def _write_examples_page() -> None:
+    """docs/examples.md: each script in examples/ with its command, output and plots.
+
+    The output and plots are those saved under docs/_static/examples/ by the
+    last run of the scripts (``make examples``); CI runs every script in its
+    quick mode through ``tests/test_examples.py``.
+    """
+    import ast
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parent
+    static = docs / "_static" / "examples"
+    lines = [
+        "# Examples",
+        "",
+        "Runnable scripts in `examples/`. Each takes `--quick` (what CI runs, under a",
+        "minute once compiled); `make examples` runs them all and refreshes the output",
+        "and plots shown here.",
+        "",
+    ]
+    for script in sorted((docs.parent / "examples").glob("*.py")):
+        doc = ast.get_docstring(ast.parse(script.read_text())) or ""
+        title = doc.splitlines()[0] if doc else script.stem
+        lines += [f"## {title}", "", "\n".join(doc.splitlines()[1:]).strip(), ""]
+        lines += ["```bash", f"python examples/{script.name}", "```", ""]
+        out = static / f"{script.stem}.txt"
+        if out.exists():
+            lines += ["Output:", "", f"```{{literalinclude}} _static/examples/{out.name}", "```", ""]
+        for png in sorted(static.glob(f"{script.stem}*.png")):
+            lines += [f"![{png.stem}](_static/examples/{png.name})", ""]
+    (docs / "examples.md").write_text("\n".join(lines))
+
+
+_write_examples_page()
