@@ -213,9 +213,9 @@ def run_pymc(model, seed: int, quick: bool) -> tuple[Any, dict[str, Any]]:
         idata = pm.sample(draws=n, tune=n, chains=4, cores=1, nuts_sampler="pymc",
                           random_seed=seed, progressbar=False, discard_tuned_samples=False,
                           compute_convergence_checks=False)
-    grads = int(idata.sample_stats["tree_size"].sum())
+    grads = int(idata.sample_stats["n_steps"].sum())
     if "warmup_sample_stats" in idata.children:
-        grads += int(idata.warmup_sample_stats["tree_size"].sum())
+        grads += int(idata.warmup_sample_stats["n_steps"].sum())
     return idata, {"grad_evals": grads,
                    "divergences": int(idata.sample_stats["diverging"].sum())}
 

@@ -180,27 +180,39 @@ def _run_sampler(kind: str, name: str, seed: int, draws: int, chains: int) -> An
     raise ValueError(kind)
 
 
-def bench_sampler(kind: str, name: str, seed: int, draws: int, chains: int) -> dict[str, Any]:
+def bench_sampler(
+    kind: str, name: str, seed: int, draws: int, chains: int, repeats: int = 1
+) -> dict[str, Any]:
+    """One sampler on one posterior; with ``repeats`` > 1 the identical run (same
+    seed, so the same draws and gradient counts) is timed that many times and
+    the median wall times are reported (the machine is shared and noisy)."""
     from pymc_ext.reference import compare_to_reference
 
     # Warm the compile caches (PyTensor C code; pymc_ext's compiled density).
     _run_sampler_warmup(kind, name)
-    t0 = time.perf_counter()
-    idata = _run_sampler(kind, name, seed, draws, chains)
-    wall = time.perf_counter() - t0
-    ss_attrs = dict(idata.sample_stats.attrs)
-    ws_grads = int(ss_attrs.get("warmstart_grad_evals", 0))
-    res = cost_to_target(idata, ws_grads)
-    sampling_time = float(idata.posterior.attrs.get("sampling_time", np.nan))
-    nuts_grads = res["warmup_grad_evals"] + res["sampling_grad_evals_full"]
-    per_grad = sampling_time / max(nuts_grads, 1.0)
-    fixed = wall - sampling_time
-    nuts_to_target = res["total_grad_evals_to_target"] - ws_grads
+    walls, to_target = [], []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        idata = _run_sampler(kind, name, seed, draws, chains)
+        wall = time.perf_counter() - t0
+        ss_attrs = dict(idata.sample_stats.attrs)
+        ws_grads = int(ss_attrs.get("warmstart_grad_evals", 0))
+        res = cost_to_target(idata, ws_grads)
+        sampling_time = float(idata.posterior.attrs.get("sampling_time", np.nan))
+        nuts_grads = res["warmup_grad_evals"] + res["sampling_grad_evals_full"]
+        per_grad = sampling_time / max(nuts_grads, 1.0)
+        fixed = wall - sampling_time
+        nuts_to_target = res["total_grad_evals_to_target"] - ws_grads
+        walls.append(wall)
+        to_target.append(fixed + per_grad * nuts_to_target)
     res.update(
         sampler=kind,
-        wall_time=wall,
+        repeats=len(walls),
+        wall_time=float(np.median(walls)),
+        wall_times=walls,
         sampling_time=sampling_time,
-        wall_time_to_target=fixed + per_grad * nuts_to_target,
+        wall_time_to_target=float(np.median(to_target)),
+        wall_times_to_target=to_target,
         tune=int(idata.posterior.attrs.get("tuning_steps", -1)),
         warmstart_pareto_k=ss_attrs.get("warmstart_pareto_k"),
         divergences=int(np.asarray(idata.sample_stats["diverging"].values).sum()),
@@ -407,7 +419,12 @@ def write_report(results: dict[str, Any], out_dir: Path, tag: str) -> tuple[Path
         f"Machine: {results['machine']}; {results['chains']} chains run one after the other "
         f"(cores=1), {results['draws']} draws each, seed {results['seed']}. Wall times are with "
         "a warm PyTensor compile cache (an untimed tiny run first) and include compilation "
-        "(nutpie: numba), Pathfinder and conversion.",
+        "(nutpie: numba), Pathfinder and conversion"
+        + (
+            f"; median of {results['repeats']} identical runs."
+            if results.get("repeats", 1) > 1
+            else "; one run each (the machine is shared, so single wall times are noisy)."
+        ),
         "",
         f"Target: ESS_bulk >= {ESS_TARGET:.0f} for every posterior variable and R-hat <= "
         f"{RHAT_TARGET}, on the shortest prefix of the kept draws (checked every {CHECK_EVERY}). "
@@ -529,10 +546,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="skip cold-cache runs and warm-nutpie")
     p.add_argument("--no-cold", action="store_true", help="skip cold-cache Pathfinder runs")
     p.add_argument("--no-pathfinder", action="store_true", help="skip Pathfinder comparison")
+    p.add_argument("--no-idle", action="store_true", help="skip the idle-tuning measurement")
     p.add_argument("--draws", type=int, default=1000)
     p.add_argument("--chains", type=int, default=4)
     p.add_argument("--seed", type=int, default=20240)
     p.add_argument("--tag", default="", help="suffix for the result file names")
+    p.add_argument(
+        "--repeats", type=int, default=1, help="time each (identical) run this many times"
+    )
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--pathfinder-worker", nargs=3, metavar=("IMPL", "MODEL", "SEED"))
     p.add_argument("--report-only", metavar="JSON", help="rewrite the markdown from a JSON file")
@@ -563,6 +584,7 @@ def main(argv: list[str] | None = None) -> None:
         "draws": args.draws,
         "chains": args.chains,
         "seed": args.seed,
+        "repeats": args.repeats,
         "models": {},
     }
     from tqdm.auto import tqdm
@@ -573,13 +595,13 @@ def main(argv: list[str] | None = None) -> None:
         for kind in samplers:
             try:
                 entry["samplers"][kind] = bench_sampler(
-                    kind, name, args.seed, args.draws, args.chains
+                    kind, name, args.seed, args.draws, args.chains, args.repeats
                 )
             except Exception as err:  # report and go on with the other samplers
                 entry["samplers"][kind] = {"error": f"{type(err).__name__}: {err}"}
             print(name, kind, json.dumps(entry["samplers"][kind], default=float), flush=True)
             write_report(results, Path(args.out), args.tag)
-        if not args.quick:
+        if not (args.quick or args.no_idle):
             entry["idle"] = bench_idle(name, args.seed, args.draws, args.chains)
             print(name, "idle", json.dumps(entry["idle"], default=float), flush=True)
         if not args.no_pathfinder:

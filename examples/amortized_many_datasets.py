@@ -36,8 +36,8 @@ def main() -> None:
     parser.add_argument("--out", default="amortized_sbc.png", help="where to save the SBC plot")
     args = parser.parse_args()
     quick = args.quick or os.environ.get("PYMC_EXT_QUICK") == "1"
-    num_simulations, epochs = (3000, 15) if quick else (20000, 150)
-    num_sbc, num_datasets = (100, 200) if quick else (500, 1000)
+    num_simulations, epochs = (2000, 10) if quick else (20000, 200)
+    num_sbc, num_datasets = (100, 100) if quick else (500, 1000)
 
     model = eight_schools()
     t0 = time.perf_counter()
@@ -83,7 +83,7 @@ def main() -> None:
 
     # -- exact, for one dataset -----------------------------------------------------------------
     with model:
-        exact = pm.sample(draws=500 if quick else 1000, tune=100, chains=2, cores=1,
+        exact = pm.sample(draws=300 if quick else 1000, tune=100, chains=2, cores=1,
                           step=AmortizedMH(amortizer), random_seed=6,
                           progressbar=False, compute_convergence_checks=False)
     acc = float(exact.sample_stats["accepted"].mean())

@@ -21,12 +21,12 @@ _EXPORTS = {
     "PyMCLogDensity": "pymc_ext.pymc_model",
     "prior_predictive": "pymc_ext.pymc_model",
     "to_datatree": "pymc_ext.arviz_io",
-    "pathfinder": "pymc_ext.pathfinder",
-    "WarmStartNUTS": "pymc_ext.steps",
-    "FlowMC": "pymc_ext.steps",
-    "AmortizedMH": "pymc_ext.steps",
+    "pathfinder": "pymc_ext.pathfinder_core",
+    "WarmStartNUTS": "pymc_ext.warmstart_step",
+    "FlowMC": "pymc_ext.flow_step",
+    "AmortizedMH": "pymc_ext.amortized_step",
     "sample": "pymc_ext.sampling",
-    "flow_mcmc": "pymc_ext.flow_mcmc",
+    "flow_mcmc": "pymc_ext.flow_sampler",
     "Amortizer": "pymc_ext.amortized",
 }
 

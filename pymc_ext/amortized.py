@@ -314,6 +314,8 @@ class Amortizer:
 
     # -- networks ------------------------------------------------------------------------------
     def _context(self, values: np.ndarray, lengths: np.ndarray | None) -> torch.Tensor:
+        if lengths is not None and len(lengths):
+            values = values[:, : int(lengths.max())]  # no all-padding columns
         x, mask = self.layout.to_tensors(values, lengths, device=self.device)
         return self.summary_net(x, mask)
 

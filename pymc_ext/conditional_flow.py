@@ -148,7 +148,7 @@ class ConditionalFlow(nn.Module):
         self,
         dim: int,
         context_dim: int,
-        transforms: int = 4,
+        transforms: int = 3,
         hidden_features: tuple[int, ...] | list[int] = (64, 64),
         bins: int = 8,
         autoregressive: bool = False,

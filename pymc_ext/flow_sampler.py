@@ -586,7 +586,9 @@ def _ascend(density: LogDensity, x0: np.ndarray, maxiter: int = 200) -> np.ndarr
         return -lp, -g
 
     res = minimize(fg, x0, jac=True, method="L-BFGS-B", options={"maxiter": maxiter})
-    return np.asarray(res.x, dtype=float) if np.isfinite(res.fun) and res.fun < 1e300 else None
+    if not res.success or not np.isfinite(res.fun) or res.fun >= 1e300:
+        return None  # no converged top (a funnel's neck, an unbounded density): not a mode
+    return np.asarray(res.x, dtype=float)
 
 
 def discover_modes(
@@ -981,6 +983,7 @@ def flow_mcmc_adapt(
     }
     fit_infos: list[FitInfo] = []
     buffer: list[np.ndarray] = []
+    climbs_left = 8  # L-BFGS climbs that found nothing new, over the whole adaptation
     thin = max(1, adapt_local_steps // snapshots_per_round)
     bar = tqdm(range(n_rounds), desc="flow MCMC adaptation", disable=not progressbar)
     for r in bar:
@@ -1004,7 +1007,13 @@ def flow_mcmc_adapt(
             snaps.append(state.position.copy())
         buffer.append(np.concatenate(snaps))
         buffer = buffer[-buffer_rounds:]
-        modes = discover_modes(density, state.position, state.logp, modes, mode_scale)
+        if climbs_left > 0:
+            n_before = modes.shape[0]
+            modes = discover_modes(
+                density, state.position, state.logp, modes, mode_scale,
+                max_checks=min(2, climbs_left),
+            )
+            climbs_left -= 2 if modes.shape[0] == n_before else 0
         pooled = np.concatenate(buffer)
         labels = _nearest_mode(pooled, modes, mode_scale)
         inverse_metric = np.clip(_within_mode_variance(pooled, labels, inverse_metric), 1e-10, 1e10)

@@ -1098,7 +1098,7 @@ def pathfinder_seed(
     init_scale : float
         Smallest half-width of the uniform jitter of the starts.
     pathfinder_kwargs : dict, optional
-        Passed on to ``multipath_pathfinder``.
+        Passed on to ``multipath_pathfinder`` (default ``maxiter=200`` per path).
 
     Returns
     -------
@@ -1130,7 +1130,14 @@ def pathfinder_seed(
         multipath_pathfinder = None
     if multipath_pathfinder is not None:
         inits = _overdispersed_inits(density, num_paths, rng, init_scale)
-        kwargs = {"num_paths": num_paths, "num_draws": num_draws, "num_draws_per_path": per_path}
+        # maxiter: the best-ELBO iterate comes early; on funnels L-BFGS otherwise runs down
+        # the neck for its whole budget, at a full ELBO evaluation per iteration.
+        kwargs = {
+            "num_paths": num_paths,
+            "num_draws": num_draws,
+            "num_draws_per_path": per_path,
+            "maxiter": 200,
+        }
         kwargs.update(pathfinder_kwargs or {})
         try:
             result = multipath_pathfinder(

@@ -61,7 +61,7 @@ __all__ = [
 
 #: Default number of adaptation iterations after a warm start (chosen from
 #: ``benchmarks/warmstart.py``; see docs/warmstart.md).
-DEFAULT_WARMUP = 150
+DEFAULT_WARMUP = 75
 
 #: Pareto k up to which the warm start's covariance gets a large weight in
 #: the mass-matrix estimates.

@@ -345,3 +345,43 @@ def test_variable_n_with_deepset(tmp_path):
         amortizer.sample(datasets[2], draws=20, random_seed=1, diagnostics=False).posterior["beta"],
         rtol=1e-6,
     )
+
+
+class _MeanAndSpread(torch.nn.Module):
+    """A user's own summary network: mean and log-sd of the rows, then a linear layer."""
+
+    output_dim = 4
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(2, 4)
+
+    def forward(self, x, mask=None):
+        m = mask.unsqueeze(-1).float()
+        n = m.sum(1)
+        mean = (x * m).sum(1) / n
+        var = (((x - mean[:, None]) ** 2) * m).sum(1) / n
+        return self.linear(torch.cat([mean, torch.log(var + 1e-6) / 2], dim=-1))
+
+
+def test_custom_summary_module(tmp_path):
+    model = normal_model(n_obs=10)
+    amortizer = Amortizer(
+        model, summary=_MeanAndSpread(), data_layout="set",
+        flow_kwargs={"transforms": 2, "hidden_features": (16, 16)},
+    )
+    assert amortizer.summary_kind == "custom" and amortizer.layout.kind == "set"
+    amortizer.fit(400, epochs=2, batch_size=100, random_seed=0, progressbar=False)
+    path = tmp_path / "custom.pt"
+    amortizer.save(path)
+    with pytest.raises(ValueError, match="custom summary"):
+        Amortizer.load(path, model)
+    loaded = Amortizer.load(path, model, summary=_MeanAndSpread())
+    data = {"y": np.linspace(-1, 1, 10)}
+    np.testing.assert_allclose(
+        loaded.sample(data, draws=20, random_seed=0, diagnostics=False).posterior["mu"],
+        amortizer.sample(data, draws=20, random_seed=0, diagnostics=False).posterior["mu"],
+        rtol=1e-6,
+    )
+    with pytest.raises(ValueError, match="output_dim"):
+        Amortizer(model, summary=torch.nn.Linear(10, 3))
