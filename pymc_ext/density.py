@@ -58,6 +58,16 @@ class LogDensity(Protocol):
     -----
     Densities written by hand only need ``dim``, ``logp_and_grad`` and
     ``logp``; subclass :class:`BaseLogDensity` to get the rest.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pymc_ext.density import FunctionLogDensity, LogDensity
+    >>> d = FunctionLogDensity(2, lambda x: -0.5 * x @ x, grad_fn=lambda x: -x)
+    >>> isinstance(d, LogDensity)
+    True
+    >>> d.logp_and_grad(np.ones(2))
+    (-1.0, array([-1., -1.]))
     """
 
     dim: int

@@ -82,6 +82,15 @@ class WarmStartInfo:
         first compile of the shared library.
     result : PathfinderResult
         The full Pathfinder result.
+
+    Examples
+    --------
+    >>> from stan_bridge import CmdStanModel
+    >>> from stan_bridge.programs import reference_data, write_program
+    >>> m = CmdStanModel(stan_file=write_program("eight_schools"))  # doctest: +SKIP
+    >>> fit = m.sample(data=reference_data("eight_schools"), warmstart="pathfinder")  # doctest: +SKIP
+    >>> fit.warmstart.grad_evals, fit.warmstart.pareto_k  # doctest: +SKIP
+    (104, 0.79)
     """
 
     method: str

@@ -8,7 +8,7 @@ import pymc_ext
 import stan_bridge
 
 PUBLIC = [(pymc_ext, n) for n in pymc_ext.__all__ if n != "__version__"] + [
-    (stan_bridge, n) for n in stan_bridge.__all__
+    (stan_bridge, n) for n in stan_bridge.__all__ if n != "__version__"
 ]
 
 
