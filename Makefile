@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml requirements-lock.txt
 	@PYBIN=$$(scripts/find_python.sh) && \
 	  { [ -x $(PY) ] || "$$PYBIN" -m venv $(VENV); }
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c requirements-lock.txt -e ".[dev,stan,bench,docs]"
+	$(PY) -m pip install --quiet -c requirements-lock.txt -e ".[dev,stan,docs]"
 	@touch $(STAMP)
 
 $(CMDSTAN_STAMP):
@@ -41,7 +41,9 @@ test: setup
 test-quick: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+## The benchmarks also need the alternatives they compare against (pymc-extras, sbi).
 bench: setup
+	$(PY) -m pip install --quiet -c requirements-lock.txt -e ".[bench]"
 	$(PY) benchmarks/run_all.py
 
 ## Run every example (full size) and keep its output and plots for the docs gallery.
