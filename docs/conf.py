@@ -92,7 +92,8 @@ def _write_examples_page() -> None:
         lines += ["```bash", f"python examples/{script.name}", "```", ""]
         out = static / f"{script.stem}.txt"
         if out.exists():
-            lines += ["Output:", "", f"```{{literalinclude}} _static/examples/{out.name}", "```", ""]
+            include = f"```{{literalinclude}} _static/examples/{out.name}"
+            lines += ["Output:", "", include, "```", ""]
         for png in sorted(static.glob(f"{script.stem}*.png")):
             lines += [f"![{png.stem}](_static/examples/{png.name})", ""]
     (docs / "examples.md").write_text("\n".join(lines))

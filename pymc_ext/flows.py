@@ -1098,7 +1098,7 @@ def pathfinder_seed(
     init_scale : float
         Smallest half-width of the uniform jitter of the starts.
     pathfinder_kwargs : dict, optional
-        Passed on to ``multipath_pathfinder`` (default ``maxiter=200`` per path).
+        Passed on to ``multipath_pathfinder`` (default ``maxiter=100`` per path).
 
     Returns
     -------
@@ -1136,7 +1136,7 @@ def pathfinder_seed(
             "num_paths": num_paths,
             "num_draws": num_draws,
             "num_draws_per_path": per_path,
-            "maxiter": 200,
+            "maxiter": 100,
         }
         kwargs.update(pathfinder_kwargs or {})
         try:

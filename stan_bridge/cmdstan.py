@@ -88,7 +88,8 @@ class WarmStartInfo:
     >>> from stan_bridge import CmdStanModel
     >>> from stan_bridge.programs import reference_data, write_program
     >>> m = CmdStanModel(stan_file=write_program("eight_schools"))  # doctest: +SKIP
-    >>> fit = m.sample(data=reference_data("eight_schools"), warmstart="pathfinder")  # doctest: +SKIP
+    >>> data = reference_data("eight_schools")
+    >>> fit = m.sample(data=data, warmstart="pathfinder")  # doctest: +SKIP
     >>> fit.warmstart.grad_evals, fit.warmstart.pareto_k  # doctest: +SKIP
     (104, 0.79)
     """

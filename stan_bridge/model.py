@@ -24,7 +24,7 @@ from stan_bridge.data import StanDataError, check_data, load_data, pack_data
 from stan_bridge.library import ModelHandle, ShimLibrary, StanRejectError
 from stan_bridge.toolchain import Toolchain, find_toolchain
 
-__all__ = ["StanModel", "StanModelError", "StanRejectError"]
+__all__ = ["StanModel", "StanModelError"]
 
 
 class StanModelError(ValueError):
