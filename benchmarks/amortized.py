@@ -149,13 +149,14 @@ def errors_against(reference: dict[str, np.ndarray], other: dict[str, np.ndarray
     return {"mean_error": float(mean_err), "sd_error": float(sd_err)}
 
 
-def median_ms(fn, repeats: int) -> float:
+def median_ms(fn, repeats: int, clock=time.perf_counter) -> float:
+    """Median milliseconds of ``fn()``: wall time, or CPU time with ``time.process_time``."""
     fn()
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return 1e3 * float(np.median(times))
 
 
@@ -250,6 +251,10 @@ def bench_problem(name: str, args: argparse.Namespace, out_dir: Path) -> dict[st
     held = held_out_datasets(name, amortizer, args.num_held_out, seed=args.seed + 2)
     data0 = held[0]
     _, ctx = amortizer._prepare([data0])
+
+    def raw_with_k() -> Any:
+        return amortizer.sample(data0, 1000, random_seed=0, return_inferencedata=False)
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AmortizedDataWarning)
         res["speed"] = {
@@ -261,6 +266,9 @@ def bench_problem(name: str, args: argparse.Namespace, out_dir: Path) -> dict[st
             "sample_with_pareto_k_ms": median_ms(
                 lambda: amortizer.sample(data0, 1000, random_seed=0), args.repeats
             ),
+            # NumPy output (no DataTree), with the Pareto k: wall and CPU time
+            "sample_numpy_with_k_ms": median_ms(raw_with_k, args.repeats),
+            "sample_numpy_with_k_cpu_ms": median_ms(raw_with_k, args.repeats, time.process_time),
         }
     nuts_model = set_dataset(name, model, data0)
     with nuts_model, warnings.catch_warnings():
@@ -278,25 +286,29 @@ def bench_problem(name: str, args: argparse.Namespace, out_dir: Path) -> dict[st
     many = held_out_datasets(name, amortizer, args.num_many, seed=args.seed + 3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AmortizedDataWarning)
+        amortizer.sample_many(many[:2], draws=10, random_seed=0)  # compile the density first
         t0 = time.perf_counter()
-        dt = amortizer.sample_many(many, draws=1000, random_seed=4, diagnostics=False)
+        amortizer.sample_many(
+            many, draws=1000, random_seed=4, diagnostics=False, return_inferencedata=False
+        )
         t_raw = time.perf_counter() - t0
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         dt = amortizer.sample_many(many, draws=1000, random_seed=4)
-        t_k = time.perf_counter() - t0
+        t_k, c_k = time.perf_counter() - t0, time.process_time() - c0
     k = dt["amortized_diagnostics"]["pareto_k"].values
     res["many"] = {
         "num_datasets": len(many),
         "seconds_no_diagnostics": t_raw,
         "seconds_with_pareto_k": t_k,
+        "cpu_seconds_with_pareto_k": c_k,
         "share_k_below_0_7": float(np.mean(k <= 0.7)),
-        "median_k": float(np.median(k)),
+        "median_k": float(np.nanmedian(k)),
     }
     print(f"[{name}] many: {res['many']}", flush=True)
 
     # 5. held-out datasets: NUTS reference, raw / PSIS / AmortizedMH
     free = [rv.name for rv in model.free_RVs]
-    rows = []
+    rows, refs = [], []
     for i, data in enumerate(held):
         m = set_dataset(name, model, data)
         with m, warnings.catch_warnings():
@@ -304,6 +316,7 @@ def bench_problem(name: str, args: argparse.Namespace, out_dir: Path) -> dict[st
             ref = pm.sample(draws=1000, chains=4, cores=1, nuts_sampler="pymc", random_seed=10 + i,
                             progressbar=False, compute_convergence_checks=False)
         ref_s = _scalars(ref.posterior, free)
+        refs.append(ref_s)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", AmortizedDataWarning)
             raw = amortizer.sample(data, 4000, random_seed=i)
@@ -330,13 +343,15 @@ def bench_problem(name: str, args: argparse.Namespace, out_dir: Path) -> dict[st
 
     # 6. sbi NPE on the same simulations
     if args.sbi and amortizer.layout.kind == "vector":
-        res["sbi"] = bench_sbi(name, amortizer, held, free, args)
+        res["sbi"] = bench_sbi(amortizer, held, refs, free, args)
     res["load_average_end"] = load_average()
     return res
 
 
-def bench_sbi(name, amortizer, held, free, args) -> dict[str, Any]:
-    rng = np.random.default_rng(args.seed)  # the same simulations as Amortizer.fit
+def bench_sbi(amortizer, held, refs, free, args) -> dict[str, Any]:
+    """sbi's NPE on the same simulations; errors against the NUTS references ``refs``."""
+    rng = np.random.default_rng(args.seed)  # the same simulations as Amortizer.fit:
+    rng.integers(2**31 - 1)  # fit draws its torch seed first, then simulates
     theta, values, _, _ = amortizer._simulate(args.num_simulations, rng)
     fit = run_sbi(theta, values, args.seed)
     posterior = fit["posterior"]
@@ -358,13 +373,7 @@ def bench_sbi(name, amortizer, held, free, args) -> dict[str, Any]:
     x0 = amortizer.layout.raw([held[0]])[0][0]
     out["draws_1000_ms"] = median_ms(lambda: sbi_draws(posterior, x0, 1000), args.repeats)
     rows = []
-    model, _ = make_problem(name)
-    for i, data in enumerate(held):
-        m = set_dataset(name, model, data)
-        with m, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ref = pm.sample(draws=1000, chains=4, cores=1, nuts_sampler="pymc", random_seed=10 + i,
-                            progressbar=False, compute_convergence_checks=False)
+    for ref_s, data in zip(refs, held, strict=True):
         x = amortizer.layout.raw([data])[0][0]
         d = sbi_draws(posterior, x, 4000)
         post = amortizer.density.constrain_batch(d)
@@ -373,9 +382,9 @@ def bench_sbi(name, amortizer, held, free, args) -> dict[str, Any]:
             flat = post[n].reshape(post[n].shape[0], -1)
             for j in range(flat.shape[1]):
                 sbi_s[f"{n}[{j}]" if flat.shape[1] > 1 else n] = flat[:, j]
-        rows.append(errors_against(_scalars(ref.posterior, free), sbi_s))
+        rows.append(errors_against(ref_s, sbi_s))
     out["held_out"] = rows
-    print(f"[{name}] sbi: {out}", flush=True)
+    print(f"sbi: {out}", flush=True)
     return out
 
 
@@ -403,9 +412,9 @@ def write_report(results: dict[str, Any], out_dir: Path, tag: str) -> Path:
         "## Training, calibration, speed",
         "",
         "| problem | summary | sims | train s (sim + fit) | epochs | SBC | max ECDF gap | "
-        "1000 draws: flow / .sample / +Pareto k (ms) | default pm.sample (s) | ratio | "
-        "sample_many (s, with k) | k <= 0.7 | load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "1000 draws: flow / .sample / +Pareto k / NumPy +k (ms) | NumPy +k CPU ms | "
+        "default pm.sample (s) | ratio | sample_many (s, with k) | k <= 0.7 | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["problems"].values():
         tr, sp, mn = r["train"], r["speed"], r["many"]
@@ -415,11 +424,14 @@ def write_report(results: dict[str, Any], out_dir: Path, tag: str) -> Path:
             f"{_f(tr['training_seconds'], 0)}) | {tr['epochs_run']} | "
             f"{_f(r['sbc']['passed'])} ({r['sbc']['num_datasets']}) | "
             f"{_f(r['sbc']['max_ecdf_diff'], 3)} | {_f(sp['flow_only_ms'], 1)} / "
-            f"{_f(sp['sample_no_diagnostics_ms'], 1)} / {_f(sp['sample_with_pareto_k_ms'], 1)} | "
+            f"{_f(sp['sample_no_diagnostics_ms'], 1)} / {_f(sp['sample_with_pareto_k_ms'], 1)} / "
+            f"{_f(sp.get('sample_numpy_with_k_ms'), 1)} | "
+            f"{_f(sp.get('sample_numpy_with_k_cpu_ms'), 1)} | "
             f"{_f(sp['pm_sample_default_s'], 1)} | "
             f"{_f(sp['ratio_default_pm_sample_to_sample_with_k'], 0)}x | "
             f"{mn['num_datasets']}: {_f(mn['seconds_with_pareto_k'], 1)} "
-            f"({_f(mn['seconds_no_diagnostics'], 1)} without k) | "
+            f"(CPU {_f(mn.get('cpu_seconds_with_pareto_k'), 1)}; "
+            f"{_f(mn['seconds_no_diagnostics'], 1)} NumPy without k) | "
             f"{_f(100 * mn['share_k_below_0_7'], 0)}% | "
             f"{_f(r['load_average_start'], 1)} / {_f(r['load_average_end'], 1)} |"
         )

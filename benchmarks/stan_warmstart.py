@@ -37,8 +37,6 @@ import argparse
 import asyncio
 import json
 import logging
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -48,6 +46,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import fmt, machine_info, md_row, write_json  # noqa: E402
 
 PROGRAMS = ["eight_schools", "arK", "gp_pois_regr"]
 VARIANTS = ["plain", "warm", "warm-dense"]
@@ -204,19 +204,11 @@ def bench_call_cost(pystan: bool) -> list[dict[str, Any]]:
     return rows
 
 
-def _fmt(x: Any, nd: int = 2) -> str:
-    if x is None or (isinstance(x, float) and not np.isfinite(x)):
-        return "–"
-    if isinstance(x, (int, np.integer)) or (isinstance(x, float) and abs(x) >= 1000):
-        return f"{x:,.0f}"
-    return f"{x:.{nd}f}"
-
-
 def write_report(results: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "stan_warmstart.json"
     md_path = out_dir / "stan_warmstart.md"
-    json_path.write_text(json.dumps(results, indent=2, default=float))
+    write_json(results, json_path)
     lines = [
         "# Stan warm-start benchmark",
         "",
@@ -253,25 +245,23 @@ def write_report(results: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
             tot = mean(v, "total_grad_evals")
             pf = mean(v, "pathfinder_grad_evals") + mean(v, "pathfinder_logp_evals")
             lines.append(
-                "| "
-                + " | ".join(
+                md_row(
                     [
                         name,
                         v,
-                        _fmt(tot),
-                        _fmt(tot / base) if base else "–",
-                        _fmt(mean(v, "warmup_grad_evals")),
-                        _fmt(pf),
-                        _fmt(mean(v, "min_ess_bulk"), 0),
-                        _fmt(mean(v, "grad_evals_per_ess"), 1),
-                        _fmt(mean(v, "wall_time")),
-                        _fmt(max(r["max_mean_error"] for r in by[v])),
-                        _fmt(max(r["max_sd_error"] for r in by[v])),
-                        _fmt(mean(v, "pareto_k")),
-                        _fmt(sum(r["divergences"] for r in by[v])),
+                        fmt(tot),
+                        fmt(tot / base) if base else "–",
+                        fmt(mean(v, "warmup_grad_evals")),
+                        fmt(pf),
+                        fmt(mean(v, "min_ess_bulk"), 0),
+                        fmt(mean(v, "grad_evals_per_ess"), 1),
+                        fmt(mean(v, "wall_time")),
+                        fmt(max(r["max_mean_error"] for r in by[v])),
+                        fmt(max(r["max_sd_error"] for r in by[v])),
+                        fmt(mean(v, "pareto_k")),
+                        fmt(sum(r["divergences"] for r in by[v])),
                     ]
                 )
-                + " |"
             )
     lines += [
         "",
@@ -294,7 +284,7 @@ def write_report(results: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
                 f"same values as ours: log p differs by {r['abs_diff_logp_vs_ours']:.1e}, "
                 f"gradient by at most {r['max_abs_diff_grad_vs_ours']:.1e}"
             )
-        lines.append(f"| {r['what']} | {_fmt(r['us_per_call'], 1)} | {note} |")
+        lines.append(f"| {r['what']} | {fmt(r['us_per_call'], 1)} | {note} |")
     md_path.write_text("\n".join(lines) + "\n")
     return md_path, json_path
 
@@ -322,8 +312,7 @@ def main(argv: list[str] | None = None) -> None:
     seeds = [1] if args.quick else list(range(1, args.seeds + 1))
     results: dict[str, Any] = {
         "command": "python benchmarks/stan_warmstart.py " + " ".join(sys.argv[1:] or []),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), "
-        f"Python {platform.python_version()}",
+        "machine": machine_info(),
         "cmdstan": ".".join(str(v) for v in cmdstanpy.cmdstan_version() or ()),
         "seeds": seeds,
         "programs": bench_programs(programs, seeds),

@@ -20,9 +20,10 @@ For every reference posterior (PyMC versions from ``pymc_ext.models``), in one r
    mean/sd errors of the full run against the reference draws.
 
 2. ``pymc_ext.pathfinder`` against ``pymc_extras.fit(method="pathfinder")``:
-   wall time with a cold compile cache (a fresh ``PYTENSOR_FLAGS=compiledir``
-   in a subprocess) and a warm one, gradient evaluations (pymc-extras
-   exposes only its L-BFGS iteration counts), Pareto k and errors.
+   wall time with a cold compile cache (a subprocess with a fresh
+   ``PYTENSOR_FLAGS=base_compiledir``, so both the C and the numba caches
+   start empty) and a warm one, gradient evaluations (pymc-extras exposes
+   only its L-BFGS iteration counts), Pareto k and errors.
 
 Writes ``benchmarks/results/warmstart.md`` and ``warmstart.json`` (or the
 ``--tag``-suffixed names).
@@ -43,7 +44,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -57,27 +57,20 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-ALL_MODELS = [
-    "eight_schools-eight_schools_noncentered",
-    "kidiq-kidscore_momiq",
-    "earnings-logearn_interaction",
-    "arK-arK",
-    "gp_pois_regr-gp_pois_regr",
-    "low_dim_gauss_mix-low_dim_gauss_mix",
-    "mesquite-logmesquite_logvas",
-    "sblrc-blr",
-]
+from benchmarks.common import (  # noqa: E402
+    REFERENCE_NAMES,
+    fmt,
+    full_reference_name,
+    machine_info,
+    md_row,
+    write_json,
+)
+
+ALL_MODELS = list(REFERENCE_NAMES)
 ALL_SAMPLERS = ["pymc", "nutpie", "warm", "warm-diag", "warm-nutpie"]
 ESS_TARGET = 400.0
 RHAT_TARGET = 1.01
 CHECK_EVERY = 25
-
-
-def _full_name(short: str) -> str:
-    for name in ALL_MODELS:
-        if name == short or name.startswith(short + "-") or name.split("-")[0] == short:
-            return name
-    raise SystemExit(f"Unknown model {short!r}; choose from {ALL_MODELS}")
 
 
 # ---------------------------------------------------------------------------
@@ -144,6 +137,20 @@ def cost_to_target(idata: Any, warmstart_grad_evals: int = 0) -> dict[str, Any]:
 # ---------------------------------------------------------------------------
 # Samplers
 # ---------------------------------------------------------------------------
+def _sample_kwargs(tune: int | None, draws: int, chains: int, seed: int) -> dict[str, Any]:
+    """The ``pm.sample`` keywords every benchmarked run shares (warmup kept, cores=1)."""
+    return dict(
+        tune=tune,
+        draws=draws,
+        chains=chains,
+        cores=1,
+        random_seed=seed,
+        discard_tuned_samples=False,
+        progressbar=False,
+        compute_convergence_checks=False,
+    )
+
+
 def _run_sampler(kind: str, name: str, seed: int, draws: int, chains: int) -> Any:
     """Run one sampler; ``kind@N`` sets its tune to N (for the warmup sweep)."""
     import pymc as pm
@@ -153,16 +160,7 @@ def _run_sampler(kind: str, name: str, seed: int, draws: int, chains: int) -> An
 
     model = reference_model(name)
     kind, _, tune = kind.partition("@")
-    common = dict(
-        tune=int(tune) if tune else None,
-        draws=draws,
-        chains=chains,
-        cores=1,
-        random_seed=seed,
-        discard_tuned_samples=False,
-        progressbar=False,
-        compute_convergence_checks=False,
-    )
+    common = _sample_kwargs(int(tune) if tune else None, draws, chains, seed)
     with model, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if kind == "pymc":
@@ -274,17 +272,7 @@ def bench_idle(name: str, seed: int, draws: int, chains: int) -> dict[str, Any]:
         ws = WarmStartNUTS(random_seed=seed).warmstart
         for label, tune in (("default_tune", None), ("tune_1000", 1000)):
             step = WarmStartNUTS(init=ws, random_seed=seed)
-            idata = pm.sample(
-                draws=draws,
-                tune=tune,
-                step=step,
-                chains=chains,
-                cores=1,
-                random_seed=seed,
-                discard_tuned_samples=False,
-                progressbar=False,
-                compute_convergence_checks=False,
-            )
+            idata = pm.sample(step=step, **_sample_kwargs(tune, draws, chains, seed))
             warm = idata.warmup_sample_stats
             out[label] = {
                 "tune": int(idata.posterior.attrs["tuning_steps"]),
@@ -387,7 +375,9 @@ def _subprocess_pathfinder(impl: str, name: str, seed: int, compiledir: str | No
     env = dict(os.environ)
     if compiledir is not None:
         flags = env.get("PYTENSOR_FLAGS", "")
-        env["PYTENSOR_FLAGS"] = ",".join(f for f in [flags, f"compiledir={compiledir}"] if f)
+        # base_compiledir, not compiledir: PyTensor's numba cache lives in
+        # base_compiledir/numba, and the C cache below it, so both start empty.
+        env["PYTENSOR_FLAGS"] = ",".join(f for f in [flags, f"base_compiledir={compiledir}"] if f)
     cmd = [sys.executable, __file__, "--pathfinder-worker", impl, name, str(seed)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
     if proc.returncode != 0:
@@ -416,20 +406,12 @@ def bench_pathfinder(name: str, seed: int, cold: bool) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------
-def _fmt(x: Any, nd: int = 2) -> str:
-    if x is None or (isinstance(x, float) and not np.isfinite(x)):
-        return "–"
-    if isinstance(x, (int, np.integer)) or (isinstance(x, float) and abs(x) >= 1000):
-        return f"{x:,.0f}"
-    return f"{x:.{nd}f}"
-
-
 def write_report(results: dict[str, Any], out_dir: Path, tag: str) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     suffix = f"_{tag}" if tag else ""
     json_path = out_dir / f"warmstart{suffix}.json"
     md_path = out_dir / f"warmstart{suffix}.md"
-    json_path.write_text(json.dumps(results, indent=2, default=float))
+    write_json(results, json_path)
     lines = [
         "# Warm-start benchmark",
         "",
@@ -451,11 +433,16 @@ def write_report(results: dict[str, Any], out_dir: Path, tag: str) -> tuple[Path
         "evaluations to target / all NUTS gradient evaluations). Errors are of the full run "
         "against the reference draws (mean error in reference sd; sd error as |sd/ref_sd - 1|).",
         "",
-        "| posterior | sampler | tune | grad evals to target | vs pymc | vs nutpie | wall to "
-        "target (s) | vs pymc | draws to target | warmup share | max mean err | max sd err | "
-        "Pathfinder k |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *[f"Note: {note}" for note in results.get("notes", [])],
+        *([""] if results.get("notes") else []),
     ]
+    if any(res.get("samplers") for res in results["models"].values()):
+        lines += [
+            "| posterior | sampler | tune | grad evals to target | vs pymc | vs nutpie | wall to "
+            "target (s) | vs pymc | draws to target | warmup share | max mean err | max sd err | "
+            "Pathfinder k |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
     for name, res in results["models"].items():
         rows = res.get("samplers", {})
         base = rows.get("pymc", {})
@@ -466,33 +453,31 @@ def write_report(results: dict[str, Any], out_dir: Path, tag: str) -> tuple[Path
                 continue
             g = r["total_grad_evals_to_target"]
             lines.append(
-                "| "
-                + " | ".join(
+                md_row(
                     [
                         name.split("-")[0],
                         kind,
                         str(r["tune"]),
-                        _fmt(g) + ("" if r["reached"] else " (not reached)"),
-                        _fmt(g / base["total_grad_evals_to_target"])
+                        fmt(g) + ("" if r["reached"] else " (not reached)"),
+                        fmt(g / base["total_grad_evals_to_target"])
                         if base and "error" not in base
                         else "–",
-                        _fmt(g / nut["total_grad_evals_to_target"])
+                        fmt(g / nut["total_grad_evals_to_target"])
                         if nut and "error" not in nut
                         else "–",
-                        _fmt(r["wall_time_to_target"], 1),
-                        _fmt(r["wall_time_to_target"] / base["wall_time_to_target"])
+                        fmt(r["wall_time_to_target"], 1),
+                        fmt(r["wall_time_to_target"] / base["wall_time_to_target"])
                         if base and "error" not in base
                         else "–",
                         str(r["draws_to_target"] or "–"),
-                        _fmt(
+                        fmt(
                             (r["warmup_grad_evals"] + r["warmstart_grad_evals"]) / g if g else None
                         ),
-                        _fmt(r["max_mean_error"], 3),
-                        _fmt(r["max_sd_error"], 3),
-                        _fmt(r.get("warmstart_pareto_k")),
+                        fmt(r["max_mean_error"], 3),
+                        fmt(r["max_sd_error"], 3),
+                        fmt(r.get("warmstart_pareto_k")),
                     ]
                 )
-                + " |"
             )
     idle_rows = [(n, res["idle"]) for n, res in results["models"].items() if "idle" in res]
     if idle_rows:
@@ -516,9 +501,9 @@ def write_report(results: dict[str, Any], out_dir: Path, tag: str) -> tuple[Path
                 x = r[label]
                 direct = r.get("seconds_per_idle_iteration") if label == "tune_1000" else None
                 lines.append(
-                    f"| {name.split('-')[0]} | {x['tune']} | {_fmt(x['warmup_grad_evals'])} | "
-                    f"{x['idle_iterations']} | {_fmt(x['sampling_time'], 1)} | "
-                    + (_fmt(1000 * direct, 3) if direct is not None and "idle_only" in r else "")
+                    f"| {name.split('-')[0]} | {x['tune']} | {fmt(x['warmup_grad_evals'])} | "
+                    f"{x['idle_iterations']} | {fmt(x['sampling_time'], 1)} | "
+                    + (fmt(1000 * direct, 3) if direct is not None and "idle_only" in r else "")
                     + " |"
                 )
     pf_rows = [(n, r) for n, res in results["models"].items() for r in res.get("pathfinder", [])]
@@ -529,7 +514,8 @@ def write_report(results: dict[str, Any], out_dir: Path, tag: str) -> tuple[Path
             "",
             "Default settings of each (4 paths, 1000 draws; pymc-extras runs its paths in "
             "worker processes by default). Wall time of model build + compile + fit, imports "
-            "excluded, in a fresh process; cold = empty PyTensor compile directory; repeat call = "
+            "excluded, in a fresh process; cold = empty PyTensor base compile directory (C "
+            "and numba caches); repeat call = "
             "a second fit on the same model object in that process (pymc_ext reuses the "
             "compiled density cached on the model). pymc-extras does not report gradient "
             "evaluations, only L-BFGS iterations.",
@@ -540,22 +526,20 @@ def write_report(results: dict[str, Any], out_dir: Path, tag: str) -> tuple[Path
         ]
         for name, r in pf_rows:
             lines.append(
-                "| "
-                + " | ".join(
+                md_row(
                     [
                         name.split("-")[0],
                         r["impl"],
-                        _fmt(r.get("cold_wall_time"), 1),
-                        _fmt(r.get("warm_wall_time"), 1),
-                        _fmt(r.get("repeat_wall_time"), 2),
-                        _fmt(r.get("grad_evals")),
-                        _fmt(r.get("lbfgs_iterations")),
-                        _fmt(r.get("pareto_k")),
-                        _fmt(r.get("max_mean_error"), 3),
-                        _fmt(r.get("max_sd_error"), 3),
+                        fmt(r.get("cold_wall_time"), 1),
+                        fmt(r.get("warm_wall_time"), 1),
+                        fmt(r.get("repeat_wall_time"), 2),
+                        fmt(r.get("grad_evals")),
+                        fmt(r.get("lbfgs_iterations")),
+                        fmt(r.get("pareto_k")),
+                        fmt(r.get("max_mean_error"), 3),
+                        fmt(r.get("max_sd_error"), 3),
                     ]
                 )
-                + " |"
             )
     md_path.write_text("\n".join(lines) + "\n")
     return md_path, json_path
@@ -592,7 +576,11 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(_pathfinder_worker(impl, name, int(seed)), default=float))
         return
 
-    models = ALL_MODELS if args.models == "all" else [_full_name(m) for m in args.models.split(",")]
+    models = (
+        ALL_MODELS
+        if args.models == "all"
+        else [full_reference_name(m) for m in args.models.split(",")]
+    )
     samplers = [s for s in args.samplers.split(",") if s]
     if args.quick:
         samplers = [s for s in samplers if s != "warm-nutpie"]
@@ -601,8 +589,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"Unknown samplers {sorted(unknown)}; choose from {ALL_SAMPLERS}")
     results: dict[str, Any] = {
         "command": "python benchmarks/warmstart.py " + " ".join(argv or sys.argv[1:]),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs "
-        "(shared), Python " + platform.python_version(),
+        "machine": machine_info(),
         "draws": args.draws,
         "chains": args.chains,
         "seed": args.seed,

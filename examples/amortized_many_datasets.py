@@ -50,6 +50,7 @@ def main() -> None:
     # -- calibration -----------------------------------------------------------------------
     sbc = amortizer.check_calibration(num_datasets=num_sbc, draws=100, random_seed=2)
     print(sbc)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     sbc.plot(path=args.out)
     print(f"SBC plot saved to {Path(args.out).resolve()}")
 

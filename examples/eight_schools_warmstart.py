@@ -5,7 +5,8 @@ after the other), prints the gradient evaluations each spent (warmup +
 draws, and Pathfinder for the warm start) and how many the warm start saved,
 and saves trace and rank plots of the warm-started run.
 
-    python examples/eight_schools_warmstart.py            # quick: ~30 s
+    python examples/eight_schools_warmstart.py            # ~30 s
+    python examples/eight_schools_warmstart.py --quick    # 2 chains, 500 draws
     python examples/eight_schools_warmstart.py --draws 2000 --out plots.png
 
 By default the plots go to ``eight_schools_warmstart.png`` next to this file.
@@ -14,6 +15,7 @@ By default the plots go to ``eight_schools_warmstart.png`` next to this file.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 import warnings
 from pathlib import Path
@@ -41,16 +43,18 @@ def min_ess_bulk(idata) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--draws", type=int, default=1000)
-    parser.add_argument("--chains", type=int, default=4)
+    parser.add_argument("--quick", action="store_true", help="2 chains of 500 draws")
+    parser.add_argument("--draws", type=int, default=None, help="default 1000 (500 quick)")
+    parser.add_argument("--chains", type=int, default=None, help="default 4 (2 quick)")
     parser.add_argument("--seed", type=int, default=8)
     parser.add_argument(
         "--out", default=str(Path(__file__).with_name("eight_schools_warmstart.png"))
     )
     args = parser.parse_args()
+    quick = args.quick or os.environ.get("PYMC_EXT_QUICK") == "1"
     kw = dict(
-        draws=args.draws,
-        chains=args.chains,
+        draws=args.draws or (500 if quick else 1000),
+        chains=args.chains or (2 if quick else 4),
         cores=1,
         random_seed=args.seed,
         discard_tuned_samples=False,
@@ -93,6 +97,7 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     var_names = ["mu", "tau"]
     trace = azp.plot_trace_dist(warm, var_names=var_names, backend="matplotlib")
     trace.savefig(out.with_name(out.stem + "_trace" + out.suffix))

@@ -119,6 +119,7 @@ def main() -> None:
     axes[0, 1].legend(loc="upper right", fontsize=7)
     axes[1, 1].legend(loc="upper left", fontsize=7)
     fig.tight_layout()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=110)
     print(f"plot: {args.out}")
 

@@ -9,7 +9,7 @@ Runs eight schools (non-centred) end to end:
    ``cmdstanpy`` sampling: gradient evaluations (CmdStan's n_leapfrog, warmup
    included, plus Pathfinder's) and errors against the reference draws.
 4. Prior predictive draws by the ``prior_only`` / ``y_rep`` convention.
-5. ArviZ: summary, and a trace plot saved to ``--plot`` if given.
+5. ArviZ: summary, and a trace plot saved to ``--out`` if given.
 
 The first run compiles the program twice (our shared library and CmdStan's
 executable: a minute or two); later runs take seconds.
@@ -18,7 +18,7 @@ Usage::
 
     python examples/stan_cmdstanpy.py            # 4 chains x 1000 draws
     python examples/stan_cmdstanpy.py --quick    # 2 chains x 300 draws
-    python examples/stan_cmdstanpy.py --plot trace.png
+    python examples/stan_cmdstanpy.py --out trace.png
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer chains and draws")
-    parser.add_argument("--plot", default=None, help="save an ArviZ trace plot to this file")
+    parser.add_argument(
+        "--out", "--plot", dest="out", default=None, help="save an ArviZ trace plot to this file"
+    )
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
     quick = args.quick or os.environ.get("PYMC_EXT_QUICK") == "1"
@@ -114,13 +116,14 @@ def main(argv: list[str] | None = None) -> None:
         stats = idata.sample_stats.to_dataset().isel(draw=slice(-n, None))
         idata["sample_stats"] = xr.DataTree(stats.assign_coords(draw=np.arange(n)))
     print(az.summary(idata, var_names=["mu", "tau"]))
-    if args.plot:
+    if args.out:
         import matplotlib
 
         matplotlib.use("Agg")
         pc = az.plot_trace_dist(idata, var_names=["mu", "tau"])
-        pc.savefig(args.plot)
-        print(f"trace plot written to {args.plot}")
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        pc.savefig(args.out)
+        print(f"trace plot written to {args.out}")
 
 
 if __name__ == "__main__":

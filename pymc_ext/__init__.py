@@ -6,8 +6,7 @@ part that needs torch loads torch only when it is used.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from pymc_ext.exports import lazy_exports as _lazy_exports
 
 __version__ = "0.1.0"
 
@@ -22,25 +21,14 @@ _EXPORTS = {
     "prior_predictive": "pymc_ext.pymc_model",
     "to_datatree": "pymc_ext.arviz_io",
     "pathfinder": "pymc_ext.pathfinder_core",
+    "density_pathfinder": "pymc_ext.pathfinder_core",
     "WarmStartNUTS": "pymc_ext.warmstart_step",
     "FlowMC": "pymc_ext.flow_step",
     "AmortizedMH": "pymc_ext.amortized_step",
     "sample": "pymc_ext.sampling",
     "flow_mcmc": "pymc_ext.flow_sampler",
     "Amortizer": "pymc_ext.amortized",
+    "AmortizedDraws": "pymc_ext.amortized",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'pymc_ext' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__, __all__ = _lazy_exports("pymc_ext", _EXPORTS, globals())

@@ -29,7 +29,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -49,7 +49,13 @@ from pymc_ext.calibration import CalibrationResult, simulation_based_calibration
 from pymc_ext.conditional_flow import ConditionalFlow, torch_device, torch_threads
 from pymc_ext.summary_nets import build_summary_net, check_summary_net
 
-__all__ = ["Amortizer", "AmortizerMismatchError", "AmortizerNotFittedError", "TrainingHistory"]
+__all__ = [
+    "AmortizedDraws",
+    "Amortizer",
+    "AmortizerMismatchError",
+    "AmortizerNotFittedError",
+    "TrainingHistory",
+]
 
 SAVE_FORMAT = "pymc_ext.amortizer"
 SAVE_FORMAT_VERSION = 1
@@ -92,6 +98,37 @@ class _TorchSeed:
 
     def __exit__(self, *exc: Any) -> None:
         self._ctx.__exit__(*exc)
+
+
+class AmortizedDraws(NamedTuple):
+    """Amortized draws as plain NumPy arrays (``return_inferencedata=False``).
+
+    Attributes
+    ----------
+    posterior : dict
+        ``name -> (draws, *shape)`` for :meth:`Amortizer.sample`, ``(dataset,
+        draws, *shape)`` for :meth:`Amortizer.sample_many`, on the model's
+        constrained scale.
+    sample_stats : dict
+        ``log_q`` (and ``log_p``, ``log_weight`` with diagnostics), per draw.
+    diagnostics : dict
+        ``pareto_k``, ``importance_ess`` (per dataset for ``sample_many``).
+
+    Examples
+    --------
+    >>> import numpy as np, pymc as pm, pymc_ext
+    >>> with pm.Model() as normal_mean:
+    ...     pm.Normal("y", pm.Normal("mu"), 1, observed=np.zeros(5))
+    y
+    >>> a = pymc_ext.Amortizer(normal_mean).fit(300, epochs=2, random_seed=1, progressbar=False)
+    >>> out = a.sample({"y": np.ones(5)}, draws=100, return_inferencedata=False)
+    >>> out.posterior["mu"].shape
+    (100,)
+    """
+
+    posterior: dict[str, np.ndarray]
+    sample_stats: dict[str, np.ndarray]
+    diagnostics: dict[str, Any]
 
 
 class TrainingHistory(dict):
@@ -612,11 +649,11 @@ class Amortizer:
                 "or pymc_ext.AmortizedMH), or retrain with a prior / covariate_sampler that "
                 "covers such data.",
                 AmortizedDataWarning,
-                stacklevel=3,
+                stacklevel=6,  # _prepare, _posterior_draws, sample(_many), wrapper, caller
             )
 
     def _draw(
-        self, ctx: torch.Tensor, draws: int, seed: int, max_rows: int = 200_000
+        self, ctx: torch.Tensor, draws: int, seed: int, max_rows: int = 32_768
     ) -> tuple[np.ndarray, np.ndarray]:
         """``draws`` per context: theta ``(B, draws, dim)`` float64 and log q ``(B, draws)``."""
         B = ctx.shape[0]
@@ -652,6 +689,55 @@ class Amortizer:
             out = self.flow.log_prob(theta_t, ctx.expand(theta_t.shape[0], -1))
         return out.double().cpu().numpy()
 
+    def _posterior_draws(
+        self,
+        datasets: list[Mapping[str, Any]],
+        draws: int,
+        random_seed: int | np.random.Generator | None,
+        correct: str | None,
+        diagnostics: bool,
+    ) -> tuple[list[dict], np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Draws ``(B, draws, dim)``, per-draw stats and per-dataset Pareto k / ESS.
+
+        The shared body of :meth:`sample` (``B = 1``) and :meth:`sample_many`.
+        """
+        self._check_fitted()
+        if correct not in (None, "psis"):
+            raise ValueError(f"correct must be None or 'psis', got {correct!r}.")
+        rng = np.random.default_rng(random_seed)
+        checked, ctx = self._prepare(datasets)
+        theta, log_q = self._draw(ctx, int(draws), _seed_int(rng))
+        stats: dict[str, np.ndarray] = {"log_q": log_q}
+        diag: dict[str, np.ndarray] = {}
+        if not (diagnostics or correct == "psis"):
+            return checked, theta, stats, diag
+        log_p = self.target.joint_logp_many(theta, checked)
+        log_w, k = psis_log_weights(log_p - log_q)
+        diag["pareto_k"] = np.atleast_1d(k)
+        diag["importance_ess"] = np.atleast_1d(importance_ess(log_w))
+        stats.update(log_p=log_p, log_weight=log_p - log_q)
+        if len(checked) == 1:
+            # stack: here, sample, its thread wrapper, the caller
+            warn_high_pareto_k(
+                float(diag["pareto_k"][0]), corrected=correct == "psis", stacklevel=5
+            )
+        else:
+            bad = np.flatnonzero(diag["pareto_k"] > PARETO_K_THRESHOLD)
+            if len(bad):
+                warnings.warn(
+                    f"{len(bad)} of {len(checked)} datasets have Pareto k > "
+                    f"{PARETO_K_THRESHOLD} (e.g. datasets {bad[:5].tolist()}): their amortized "
+                    "posteriors do not match the true ones. Sample those with "
+                    "pymc_ext.AmortizedMH or pm.sample; if many, retrain with more simulations.",
+                    AmortizedDataWarning,
+                    stacklevel=4,
+                )
+        if correct == "psis":
+            idx = np.stack([importance_resample(lw, int(draws), rng) for lw in log_w])
+            theta = np.take_along_axis(theta, idx[..., None], axis=1)
+            stats = {key: np.take_along_axis(v, idx, axis=1) for key, v in stats.items()}
+        return checked, theta, stats, diag
+
     @_with_threads
     def sample(
         self,
@@ -660,6 +746,7 @@ class Amortizer:
         random_seed: int | np.random.Generator | None = None,
         correct: str | None = None,
         diagnostics: bool = True,
+        return_inferencedata: bool = True,
     ) -> Any:
         """Amortized posterior draws for one dataset, as ArviZ data.
 
@@ -678,35 +765,27 @@ class Amortizer:
         diagnostics : bool
             Evaluate the true density and the Pareto k (costs ``draws``
             density evaluations; ``False`` is the fastest path).
+        return_inferencedata : bool
+            ``False``: skip building the DataTree (a few ms) and return an
+            :class:`AmortizedDraws` of plain NumPy arrays.
 
         Returns
         -------
-        xarray.DataTree
+        xarray.DataTree or AmortizedDraws
             ``posterior`` (1 chain) with the model's names, dims and coords;
             ``sample_stats`` with ``log_q`` (and ``log_p``, ``log_weight``);
             ``observed_data``; ``posterior.attrs["pareto_k"]``.
         """
-        self._check_fitted()
-        if correct not in (None, "psis"):
-            raise ValueError(f"correct must be None or 'psis', got {correct!r}.")
         data = self.target.current_data() if data is None else data
-        rng = np.random.default_rng(random_seed)
-        checked, ctx = self._prepare([data])
-        theta, log_q = self._draw(ctx, int(draws), _seed_int(rng))
-        theta, log_q = theta[0], log_q[0]
-        stats: dict[str, np.ndarray] = {"log_q": log_q}
+        checked, theta, stats, diag = self._posterior_draws(
+            [data], draws, random_seed, correct, diagnostics
+        )
+        theta = theta[0]
+        stats = {key: v[0] for key, v in stats.items()}
         attrs: dict[str, Any] = {"inference_library": "pymc_ext.Amortizer", "correct": str(correct)}
-        if diagnostics or correct == "psis":
-            log_p = self.target.joint_logp(theta, checked[0])
-            log_w, k = psis_log_weights(log_p - log_q)
-            k = float(k)
-            attrs.update(pareto_k=k, importance_ess=float(importance_ess(log_w)))
-            stats.update(log_p=log_p, log_weight=log_p - log_q)
-            warn_high_pareto_k(k, corrected=correct == "psis")
-            if correct == "psis":
-                idx = importance_resample(log_w, int(draws), rng)
-                theta = theta[idx]
-                stats = {key: v[idx] for key, v in stats.items()}
+        attrs.update({key: float(v[0]) for key, v in diag.items()})
+        if not return_inferencedata:
+            return AmortizedDraws(self.density.constrain_batch(theta), stats, attrs)
         from pymc_ext.arviz_io import to_datatree
 
         return to_datatree(
@@ -725,6 +804,7 @@ class Amortizer:
         random_seed: int | np.random.Generator | None = None,
         correct: str | None = None,
         diagnostics: bool = True,
+        return_inferencedata: bool = True,
     ) -> Any:
         """Amortized posteriors for many datasets in one batched call.
 
@@ -732,48 +812,30 @@ class Amortizer:
         ----------
         datasets : list of dict
             Each like ``data`` in :meth:`sample`.
-        draws, random_seed, correct, diagnostics
+        draws, random_seed, correct, diagnostics, return_inferencedata
             As in :meth:`sample`.
 
         Returns
         -------
-        xarray.DataTree
+        xarray.DataTree or AmortizedDraws
             ``posterior`` with dims ``(dataset, draw, ...)``; ``sample_stats``
             likewise; group ``amortized_diagnostics`` with ``pareto_k``
             ``(dataset,)`` (and ``num_rows`` for set data).
         """
-        self._check_fitted()
-        if correct not in (None, "psis"):
-            raise ValueError(f"correct must be None or 'psis', got {correct!r}.")
         if isinstance(datasets, Mapping) or len(datasets) == 0:
             raise ValueError("datasets must be a non-empty list of dicts (one per dataset).")
-        rng = np.random.default_rng(random_seed)
-        checked, ctx = self._prepare(list(datasets))
-        theta, log_q = self._draw(ctx, int(draws), _seed_int(rng))
-        stats: dict[str, np.ndarray] = {"log_q": log_q}
-        diag: dict[str, np.ndarray] = {}
-        if diagnostics or correct == "psis":
-            log_p = self.target.joint_logp_many(theta, checked)
-            log_w, k = psis_log_weights(log_p - log_q)
-            diag["pareto_k"] = k
-            diag["importance_ess"] = importance_ess(log_w)
-            stats.update(log_p=log_p, log_weight=log_p - log_q)
-            bad = np.flatnonzero(k > PARETO_K_THRESHOLD)
-            if len(bad):
-                warnings.warn(
-                    f"{len(bad)} of {len(checked)} datasets have Pareto k > "
-                    f"{PARETO_K_THRESHOLD} (e.g. datasets {bad[:5].tolist()}): their amortized "
-                    "posteriors do not match the true ones. Sample those with "
-                    "pymc_ext.AmortizedMH or pm.sample; if many, retrain with more simulations.",
-                    AmortizedDataWarning,
-                    stacklevel=2,
-                )
-            if correct == "psis":
-                idx = np.stack([importance_resample(lw, int(draws), rng) for lw in log_w])
-                theta = np.take_along_axis(theta, idx[..., None], axis=1)
-                stats = {key: np.take_along_axis(v, idx, axis=1) for key, v in stats.items()}
+        checked, theta, stats, diag = self._posterior_draws(
+            list(datasets), draws, random_seed, correct, diagnostics
+        )
         if self.layout.has_rows:
             diag["num_rows"] = np.array([np.shape(d[self.layout.names[0]])[0] for d in checked])
+        if not return_inferencedata:
+            flat = self.density.constrain_batch(theta.reshape(-1, self.dim))
+            posterior = {
+                k: np.asarray(v).reshape(*theta.shape[:2], *np.shape(v)[1:])
+                for k, v in flat.items()
+            }
+            return AmortizedDraws(posterior, stats, diag)
         return self._many_to_datatree(theta, stats, diag, correct)
 
     def _many_to_datatree(self, theta, stats, diag, correct) -> Any:

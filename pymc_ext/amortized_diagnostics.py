@@ -137,7 +137,9 @@ def importance_resample(
     return rng.choice(p.shape[0], size=int(size), replace=True, p=p)
 
 
-def warn_high_pareto_k(k: float, corrected: bool, where: str = "this dataset") -> None:
+def warn_high_pareto_k(
+    k: float, corrected: bool, where: str = "this dataset", stacklevel: int = 3
+) -> None:
     """Warn (with what to do) when ``k`` exceeds :data:`PARETO_K_THRESHOLD`."""
     if not np.isfinite(k) or k <= PARETO_K_THRESHOLD:
         return
@@ -147,10 +149,11 @@ def warn_high_pareto_k(k: float, corrected: bool, where: str = "this dataset") -
         else "the raw amortized draws do not match the true posterior"
     )
     warnings.warn(
-        f"Pareto k = {k:.2f} > {PARETO_K_THRESHOLD} for {where}: {what}. Sample it exactly with "
-        "pm.sample(step=pymc_ext.AmortizedMH(amortizer)) (amortized proposals, exact), or with "
-        "pm.sample; if many datasets are affected, retrain with more simulations / epochs or a "
-        "prior that covers such data.",
+        f"Pareto k = {k:.2f} > {PARETO_K_THRESHOLD} for {where}: {what}. Sample it with "
+        "pm.sample (NUTS), or with pm.sample(step=pymc_ext.AmortizedMH(amortizer)), which is "
+        "exact but mixes slowly when k is this high (check its acceptance rate); if many "
+        "datasets are affected, retrain with more simulations / epochs or a prior that covers "
+        "such data.",
         AmortizedDataWarning,
-        stacklevel=3,
+        stacklevel=stacklevel,
     )

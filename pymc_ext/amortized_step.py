@@ -11,12 +11,29 @@ however rough ``q`` is; the acceptance rate says how good ``q`` is (1 for a
 perfect ``q``). Proposals and their log densities are drawn in vectorised
 batches, so a step costs an array lookup.
 
+Before a chain starts (``adapt=True``, the default), a pilot batch from ``q``
+is importance-weighted against the true density, and the proposal is moved
+and rescaled per coordinate so that its mean and sd match the weighted
+(PSIS) estimates: ``theta' = a + b * theta``, ``theta ~ q``, with
+``log q'(theta') = log q(theta) - sum(log b)``. Further pilots from the moved
+proposal refine the estimates; while a pilot's Pareto k is above 0.7 (its
+weighted moments are unreliable), the round matches the moments of the
+tempered target ``p^beta q^(1 - beta)`` with the largest ``beta`` that keeps a
+quarter of the pilot as ESS, so the proposal walks towards ``p``. The
+amortized posterior is often off in location or scale on a given dataset
+(what its Pareto k measures), and an independence sampler is very sensitive
+to that; the moment-matched proposal keeps the flow's shape. The proposal is fixed before
+the first step and depends only on pilot draws, never on the chain, so the
+sampler stays an exact MH sampler. The adaptation is kept only when it raises
+the pilot's importance ESS.
+
 The statistics ``accept`` (the acceptance probability), ``accepted`` and
 ``log_weight`` (``log w`` of the current state) go into ``sample_stats``.
 
-Use it when the amortizer's Pareto k for this dataset is high, or whenever an
-exact answer is needed: it is the "trust, but verify" path of amortized
-fitting. The first step of each chain starts from a proposal, so chains do not
+Use it whenever an exact answer is needed: it is the "trust, but verify"
+path of amortized fitting. Check its acceptance rate: when the pilot cannot
+find the posterior (an ESS near 1), it stays near 0 and NUTS is the better
+choice. The first step of each chain starts from a proposal, so chains do not
 get stuck at an initial point where ``q`` is tiny.
 """
 
@@ -43,7 +60,27 @@ class AmortizedMHState(StepMethodState):
     current_x: np.ndarray | None
     current_log_weight: float
     started: bool
+    shift: np.ndarray
+    matrix: np.ndarray
     proposal_batch: int = field(metadata={"frozen": True})
+
+
+def _tempered_log_weights(log_w: np.ndarray, min_ess: float) -> np.ndarray:
+    """Normalised ``beta * log_w`` with the largest ``beta`` in [0, 1] whose ESS >= ``min_ess``."""
+
+    def normalised(beta: float) -> np.ndarray:
+        x = beta * log_w
+        x = x - x.max()
+        return x - np.log(np.exp(x).sum())
+
+    lo, hi = 0.0, 1.0
+    for _ in range(30):
+        mid = 0.5 * (lo + hi)
+        if 1.0 / np.exp(2 * normalised(mid)).sum() >= min_ess:
+            lo = mid
+        else:
+            hi = mid
+    return normalised(lo)
 
 
 class AmortizedMH(BlockedStep):
@@ -60,6 +97,18 @@ class AmortizedMH(BlockedStep):
         The amortizer's model (the default).
     proposal_batch : int
         Proposals drawn (and evaluated) per vectorised batch.
+    adapt : bool
+        Moment-match the proposal to pilot importance-weighted draws before
+        each chain (see the module docstring). ``False``: propose from ``q``
+        itself.
+    pilot_draws : int
+        Draws per pilot batch for ``adapt``.
+    widen : float
+        The moved proposal's sd is this many times the weighted estimate: a
+        slightly wide independence proposal keeps the weights bounded in the
+        tails, where a pilot of a few thousand draws sees little.
+    adapt_rounds : int
+        Pilot batches (each moves the proposal once) for ``adapt``.
     rng : int or Generator, optional
         Seed (``pm.sample`` sets one per chain).
 
@@ -107,6 +156,10 @@ class AmortizedMH(BlockedStep):
         *,
         model: Any = None,
         proposal_batch: int = 1024,
+        adapt: bool = True,
+        pilot_draws: int = 2048,
+        widen: float = 1.1,
+        adapt_rounds: int = 6,
         rng: Any = None,
         blocked: bool = True,
     ) -> None:
@@ -149,6 +202,10 @@ class AmortizedMH(BlockedStep):
         _, ctx = amortizer._prepare([data])
         self.context = ctx[0].detach().cpu().clone()
         self.proposal_batch = int(proposal_batch)
+        self.adapt = bool(adapt)
+        self.pilot_draws = int(pilot_draws)
+        self.widen = float(widen)
+        self.adapt_rounds = int(adapt_rounds)
         self.num_threads = amortizer.num_threads
         self.rng = get_random_generator(rng)
         self.tune = True
@@ -162,13 +219,16 @@ class AmortizedMH(BlockedStep):
         self.current_x = None
         self.current_log_weight = -np.inf
         self.started = False
+        self.shift = np.zeros(self.density.dim)
+        self.matrix = np.eye(self.density.dim)
 
     def setup_chain(self, rng: Any, tune: int, draws: int) -> None:
         """Fresh generator and proposal pool for each chain."""
         super().setup_chain(rng, tune, draws)
         self._reset()
 
-    def _refill(self) -> None:
+    def _propose(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` proposals from the (moved) proposal and their log weights ``log p - log q'``."""
         import torch
 
         from pymc_ext.conditional_flow import torch_threads
@@ -177,29 +237,81 @@ class AmortizedMH(BlockedStep):
         flow = self.flow.cpu() if next(self.flow.parameters()).device.type != "cpu" else self.flow
         with torch.no_grad(), torch.random.fork_rng(devices=[]), torch_threads(self.num_threads):
             torch.manual_seed(seed)
-            theta, log_q = flow.sample(self.proposal_batch, self.context)
-        theta = theta.double().numpy()
+            theta, log_q = flow.sample(int(n), self.context)
+        theta = self.shift + theta.double().numpy() @ self.matrix.T
+        log_q = log_q.double().numpy() - self._log_det()
         log_p = self.density.logp_batch(theta)
-        log_w = log_p - log_q.double().numpy()
+        log_w = log_p - log_q
         log_w[~np.isfinite(log_w)] = -np.inf
-        self.proposals = theta
-        self.proposal_log_weights = log_w
+        return theta, log_w
+
+    def _log_det(self) -> float:
+        return float(np.log(np.abs(np.diag(self.matrix))).sum())
+
+    def _refill(self) -> None:
+        self.proposals, self.proposal_log_weights = self._propose(self.proposal_batch)
         self.next_proposal = 0
+
+    def _adapt(self) -> None:
+        """Moment-match the proposal to pilot batches (kept only if the pilot ESS rises)."""
+        from pymc_ext.amortized_diagnostics import (
+            PARETO_K_THRESHOLD,
+            importance_ess,
+            psis_log_weights,
+        )
+
+        raw = None
+        best_ess, best = -1.0, (self.shift.copy(), self.matrix.copy())
+        for _ in range(self.adapt_rounds):
+            theta, log_w = self._propose(self.pilot_draws)
+            ok = np.isfinite(log_w)
+            if ok.sum() < 20:
+                break
+            theta, log_w = theta[ok], log_w[ok]
+            lw, k = psis_log_weights(log_w)
+            ess = float(importance_ess(lw))
+            if ess > best_ess:
+                best_ess, best = ess, (self.shift.copy(), self.matrix.copy())
+            # theta = shift + matrix @ u with u ~ q: the q-moments of u give the map
+            if raw is None:
+                u = np.linalg.solve(self.matrix, (theta - self.shift).T).T
+                raw = (u.mean(axis=0), np.maximum(u.std(axis=0), 1e-12))
+            if not (np.isfinite(k) and k < PARETO_K_THRESHOLD):
+                # too few effective draws for p's moments: match those of the tempered
+                # target p^beta q^(1 - beta), beta as large as leaves a quarter of the draws
+                lw = _tempered_log_weights(log_w, len(log_w) / 4)
+            w = np.exp(lw)
+            mean = w @ theta
+            sd = np.sqrt(np.maximum(w @ (theta - mean) ** 2, 1e-24))
+            self.matrix = np.diag(self.widen * sd / raw[1])
+            self.shift = mean - self.matrix @ raw[0]
+        if best_ess > 0:
+            # a last check of the final map
+            theta, log_w = self._propose(self.pilot_draws)
+            ok = np.isfinite(log_w)
+            if ok.sum() >= 20:
+                ess = float(importance_ess(psis_log_weights(log_w[ok])[0]))
+                if ess > best_ess:
+                    best = (self.shift.copy(), self.matrix.copy())
+        self.shift, self.matrix = best
 
     def _log_weight(self, x: np.ndarray) -> float:
         import torch
 
         log_p = self.density.logp(x)
+        u = np.linalg.solve(self.matrix, x - self.shift)
         with torch.no_grad():
-            theta = torch.as_tensor(x[None], dtype=torch.float32, device=self.context.device)
+            theta = torch.as_tensor(u[None], dtype=torch.float32, device=self.context.device)
             log_q = float(self.flow.cpu().log_prob(theta, self.context[None])[0])
-        value = log_p - log_q
+        value = log_p - (log_q - self._log_det())
         return float(value) if np.isfinite(value) else -np.inf
 
     # -- the step --------------------------------------------------------------------------------
     def step(self, point: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[dict]]:
         """One independence MH step (PyMC's ``BlockedStep`` interface)."""
         x = np.concatenate([np.asarray(point[v.name], dtype=float).ravel() for v in self.vars])
+        if not self.started and self.adapt:
+            self._adapt()
         if self.next_proposal >= len(self.proposals):
             self._refill()
         proposal = self.proposals[self.next_proposal]

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from pymc_ext.density import LogDensity
+from pymc_ext.pymc_model import _PriorPredictiveSampler, _root_rvs
 
 __all__ = [
     "AmortizedTarget",
@@ -126,7 +127,7 @@ def _rebuild(outputs: list, replacements: dict) -> list:
     return [memo.get(o, o) for o in outputs]
 
 
-class _SizedPriorPredictive:
+class _SizedPriorPredictive(_PriorPredictiveSampler):
     """Vectorised prior-predictive sampler that also handles RVs with a symbolic size.
 
     Same construction as :func:`pymc_ext.prior_predictive` (root RVs get a
@@ -135,6 +136,7 @@ class _SizedPriorPredictive:
     they are while vectorising, so PyTensor extends them by the new batch axis
     instead of failing with "Size length is incompatible with batched
     dimensions". Used only when :func:`pymc_ext.prior_predictive` fails.
+    Drawing (``__call__``) is the parent's.
     """
 
     def __init__(self, model: Any, observed: Sequence[str]) -> None:
@@ -142,7 +144,6 @@ class _SizedPriorPredictive:
         from pymc.distributions.shape_utils import change_dist_size
         from pymc.pytensorf import compile as pm_compile
         from pytensor.graph.replace import vectorize_graph
-        from pytensor.graph.traversal import ancestors
         from pytensor.tensor.type_other import NoneTypeT
 
         self.model = model
@@ -152,10 +153,10 @@ class _SizedPriorPredictive:
         all_rvs = set(model.free_RVs) | set(model.observed_RVs)
         n = pt.iscalar("n")
         replace: dict = {}
+        roots = _root_rvs(outs, all_rvs)
         for rv in outs:
-            parents = [a for a in ancestors(rv.owner.inputs) if a in all_rvs and a is not rv]
             size = rv.owner.op.size_param(rv.owner)
-            if not parents:
+            if rv in roots:
                 replace[rv] = change_dist_size(rv, new_size=(n,), expand=True)
             elif not isinstance(size.type, NoneTypeT):
                 replace[size] = size
@@ -163,22 +164,6 @@ class _SizedPriorPredictive:
         self.free_names = [rv.name for rv in free]
         with model:
             self.fn = pm_compile([n], vectorized, random_seed=False)
-
-    def __call__(self, n: int, rng: np.random.Generator) -> tuple[dict, dict]:
-        import pytensor.tensor as pt
-        from pymc.pytensorf import reseed_rngs
-
-        shared_rngs = [
-            s
-            for s in self.fn.get_shared()
-            if isinstance(s.type, pt.random.type.RandomGeneratorType)
-        ]
-        reseed_rngs(shared_rngs, rng.integers(2**31))
-        values = self.fn(np.int32(n))
-        k = len(self.free_names)
-        return dict(zip(self.free_names, values[:k], strict=True)), dict(
-            zip(self.observed, values[k:], strict=True)
-        )
 
 
 class PyMCTarget:
@@ -355,13 +340,9 @@ class PyMCTarget:
             shape = density._ip[v.name].shape
             replace[v] = theta[density.slices[v.name]].reshape(shape).astype(v.dtype)
         data_inputs = []
-        for name in self.observed:
-            var = self._obs_value_var(name)
-            inp = pt.tensor(f"{name}_data", dtype=var.dtype, shape=(None,) * var.ndim)
-            replace[var] = inp
-            data_inputs.append(inp)
-        for name in self.covariates:
-            var = model[name]
+        data_vars = [self._obs_value_var(n) for n in self.observed]
+        data_vars += [model[n] for n in self.covariates]
+        for name, var in zip(self.data_names(), data_vars, strict=True):
             inp = pt.tensor(f"{name}_data", dtype=var.dtype, shape=(None,) * var.ndim)
             replace[var] = inp
             data_inputs.append(inp)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import arviz as az
+import arviz_base as az  # from_dict only; the full arviz (plots) is slow to import
 import numpy as np
 import xarray as xr
 

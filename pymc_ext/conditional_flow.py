@@ -80,7 +80,9 @@ def torch_device() -> torch.device:
 
 
 def _softmax_last(x: torch.Tensor) -> torch.Tensor:
-    e = torch.exp(x - x.amax(dim=-1, keepdim=True))
+    # the inputs are squashed into (-|log slope| / 2, |log slope| / 2) first, so exp
+    # cannot overflow and the usual max subtraction is not needed
+    e = torch.exp(x)
     return e / e.sum(dim=-1, keepdim=True)
 
 
@@ -110,6 +112,125 @@ class _FastRQSTransform(MonotonicRQSTransform):
         self.horizontal = bound * (2 * torch.cumsum(widths, dim=-1) - 1)
         self.vertical = bound * (2 * torch.cumsum(heights, dim=-1) - 1)
         self.derivatives = torch.exp(derivatives)
+
+
+def _masked_weight(layer: nn.Module) -> torch.Tensor:
+    return layer.mask * layer.weight
+
+
+def _feature_groups(transform: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per pass: the features it inverts and their rows of the hyper-network's output."""
+    cached = getattr(transform, "_pymc_ext_groups", None)
+    if cached is not None and cached[0].device == transform.order.device:
+        return cached[1]
+    groups, total = transform.order, transform.total
+    out = []
+    for g in range(int(groups.max()) + 1):
+        feats = torch.nonzero(groups == g).squeeze(-1)
+        rows = (feats[:, None] * total + torch.arange(total, device=feats.device)).reshape(-1)
+        out.append((feats, rows))
+    transform._pymc_ext_groups = (transform.order, out)
+    return out
+
+
+def _invert_masked_spline(
+    transform: nn.Module, y: torch.Tensor, ctx: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Invert one zuko ``MaskedAutoregressiveTransform`` with spline univariates.
+
+    ``y`` is ``(B, n, F)``, ``ctx`` is ``(B, C)``. Returns ``x`` and the forward
+    log-Jacobian ``log |dy/dx|`` summed over features, ``(B, n)``.
+    """
+    layers = list(transform.hyper)
+    first, last = layers[0], layers[-1]
+    B, n, F = y.shape
+    total = transform.total
+    bins = transform.shapes[0][0]
+    slope = transform.univariate.keywords["slope"]
+    w1 = _masked_weight(first)
+    # the context's share of the first layer, once per context
+    c_part = ctx @ w1[:, F:].T + first.bias  # (B, H)
+    w1x = w1[:, :F]
+    w_last, b_last = _masked_weight(last), last.bias
+    x = torch.zeros_like(y)
+    ladj = torch.zeros(B, n, dtype=y.dtype, device=y.device)
+    for g, (feats, rows) in enumerate(_feature_groups(transform)):
+        if g == 0:
+            h = c_part[:, None, :]  # (B, 1, H): no dependence on x
+        else:
+            h = torch.matmul(x, w1x.T) + c_part[:, None, :]
+        for layer in layers[1:-1]:
+            h = layer(h) if not hasattr(layer, "mask") else torch.nn.functional.linear(
+                h, _masked_weight(layer), layer.bias
+            )
+        phi = torch.nn.functional.linear(h, w_last[rows], b_last[rows])
+        phi = phi.unflatten(-1, (len(feats), total))
+        knots = _spline_knots(phi, bins, slope)
+        xg, lg = _rqs_inverse_and_ladj(knots, y[..., feats].contiguous())
+        x[..., feats] = xg
+        ladj = ladj + lg.sum(dim=-1)
+    return x, ladj
+
+
+def _spline_knots(
+    phi: torch.Tensor, bins: int, slope: float, bound: float = 5.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Knots ``(horizontal, vertical, derivatives)``, each ``(..., bins + 1)``, contiguous.
+
+    The same numbers as :class:`_FastRQSTransform` (and zuko's spline) from the
+    packed parameters ``phi`` ``(..., 3 * bins - 1)``.
+    """
+    c = 1.0 / abs(math.log(slope))
+    w, h, d = phi.split([bins, bins, bins - 1], dim=-1)
+    edge = torch.full((*phi.shape[:-1], 1), -bound, dtype=phi.dtype, device=phi.device)
+
+    def positions(u: torch.Tensor) -> torch.Tensor:
+        e = torch.exp(u / (1 + (2 * c) * u.abs()))
+        cum = torch.cumsum(e, dim=-1)
+        return torch.cat((edge, cum * ((2 * bound) / cum[..., -1:]) - bound), dim=-1)
+
+    zero = torch.zeros_like(edge)
+    deriv = torch.exp(torch.cat((zero, d / (1 + c * d.abs()), zero), dim=-1))
+    return positions(w), positions(h), deriv
+
+
+def _rqs_inverse_and_ladj(
+    knots: tuple[torch.Tensor, torch.Tensor, torch.Tensor], y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of zuko's rational-quadratic spline and ``log |dy/dx|`` at the result.
+
+    ``y`` is ``(B, n, G)``; the knots ``(B, 1 or n, G, K + 1)`` (a size-1 draw
+    axis when they depend on the context only). Values outside the spline's
+    domain pass through unchanged, as in zuko.
+    """
+    horizontal, vertical, derivatives = knots
+    B, n, G = y.shape
+    m, K1 = horizontal.shape[1], horizontal.shape[-1]
+    bins = K1 - 1
+    k = torch.sum(vertical < y[..., None], dim=-1) - 1  # the bin of each value
+    mask = (k >= 0) & (k < bins)
+    k = k.clamp(0, bins - 1)
+    # flat indices into the (B, m, G, K + 1) knot tables
+    base = (torch.arange(B, device=y.device)[:, None, None] * m
+            + (torch.arange(n, device=y.device)[None, :, None] if m > 1 else 0)) * G
+    i0 = (base + torch.arange(G, device=y.device)) * K1 + k
+    i1 = i0 + 1
+    x0, x1 = horizontal.take(i0), horizontal.take(i1)
+    y0, y1 = vertical.take(i0), vertical.take(i1)
+    d0, d1 = derivatives.take(i0), derivatives.take(i1)
+    dy = y1 - y0
+    s = dy / (x1 - x0)
+    y_ = mask * (y - y0)
+    t = d0 + d1 - 2 * s
+    a = dy * (s - d0) + y_ * t
+    b = dy * d0 - y_ * t
+    c = -s * y_
+    z = 2 * c / (-b - (b * b - 4 * a * c).sqrt())
+    x = torch.where(mask, x0 + z * (x1 - x0), y)
+    zz = z * (1 - z)
+    denom = s + t * zz
+    jac = s * s * (2 * s * zz + d0 * (1 - z) ** 2 + d1 * z * z) / (denom * denom)
+    return x, mask * jac.log()
 
 
 class ConditionalFlow(nn.Module):
@@ -169,6 +290,11 @@ class ConditionalFlow(nn.Module):
             univariate=partial(_FastRQSTransform, slope=1e-3),
             shapes=[(self.bins,), (self.bins,), (self.bins - 1,)],
         )
+        self._fast_ok = all(
+            hasattr(t, "order") and t.order is not None and hasattr(t.hyper[0], "mask")
+            and getattr(t.univariate, "func", None) is _FastRQSTransform
+            for t in self.flow.transform.transforms
+        )
         self.register_buffer("theta_mean", torch.zeros(self.dim))
         self.register_buffer("theta_std", torch.ones(self.dim))
 
@@ -213,10 +339,37 @@ class ConditionalFlow(nn.Module):
         log_q : Tensor
             ``(n,)`` or ``(batch, n)``.
         """
-        z, log_q = self.flow(context).rsample_and_log_prob((int(n),))
+        if self.training or torch.is_grad_enabled() or not self._fast_ok:
+            z, log_q = self.flow(context).rsample_and_log_prob((int(n),))
+        else:
+            z, log_q = self._fast_sample(int(n), context)
         theta = z * self.theta_std + self.theta_mean
         log_q = log_q - self._log_jac()
         if context.ndim == 2:
             theta = theta.transpose(0, 1)
             log_q = log_q.transpose(0, 1)
         return theta, log_q
+
+    def _fast_sample(self, n: int, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """zuko's ``rsample_and_log_prob`` for this flow, with a third of the work.
+
+        zuko inverts each masked transform with one hyper-network pass per
+        group of features and then one more for the log-Jacobian, each on all
+        ``n * batch`` rows and for all features. Here each group's spline is
+        inverted once, from the pass that already has its inputs, and its
+        Jacobian comes from the same bin; the first group's parameters depend
+        only on the context, so they are computed once per context. Same
+        random numbers and the same transform: equal to zuko's result up to
+        float rounding (checked in the tests).
+        """
+        base = self.flow.base()
+        batch = context.shape[:-1]
+        z = base.rsample((n, *batch))  # (n, *batch, dim), as zuko draws it
+        log_q = base.log_prob(z)
+        ctx = context.reshape(-1, context.shape[-1])  # (B, C)
+        x = z.reshape(n, ctx.shape[0], self.dim).transpose(0, 1)  # (B, n, dim)
+        for transform in reversed(list(self.flow.transform.transforms)):
+            x, ladj = _invert_masked_spline(transform, x, ctx)
+            log_q = log_q + ladj.transpose(0, 1).reshape(log_q.shape)
+        x = x.transpose(0, 1).reshape(z.shape)
+        return x, log_q

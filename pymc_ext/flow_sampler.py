@@ -647,6 +647,10 @@ def discover_modes(
         top = _ascend(density, x)
         if top is None:
             continue
+        # A mode that walkers found has its top near them; a climb that ran far away (down a
+        # funnel's neck, say) found no mode the walkers are in.
+        if np.sqrt((((top - x) / scale) ** 2).sum() / dim) > 2 * distance:
+            continue
         if not any(_same_mode(density, top, m) for m in modes):
             modes = np.vstack([modes, top])
     return modes
@@ -845,7 +849,7 @@ def flow_mcmc_adapt(
     density: LogDensity,
     *,
     chains: int | None = None,
-    n_rounds: int = 10,
+    n_rounds: int = 6,
     local_kernel: str = "mala",
     adapt_local_steps: int = 20,
     local_steps: int = 1,
@@ -1145,7 +1149,7 @@ def flow_mcmc(
     *,
     draws: int = 500,
     chains: int | None = None,
-    n_rounds: int = 10,
+    n_rounds: int = 6,
     local_kernel: str = "mala",
     local_steps: int = 1,
     adapt_local_steps: int = 20,
@@ -1194,7 +1198,7 @@ def flow_mcmc(
         flow proposals of a round).
     adapt_local_steps : int
         Local steps per adaptation round (the walker states fed to the flow
-        are taken every ``adapt_local_steps // 5`` steps).
+        are taken ``snapshots_per_round`` times per round).
     global_steps : int
         Flow proposals per adaptation round.
     first_train_steps, train_steps : int

@@ -87,6 +87,13 @@ class FlowConfig:
         2 gives coupling transformations (one network pass to sample *and* to
         evaluate, the right trade for MCMC proposals); None gives fully
         autoregressive ones (``dim`` passes to sample). Not used by RealNVP.
+    base : {"normal", "student"}
+        Base distribution: standard normal (zuko's default) or independent
+        Student-t with ``base_df`` degrees of freedom (heavier tails, for
+        heavy-tailed posteriors; outside the splines' ``[-5, 5]`` the flow's
+        tails are the base's).
+    base_df : float
+        Degrees of freedom of the Student-t base.
 
     Examples
     --------
@@ -100,6 +107,8 @@ class FlowConfig:
     hidden_features: tuple[int, ...] = (64, 64)
     bins: int = 8
     passes: int | None = 2
+    base: str = "normal"
+    base_df: float = 5.0
 
     def __post_init__(self) -> None:
         if self.kind not in ("nsf", "maf", "realnvp"):
@@ -116,6 +125,9 @@ class FlowConfig:
                 f"hidden_features must be positive widths, got {self.hidden_features}."
             )
         self.bins = int(self.bins)
+        if self.base not in ("normal", "student"):
+            raise ValueError(f"base must be 'normal' or 'student', got {self.base!r}.")
+        self.base_df = float(self.base_df)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form (for saving)."""
@@ -167,7 +179,24 @@ def torch_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+def _student_t_base(df: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor):
+    return torch.distributions.Independent(torch.distributions.StudentT(df, loc, scale), 1)
+
+
 def _zuko_flow(dim: int, config: FlowConfig) -> zuko.flows.Flow:
+    flow = _zuko_flow_normal_base(dim, config)
+    if config.base == "student":
+        flow.base = zuko.flows.UnconditionalDistribution(
+            _student_t_base,
+            torch.full((dim,), config.base_df),
+            torch.zeros(dim),
+            torch.ones(dim),
+            buffer=True,
+        )
+    return flow
+
+
+def _zuko_flow_normal_base(dim: int, config: FlowConfig) -> zuko.flows.Flow:
     hidden = config.hidden_features
     if config.kind == "nsf":
         return zuko.flows.NSF(
@@ -274,7 +303,7 @@ class StandardizedFlow(torch.nn.Module):
         if noise is None:
             if n is None:
                 raise ValueError("give n or noise")
-            noise = torch.randn(n, self.dim, dtype=self.dtype, device=self.device)
+            noise = dist.base.sample((n,)).to(self.dtype)
         z, ladj = dist.transform.inv.call_and_ladj(noise)
         logq = dist.base.log_prob(noise) - ladj - self._log_det_scale()
         return self.unstandardize(z), logq
@@ -286,9 +315,18 @@ class StandardizedFlow(torch.nn.Module):
         The base noise comes from the numpy ``rng``, so draws are reproducible
         from a numpy seed and do not touch torch's global random state.
         """
-        noise = torch.as_tensor(rng.standard_normal((int(n), self.dim)), dtype=self.dtype)
-        x, logq = self.rsample_and_log_prob(noise=noise.to(self.device))
+        noise = self.base_noise(int(n), rng)
+        x, logq = self.rsample_and_log_prob(noise=noise)
         return x.double().cpu().numpy(), logq.double().cpu().numpy()
+
+    def base_noise(self, n: int, rng: np.random.Generator) -> torch.Tensor:
+        """``n`` draws from the base distribution, made with the numpy ``rng``."""
+        config = self.config
+        if config is not None and config.base == "student":
+            z = rng.standard_t(config.base_df, size=(n, self.dim))
+        else:
+            z = rng.standard_normal((n, self.dim))
+        return torch.as_tensor(z, dtype=self.dtype).to(self.device)
 
     @torch.no_grad()
     def log_prob_numpy(self, X: np.ndarray, batch_size: int = 8192) -> np.ndarray:
@@ -490,8 +528,7 @@ class _NonFiniteLoss(Exception):
 def _train(
     flow: StandardizedFlow,
     loss_fn: Callable[[int], torch.Tensor],
-    monitor_fn: Callable[[list[float]], float],
-    *,
+    monitor_fn: Callable[[list[float]], float] | None,
     max_steps: int,
     learning_rate: float,
     patience: int,
@@ -499,12 +536,21 @@ def _train(
     max_restarts: int,
     progressbar: bool,
     desc: str,
-    max_grad_norm: float = 10.0,
     min_steps: int = 0,
+    max_grad_norm: float = 10.0,
 ) -> FitInfo:
-    """Adam on ``loss_fn`` with early stopping on ``monitor_fn`` and a NaN guard."""
+    """Adam on ``loss_fn`` with early stopping on ``monitor_fn`` and a NaN guard.
+
+    ``monitor_fn=None`` watches the running mean of the last ``check_every`` losses.
+    """
+    max_steps, patience, check_every = int(max_steps), int(patience), int(check_every)
+    max_restarts, min_steps = int(max_restarts), int(min_steps)
     if max_steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}.")
+    if monitor_fn is None:
+
+        def monitor_fn(losses: list[float]) -> float:
+            return float(np.mean(losses[-check_every:]))
     start_time = time.perf_counter()
     restart_state = copy.deepcopy(flow.state_dict())
     lr = float(learning_rate)
@@ -693,29 +739,12 @@ def fit_forward_kl(
     def loss_fn(step: int) -> torch.Tensor:
         return weighted_nll(train_idx[rng.integers(0, n_train, size=batch_size)])
 
-    if n_val:
+    def validation_nll(losses: list[float]) -> float:
+        with torch.no_grad():
+            return float(weighted_nll(val_idx))
 
-        def monitor_fn(losses: list[float]) -> float:
-            with torch.no_grad():
-                return float(weighted_nll(val_idx))
-    else:
-
-        def monitor_fn(losses: list[float]) -> float:
-            return float(np.mean(losses[-check_every:]))
-
-    return _train(
-        flow,
-        loss_fn,
-        monitor_fn,
-        max_steps=int(max_steps),
-        learning_rate=learning_rate,
-        patience=int(patience),
-        check_every=int(check_every),
-        max_restarts=int(max_restarts),
-        progressbar=progressbar,
-        desc=desc,
-        min_steps=int(min_steps),
-    )
+    return _train(flow, loss_fn, validation_nll if n_val else None, max_steps, learning_rate,
+                  patience, check_every, max_restarts, progressbar, desc, min_steps)
 
 
 class _DensityLogp(torch.autograd.Function):
@@ -823,14 +852,11 @@ def fit_reverse_kl(
         )
     if batch_size is None:
         batch_size = int(np.clip(16 * flow.dim, 64, 256))
-    generator = torch.Generator(device=flow.device)
-    generator.manual_seed(_seed_int(random_seed))
+    noise_rng = np.random.default_rng(random_seed)
     grad_before = int(getattr(density, "grad_evals", 0))
 
     def loss_fn(step: int) -> torch.Tensor:
-        noise = torch.randn(
-            batch_size, flow.dim, generator=generator, dtype=flow.dtype, device=flow.device
-        )
+        noise = flow.base_noise(batch_size, noise_rng)
         x, logq = flow.rsample_and_log_prob(noise=noise)
         logp = density_logp_torch(density, x)
         good = torch.isfinite(logp) & torch.isfinite(logq)
@@ -838,22 +864,8 @@ def fit_reverse_kl(
             return torch.tensor(float("nan"), dtype=flow.dtype)
         return (logq[good] - logp[good]).mean()
 
-    def monitor_fn(losses: list[float]) -> float:
-        return float(np.mean(losses[-check_every:]))
-
-    info = _train(
-        flow,
-        loss_fn,
-        monitor_fn,
-        max_steps=int(max_steps),
-        learning_rate=learning_rate,
-        patience=int(patience),
-        check_every=int(check_every),
-        max_restarts=int(max_restarts),
-        progressbar=progressbar,
-        desc=desc,
-        min_steps=int(min_steps),
-    )
+    info = _train(flow, loss_fn, None, max_steps, learning_rate, patience, check_every,
+                  max_restarts, progressbar, desc, min_steps)
     return info._replace(grad_evals=int(getattr(density, "grad_evals", 0)) - grad_before)
 
 

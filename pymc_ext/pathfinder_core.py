@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from scipy.linalg import solve_triangular
+from threadpoolctl import threadpool_limits
 
 from pymc_ext.density import LogDensity
 
@@ -43,6 +44,7 @@ __all__ = [
     "single_path_pathfinder",
     "multipath_pathfinder",
     "pathfinder_to_datatree",
+    "density_pathfinder",
     "pathfinder",
     "psis_log_weights",
 ]
@@ -914,20 +916,23 @@ def multipath_pathfinder(
         from tqdm.auto import tqdm
 
         iterator = tqdm(iterator, desc="Pathfinder paths", total=num_paths)
-    paths = [
-        single_path_pathfinder(
-            density,
-            starts[i],
-            num_draws=num_draws_per_path,
-            num_elbo_draws=num_elbo_draws,
-            history_size=history_size,
-            maxiter=maxiter,
-            ftol=ftol,
-            gtol=gtol,
-            random_seed=path_seeds[i],
-        )
-        for i in iterator
-    ]
+    # The linear algebra here is on tiny matrices (dim x 2J, 2J x 2J): BLAS threads
+    # only add overhead, and on a busy machine a lot of it.
+    with threadpool_limits(limits=1, user_api="blas"):
+        paths = [
+            single_path_pathfinder(
+                density,
+                starts[i],
+                num_draws=num_draws_per_path,
+                num_elbo_draws=num_elbo_draws,
+                history_size=history_size,
+                maxiter=maxiter,
+                ftol=ftol,
+                gtol=gtol,
+                random_seed=path_seeds[i],
+            )
+            for i in iterator
+        ]
     ok = [p for p in paths if p.ok]
     if not ok:
         reasons = "; ".join(f"path {i}: {p.status} ({p.message})" for i, p in enumerate(paths))
@@ -1069,6 +1074,54 @@ def pathfinder_to_datatree(density: LogDensity, result: PathfinderResult) -> xr.
     )
 
 
+def density_pathfinder(
+    density: LogDensity,
+    num_paths: int = 4,
+    num_draws: int = 1000,
+    random_seed: int | np.random.Generator | None = None,
+    *,
+    progressbar: bool = True,
+    **kwargs: Any,
+) -> xr.DataTree:
+    """Multi-path Pathfinder on any :class:`~pymc_ext.density.LogDensity`, as ArviZ data.
+
+    :func:`multipath_pathfinder` followed by :func:`pathfinder_to_datatree`;
+    :func:`pathfinder` (PyMC) and ``stan_bridge.pathfinder`` (Stan) call it.
+
+    Parameters
+    ----------
+    density : LogDensity
+        The target (``logp_and_grad``, ``logp_batch``; ``constrain_batch`` if
+        it has one, for the model's own names and shapes).
+    num_paths, num_draws, random_seed, progressbar, **kwargs
+        As in :func:`multipath_pathfinder`.
+
+    Returns
+    -------
+    xarray.DataTree
+        As :func:`pathfinder_to_datatree` makes it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pymc_ext.density import FunctionLogDensity
+    >>> from pymc_ext.pathfinder_core import density_pathfinder
+    >>> d = FunctionLogDensity(2, logp_fn=lambda x: -0.5 * x @ x, grad_fn=lambda x: -x)
+    >>> dt = density_pathfinder(d, num_draws=100, random_seed=1, progressbar=False)
+    >>> dt.posterior["x"].shape
+    (1, 100, 2)
+    """
+    result = multipath_pathfinder(
+        density,
+        num_paths=num_paths,
+        num_draws=num_draws,
+        random_seed=random_seed,
+        progressbar=progressbar,
+        **kwargs,
+    )
+    return pathfinder_to_datatree(density, result)
+
+
 def pathfinder(
     model: pm.Model | None = None,
     num_paths: int = 4,
@@ -1114,13 +1167,11 @@ def pathfinder(
     """
     from pymc_ext.pymc_model import log_density
 
-    density = log_density(model)
-    result = multipath_pathfinder(
-        density,
+    return density_pathfinder(
+        log_density(model),
         num_paths=num_paths,
         num_draws=num_draws,
         random_seed=random_seed,
         progressbar=progressbar,
         **kwargs,
     )
-    return pathfinder_to_datatree(density, result)

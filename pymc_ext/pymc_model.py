@@ -3,8 +3,8 @@
 :func:`log_density` compiles a model's joint log density and its gradient on
 one flat, unconstrained vector, using the model's own value transforms
 (Jacobian included). The batched versions are built by vectorising the
-PyTensor graph, not by a Python loop. Everything is compiled once and cached
-on the model, so a second call costs nothing.
+PyTensor graph, not by a Python loop. Each function is compiled on first use
+and cached on the model, so a second call costs nothing.
 
 :func:`prior_predictive` draws (parameters, data) pairs from the model's own
 random graph, vectorised over the number of draws.
@@ -90,6 +90,11 @@ def _structure_key(model: pm.Model) -> tuple:
     )
 
 
+def _lazy_function(key: str) -> property:
+    """A read-only property returning ``self._compiled(key)`` (compiled on first use)."""
+    return property(lambda self: self._compiled(key), doc=f"The compiled ``{key}`` function.")
+
+
 class PyMCLogDensity(BaseLogDensity):
     """The joint log density of a PyMC model on its flat unconstrained space.
 
@@ -143,7 +148,6 @@ class PyMCLogDensity(BaseLogDensity):
         x.name = "x"
         grad_flat = pytensor.grad(logp_flat, x)
         X = pt.matrix("X", dtype=x.dtype)
-        [logp_vec, grad_vec] = vectorize_graph([logp_flat, grad_flat], replace={x: X})
 
         # -- constrained variables (free RVs and Deterministics) -------------
         self._free_rvs = list(model.free_RVs)
@@ -152,27 +156,35 @@ class PyMCLogDensity(BaseLogDensity):
         outs_flat, x_c = join_nonshared_inputs(self._ip, outs, self.value_vars)
         outs_vec = vectorize_graph(outs_flat, replace={x_c: X})
 
-        with model:
-            self._f_logp = pm_compile([x], logp_flat, random_seed=False)
-            self._f_logp_grad = pm_compile([x], [logp_flat, grad_flat], random_seed=False)
-            self._f_logp_batch = pm_compile([X], logp_vec, random_seed=False)
-            self._f_logp_grad_batch = pm_compile([X], [logp_vec, grad_vec], random_seed=False)
-            self._f_constrain = pm_compile([x_c], outs_flat, random_seed=False)
-            self._f_constrain_batch = pm_compile([X], list(outs_vec), random_seed=False)
-        for f in (
-            self._f_logp,
-            self._f_logp_grad,
-            self._f_logp_batch,
-            self._f_logp_grad_batch,
-            self._f_constrain,
-            self._f_constrain_batch,
-        ):
-            f.trust_input = True
+        # Compiled lazily, on first use (see _compiled): Pathfinder, say, needs only
+        # logp+grad, batched logp and batched constrain, and each compile costs
+        # graph rewriting even with a warm PyTensor cache.
+        # The batched logp graphs are built lazily too (vectorising costs time).
+        self._graphs: dict[str, Any] = {
+            "logp": lambda: ([x], logp_flat),
+            "logp_grad": lambda: ([x], [logp_flat, grad_flat]),
+            "logp_batch": lambda: ([X], vectorize_graph(logp_flat, replace={x: X})),
+            "logp_grad_batch": lambda: (
+                [X],
+                vectorize_graph([logp_flat, grad_flat], replace={x: X}),
+            ),
+            "constrain": lambda: ([x_c], outs_flat),
+            "constrain_batch": lambda: ([X], list(outs_vec)),
+        }
+        self._fns: dict[str, Any] = {}
 
         names = [v.name for v in self._free_rvs + self._dets]
         x0 = self.initial_point()
-        values = self._f_constrain(x0)
-        shapes = {n: tuple(np.shape(v)) for n, v in zip(names, values, strict=True)}
+        # Shapes from the batched function (which output conversion needs anyway); an
+        # output that does not depend on x (a constant Deterministic) is not batched.
+        self._batched_out = [
+            o_vec.type.ndim == o.type.ndim + 1 for o, o_vec in zip(outs_flat, outs_vec, strict=True)
+        ]
+        values = self._f_constrain_batch(x0[None, :])
+        shapes = {
+            n: tuple(np.shape(v))[1:] if batched else tuple(np.shape(v))
+            for n, v, batched in zip(names, values, self._batched_out, strict=True)
+        }
         dims = {
             n: list(d)
             for n, d in model.named_vars_to_dims.items()
@@ -188,9 +200,29 @@ class PyMCLogDensity(BaseLogDensity):
         }
         self._check_initial_point(x0)
 
+    # -- compiled functions (lazy) -------------------------------------------
+    def _compiled(self, key: str) -> Any:
+        """The function ``key`` of ``self._graphs``, built and compiled on first use."""
+        fn = self._fns.get(key)
+        if fn is None:
+            inputs, outputs = self._graphs[key]()
+            with self.model:
+                fn = pm_compile(inputs, outputs, random_seed=False)
+            fn.trust_input = True
+            self._fns[key] = fn
+        return fn
+
+    _f_logp = _lazy_function("logp")
+    _f_logp_grad = _lazy_function("logp_grad")
+    _f_logp_batch = _lazy_function("logp_batch")
+    _f_logp_grad_batch = _lazy_function("logp_grad_batch")
+    _f_constrain = _lazy_function("constrain")
+    _f_constrain_batch = _lazy_function("constrain_batch")
+
     # -- construction checks ------------------------------------------------
     def _check_initial_point(self, x0: np.ndarray) -> None:
-        lp = float(self._f_logp(x0))
+        # logp+grad, not logp alone: every gradient-based user needs that one anyway.
+        lp = float(self._f_logp_grad(x0)[0])
         if np.isfinite(lp):
             return
         point_logps = self.model.point_logps(self.model.initial_point())
@@ -237,8 +269,12 @@ class PyMCLogDensity(BaseLogDensity):
         X = np.ascontiguousarray(np.atleast_2d(np.asarray(X, dtype=float)))
         values = self._f_constrain_batch(X)
         return {
-            n: np.asarray(v).reshape(X.shape[0], *self.shapes[n])
-            for n, v in zip(self.names, values, strict=True)
+            n: (
+                np.asarray(v).reshape(X.shape[0], *self.shapes[n])
+                if batched
+                else np.broadcast_to(np.asarray(v), (X.shape[0], *self.shapes[n])).copy()
+            )
+            for n, v, batched in zip(self.names, values, self._batched_out, strict=True)
         }
 
     def _build_unconstrain(self) -> None:

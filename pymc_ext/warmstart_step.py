@@ -514,12 +514,12 @@ class StepLogDensity(BaseLogDensity):
     [-0.0, -0.0]
     """
 
-    def __init__(self, step: Any) -> None:
+    def __init__(self, step: Any, initial_point: Mapping[str, Any] | None = None) -> None:
         fn = step._logp_dlogp_func
         self._fn = fn._pytensor_function
         self._dtype = fn.dtype
         names = [v.name for v in step.vars]
-        ip = step._model.initial_point()
+        ip = step._model.initial_point() if initial_point is None else initial_point
         shapes = {k: tuple(np.shape(ip[k])) for k in names}
         sizes = [int(np.prod(shapes[k], dtype=int)) for k in names]
         offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
@@ -543,9 +543,8 @@ class StepLogDensity(BaseLogDensity):
         return out
 
 
-def _value_var_slices(model: Any) -> dict[str, slice]:
+def _value_var_slices(model: Any, ip: Mapping[str, Any]) -> dict[str, slice]:
     """``value variable name -> slice`` in model.value_vars order (log_density's ordering)."""
-    ip = model.initial_point()
     out, start = {}, 0
     for v in model.value_vars:
         size = int(np.prod(np.shape(ip[v.name]), dtype=int))
@@ -618,6 +617,9 @@ class WarmStartNUTS(NUTS):
         compilation; ``logp_batch`` loops over it), and ``init="flow"`` uses
         :func:`pymc_ext.log_density`. A finished warm-start result passed as
         ``init`` must be on :func:`pymc_ext.log_density`'s ordering.
+    initial_point : dict, optional
+        The model's initial point (only its shapes are used); computed once
+        if not given.
     step_scale : float
         Initial step size times ``dim**0.25`` (adapted from there).
     lift_attrs : bool
@@ -686,6 +688,7 @@ class WarmStartNUTS(NUTS):
         init_kwargs: Mapping[str, Any] | None = None,
         density: Any = None,
         model: Any = None,
+        initial_point: Mapping[str, Any] | None = None,
         step_scale: float = 0.8,
         lift_attrs: bool = True,
         progressbar: bool = False,
@@ -709,7 +712,9 @@ class WarmStartNUTS(NUTS):
         # The step must cover the whole (continuous) model: Pathfinder fits all of it.
         value_vars = list(model.continuous_value_vars if vars is None else vars)
         names = [v.name for v in value_vars]
-        model_slices = _value_var_slices(model)
+        if initial_point is None:
+            initial_point = model.initial_point()  # computed once, also given to NUTS
+        model_slices = _value_var_slices(model, initial_point)
         if sorted(names) != sorted(model_slices) or any(
             v.name not in model_slices for v in value_vars
         ):
@@ -724,7 +729,12 @@ class WarmStartNUTS(NUTS):
         # gradient once, and the warm start reuses that compiled function.
         placeholder = WarmStartPotential(np.eye(n), kind="diag", rng=0)
         super().__init__(
-            value_vars, potential=placeholder, model=model, step_scale=step_scale, **nuts_kwargs
+            value_vars,
+            potential=placeholder,
+            model=model,
+            step_scale=step_scale,
+            initial_point=initial_point,
+            **nuts_kwargs,
         )
 
         t0 = time.perf_counter()
@@ -735,7 +745,7 @@ class WarmStartNUTS(NUTS):
             init_kwargs.setdefault("progressbar", progressbar)
         precomputed = not isinstance(init, str) and isinstance(init, WarmStart)
         if density is None and not (isinstance(init, str) and init == "flow"):
-            density = StepLogDensity(self)
+            density = StepLogDensity(self, initial_point)
             # A finished result is on log_density's ordering; a fresh one on the step's.
             slices = model_slices if precomputed else density.slices
         else:

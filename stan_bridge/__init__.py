@@ -14,8 +14,7 @@ Names are imported lazily, so ``import stan_bridge`` stays cheap.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from pymc_ext.exports import lazy_exports as _lazy_exports
 
 __version__ = "0.1.0"
 
@@ -35,17 +34,4 @@ _EXPORTS = {
     "pathfinder": "stan_bridge.cmdstan",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'stan_bridge' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__, __all__ = _lazy_exports("stan_bridge", _EXPORTS, globals())

@@ -402,17 +402,12 @@ def build_model(
     key = h.hexdigest()[:24]
     final = root / "models" / key
 
+    def result(info: dict, cached: bool) -> ModelBuild:
+        return ModelBuild(final, final / "model.so", info, key, time.perf_counter() - t0, cached)
+
     def done() -> ModelBuild | None:
         if (final / "ok").exists():
-            info = json.loads((final / "info.json").read_text())
-            return ModelBuild(
-                final,
-                final / "model.so",
-                info,
-                key,
-                time.perf_counter() - t0,
-                True,
-            )
+            return result(json.loads((final / "info.json").read_text()), True)
         return None
 
     found = done()
@@ -496,11 +491,4 @@ def build_model(
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
-    return ModelBuild(
-        final,
-        final / "model.so",
-        info,
-        key,
-        time.perf_counter() - t0,
-        False,
-    )
+    return result(info, False)

@@ -500,9 +500,9 @@ def pathfinder(
     >>> dt.posterior["theta"].shape
     (1, 1000, 8)
     """
-    from pymc_ext.pathfinder_core import multipath_pathfinder, pathfinder_to_datatree
+    from pymc_ext.pathfinder_core import density_pathfinder
 
-    result = multipath_pathfinder(
+    return density_pathfinder(
         stan_model,
         num_paths=num_paths,
         num_draws=num_draws,
@@ -510,4 +510,3 @@ def pathfinder(
         progressbar=progressbar,
         **kwargs,
     )
-    return pathfinder_to_datatree(stan_model, result)

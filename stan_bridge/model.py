@@ -111,20 +111,7 @@ class StanModel(BaseLogDensity):
     >>> import numpy as np
     >>> from stan_bridge import StanModel
     >>> from stan_bridge.programs import EXAMPLE_CODE
-    >>> print(EXAMPLE_CODE.split("model")[0])  # the program, in short
-    data {
-      int<lower=0> N;
-      vector[N] y;
-      int<lower=0, upper=1> prior_only;
-    }
-    parameters {
-      real mu;
-      real<lower=0> sigma;
-    }
-    transformed parameters {
-      real log_sigma = log(sigma);
-    }
-    <BLANKLINE>
+    >>> # EXAMPLE_CODE: y ~ normal(mu, sigma), with the prior-predictive convention
     >>> sm = StanModel(EXAMPLE_CODE, {"N": 3, "y": [0.1, -0.3, 0.2], "prior_only": 0},
     ...                progressbar=False)
     >>> sm.dim, sm.names

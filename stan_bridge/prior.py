@@ -13,33 +13,10 @@ to say how to simulate from it. stan_bridge asks for two things:
 
 :func:`prior_predictive` then draws parameters from the prior-only density
 with our own NUTS (:mod:`stan_bridge.nuts`), several chains, thinned, and
-runs the generated quantities at those draws with a seeded RNG. Example::
-
-    data {
-      int<lower=0> J;
-      array[J] real y;
-      array[J] real<lower=0> sigma;
-      int<lower=0, upper=1> prior_only;
-    }
-    parameters {
-      vector[J] theta_trans;
-      real mu;
-      real<lower=0> tau;
-    }
-    transformed parameters {
-      vector[J] theta = theta_trans * tau + mu;
-    }
-    model {
-      theta_trans ~ normal(0, 1);
-      mu ~ normal(0, 5);
-      tau ~ cauchy(0, 5);
-      if (!prior_only) {
-        y ~ normal(theta, sigma);
-      }
-    }
-    generated quantities {
-      array[J] real y_rep = normal_rng(theta, sigma);
-    }
+runs the generated quantities at those draws with a seeded RNG. The
+eight-schools program in :data:`stan_bridge.programs.PROGRAMS` follows the
+convention (``print(PROGRAMS["eight_schools"])`` shows it), as does
+:data:`stan_bridge.programs.EXAMPLE_CODE`.
 
 The priors must be proper (a flat prior has no prior predictive), and, as
 for any MCMC, non-centred parameterisations sample better.

@@ -187,13 +187,7 @@ def _cmdstan_toolchain(root: Path) -> Toolchain:
         includes.append(tbb_inc)
         if (tbb_inc / "oneapi").exists():
             defines.append("-DTBB_INTERFACE_NEW")
-    sundials_libs = []
-    sundials_lib_dir = _glob_one(lib, "sundials_*/lib")
-    if sundials_lib_dir is not None:
-        for name in ("cvodes", "idas", "kinsol", "nvecserial"):
-            path = sundials_lib_dir / f"libsundials_{name}.a"
-            if path.exists():
-                sundials_libs.append(str(path))
+    sundials_libs = _sundials_libs(_glob_one(lib, "sundials_*/lib"))
     cxx = _find_cxx()
     return Toolchain(
         kind="cmdstan",
@@ -209,6 +203,14 @@ def _cmdstan_toolchain(root: Path) -> Toolchain:
             "-ltbb",
         ),
     )
+
+
+def _sundials_libs(lib_dir: Path | None) -> list[str]:
+    """The SUNDIALS static libraries Stan's ODE solvers link against, where present."""
+    if lib_dir is None:
+        return []
+    paths = (lib_dir / f"libsundials_{n}.a" for n in ("cvodes", "idas", "kinsol", "nvecserial"))
+    return [str(p) for p in paths if p.exists()]
 
 
 def _httpstan_toolchain() -> Toolchain:
@@ -232,11 +234,7 @@ def _httpstan_toolchain() -> Toolchain:
             stanc.chmod(stanc.stat().st_mode | 0o111)
         except OSError:
             pass
-    sundials_libs = [
-        str(lib / f"libsundials_{name}.a")
-        for name in ("cvodes", "idas", "kinsol", "nvecserial")
-        if (lib / f"libsundials_{name}.a").exists()
-    ]
+    sundials_libs = _sundials_libs(lib)
     cxx = _find_cxx()
     return Toolchain(
         kind="httpstan",

@@ -7,9 +7,7 @@ import warnings
 import arviz as az
 import numpy as np
 import pytest
-import torch
-import xarray as xr
-from test_flows import gaussian_density, mixture_density
+from toy_densities import gaussian_density, mixture_density, mixture_draws, share_and_se
 
 from pymc_ext.flow_sampler import (
     FlowMCMCWarning,
@@ -33,26 +31,7 @@ FAST = {
     "flow_kwargs": {"transforms": 3, "hidden_features": (32, 32)},
 }
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _mixture_draws(rng, n, weights, centers, scales):
-    k = rng.choice(len(weights), size=n, p=weights)
-    centers, scales = np.asarray(centers, float), np.asarray(scales, float)
-    return centers[k] + scales[k, None] * rng.normal(size=(n, centers.shape[1]))
-
-
-def _share_and_se(indicator: np.ndarray) -> tuple[float, float]:
-    """Mean of a (chain, draw) indicator and its Monte Carlo standard error (ArviZ ESS)."""
-    ess = float(az.ess(xr.Dataset({"i": (("chain", "draw"), indicator.astype(float))}))["i"])
-    p = float(indicator.mean())
-    return p, np.sqrt(max(p * (1 - p), 1e-4) / max(ess, 1.0))
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- local kernels --------------------------------------------------------------------------
@@ -87,7 +66,7 @@ def test_mh_correction_fixes_a_deliberately_misfitted_flow():
     weights, centers, scales = [0.3, 0.7], [[-3.0, -3.0], [3.0, 3.0]], [1.0, 1.0]
     d = mixture_density(2, weights, centers, scales)
     rng = np.random.default_rng(0)
-    wrong = _mixture_draws(rng, 3000, [0.8, 0.2], centers, [1.3, 1.3])
+    wrong = mixture_draws(rng, 3000, [0.8, 0.2], centers, [1.3, 1.3])
     flow = build_flow(2, mean=wrong.mean(0), covariance=np.cov(wrong.T), random_seed=0,
                       transforms=3, hidden_features=(32, 32))
     fit_forward_kl(flow, wrong, max_steps=600, random_seed=0, progressbar=False)
@@ -104,7 +83,7 @@ def test_mh_correction_fixes_a_deliberately_misfitted_flow():
         state, logq, info = flow_independence_step(rng, state, logq, d, flow)
         if it >= 20:
             keep.append(state.position.mean(1) > 0)
-    share, se = _share_and_se(np.stack(keep, axis=1))
+    share, se = share_and_se(np.stack(keep, axis=1))
     assert 0.1 < info.acceptance_rate.mean() < 0.95
     assert abs(share - 0.7) < max(4 * se, 0.02), (share, se)
 
@@ -123,7 +102,7 @@ def test_flow_mcmc_gets_three_unequal_modes_right_within_mc_error():
         ((x[..., None, :] - np.asarray(centers)) ** 2).sum(-1) / np.asarray(scales) ** 2, axis=-1
     )
     for k, w in enumerate(weights):
-        share, se = _share_and_se(label == k)
+        share, se = share_and_se(label == k)
         assert abs(share - w) < max(4 * se, 0.02), (k, share, w, se)
     attrs = dt.sample_stats.attrs
     assert attrs["n_modes"] == 3
@@ -157,11 +136,11 @@ def test_coverage_check_flags_a_mode_the_flow_missed():
     centers = [[-4.0, -4.0], [4.0, 4.0]]
     d = mixture_density(2, [0.5, 0.5], centers, [1.0, 1.0])
     rng = np.random.default_rng(0)
-    one_mode = _mixture_draws(rng, 2000, [1.0, 0.0], centers, [1.0, 1.0])
+    one_mode = mixture_draws(rng, 2000, [1.0, 0.0], centers, [1.0, 1.0])
     flow = build_flow(2, mean=one_mode.mean(0), covariance=np.cov(one_mode.T), random_seed=0,
                       transforms=2, hidden_features=(16, 16))
     fit_forward_kl(flow, one_mode, max_steps=300, random_seed=0, progressbar=False)
-    walkers = _mixture_draws(rng, 64, [0.5, 0.5], centers, [1.0, 1.0])
+    walkers = mixture_draws(rng, 64, [0.5, 0.5], centers, [1.0, 1.0])
     out = coverage_check(
         d, flow.frozen(), walkers, d.logp_batch(walkers), np.asarray(centers), np.ones(2), rng
     )

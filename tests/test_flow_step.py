@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import warnings
 
-import arviz as az
 import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
 import pytest
-import torch
-import xarray as xr
+from toy_densities import share_and_se
 
 from pymc_ext.flow_sampler import FlowMCMCWarning
 from pymc_ext.flow_step import FlowMC
@@ -28,12 +26,7 @@ ADAPT = {
 SAMPLE = {"progressbar": False, "compute_convergence_checks": False}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def two_mode_model() -> pm.Model:
@@ -56,10 +49,7 @@ def model_and_adaptation():
 
 
 def _plus_share(idata) -> tuple[float, float]:
-    plus = (idata.posterior["x"].mean("x_dim_0") > 0).astype(float)
-    ess = float(az.ess(xr.Dataset({"p": plus}))["p"])
-    p = float(plus.mean())
-    return p, np.sqrt(p * (1 - p) / ess)
+    return share_and_se((idata.posterior["x"].mean("x_dim_0") > 0).values)
 
 
 def test_flowmc_with_nuts_mixes_between_modes_with_the_right_weights(model_and_adaptation):

@@ -209,3 +209,25 @@ def test_pymc_pathfinder_on_conjugate_model():
     assert abs(draws.std() / np.sqrt(post_var) - 1) < 0.1
     assert "observed_data" in dt.children
     assert dt.sample_stats.attrs["grad_evals"] > 0
+
+
+def test_pymc_pathfinder_compiles_only_what_it_needs():
+    """log_density compiles lazily: Pathfinder needs logp+grad, batched logp and batched
+    constrain, and a Deterministic that does not depend on the parameters still converts."""
+    import pymc as pm
+    import pytensor.tensor as pt
+
+    from pymc_ext.pathfinder_core import pathfinder
+    from pymc_ext.pymc_model import log_density
+
+    with pm.Model() as model:
+        mu = pm.Normal("mu", 0.0, 10.0)
+        sigma = pm.HalfNormal("sigma", 2.0)
+        pm.Deterministic("two", pt.constant(2.0))
+        pm.Deterministic("mu_sq", mu**2)
+        pm.Normal("y", mu, sigma, observed=[1.2, 0.4, 2.1, 1.6])
+    dt = pathfinder(model, num_draws=200, random_seed=3, progressbar=False)
+    assert set(log_density(model)._fns) == {"logp_grad", "logp_batch", "constrain_batch"}
+    assert dt.posterior["two"].shape == (1, 200)
+    assert np.all(dt.posterior["two"].values == 2.0)
+    np.testing.assert_allclose(dt.posterior["mu_sq"].values, dt.posterior["mu"].values ** 2)

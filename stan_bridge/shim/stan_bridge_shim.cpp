@@ -191,6 +191,42 @@ inline double dispatch_gradient(const Model& m, int propto, int jacobian, const 
                   : log_density_gradient<false, false>(m, theta, grad);
 }
 
+// Run row(i) for i in [0, n). A row that Stan rejects gets on_reject(i) and
+// is counted in *n_rejected (the first such message goes to *err); any other
+// error stops the loop and its message replaces *err.
+template <typename Row, typename OnReject>
+inline int batch_rows(int64_t n, int64_t* n_rejected, char** err, Row&& row,
+                      OnReject&& on_reject) {
+  *n_rejected = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    char* row_err = nullptr;
+    int status = guarded(&row_err, [&]() { row(i); });
+    if (status == SB_OK) {
+      continue;
+    }
+    if (status == SB_REJECT) {
+      on_reject(i);
+      if (*n_rejected == 0 && err != nullptr) {
+        *err = row_err;
+      } else {
+        std::free(row_err);
+      }
+      ++*n_rejected;
+      continue;
+    }
+    if (err != nullptr && *err != nullptr) {
+      std::free(*err);
+    }
+    if (err != nullptr) {
+      *err = row_err;
+    } else {
+      std::free(row_err);
+    }
+    return status;
+  }
+  return SB_OK;
+}
+
 }  // namespace stan_bridge_shim
 
 using stan_bridge_shim::Model;
@@ -299,69 +335,29 @@ SB_API int sb_log_density_gradient(Model* m, int propto, int jacobian, const dou
 // `err` holds the first rejection message.
 SB_API int sb_log_density_batch(Model* m, int propto, int jacobian, int64_t n, const double* X,
                                 double* lp, int64_t* n_rejected, char** err) {
-  *n_rejected = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    char* row_err = nullptr;
-    int status = stan_bridge_shim::guarded(&row_err, [&]() {
-      lp[i] = stan_bridge_shim::dispatch_log_density(*m, propto, jacobian, X + i * m->dim);
-    });
-    if (status == stan_bridge_shim::SB_REJECT) {
-      lp[i] = -std::numeric_limits<double>::infinity();
-      if (*n_rejected == 0 && err != nullptr) {
-        *err = row_err;
-      } else {
-        std::free(row_err);
-      }
-      ++*n_rejected;
-    } else if (status != stan_bridge_shim::SB_OK) {
-      if (err != nullptr && *err != nullptr) {
-        std::free(*err);
-      }
-      if (err != nullptr) {
-        *err = row_err;
-      } else {
-        std::free(row_err);
-      }
-      return status;
-    }
-  }
-  return stan_bridge_shim::SB_OK;
+  return stan_bridge_shim::batch_rows(
+      n, n_rejected, err,
+      [&](int64_t i) {
+        lp[i] = stan_bridge_shim::dispatch_log_density(*m, propto, jacobian, X + i * m->dim);
+      },
+      [&](int64_t i) { lp[i] = -std::numeric_limits<double>::infinity(); });
 }
 
 SB_API int sb_log_density_gradient_batch(Model* m, int propto, int jacobian, int64_t n,
                                          const double* X, double* lp, double* grad,
                                          int64_t* n_rejected, char** err) {
-  *n_rejected = 0;
   const size_t d = m->dim;
-  for (int64_t i = 0; i < n; ++i) {
-    char* row_err = nullptr;
-    int status = stan_bridge_shim::guarded(&row_err, [&]() {
-      lp[i] = stan_bridge_shim::dispatch_gradient(*m, propto, jacobian, X + i * d, grad + i * d);
-    });
-    if (status == stan_bridge_shim::SB_REJECT) {
-      lp[i] = -std::numeric_limits<double>::infinity();
-      for (size_t j = 0; j < d; ++j) {
-        grad[i * d + j] = std::numeric_limits<double>::quiet_NaN();
-      }
-      if (*n_rejected == 0 && err != nullptr) {
-        *err = row_err;
-      } else {
-        std::free(row_err);
-      }
-      ++*n_rejected;
-    } else if (status != stan_bridge_shim::SB_OK) {
-      if (err != nullptr && *err != nullptr) {
-        std::free(*err);
-      }
-      if (err != nullptr) {
-        *err = row_err;
-      } else {
-        std::free(row_err);
-      }
-      return status;
-    }
-  }
-  return stan_bridge_shim::SB_OK;
+  return stan_bridge_shim::batch_rows(
+      n, n_rejected, err,
+      [&](int64_t i) {
+        lp[i] = stan_bridge_shim::dispatch_gradient(*m, propto, jacobian, X + i * d, grad + i * d);
+      },
+      [&](int64_t i) {
+        lp[i] = -std::numeric_limits<double>::infinity();
+        for (size_t j = 0; j < d; ++j) {
+          grad[i * d + j] = std::numeric_limits<double>::quiet_NaN();
+        }
+      });
 }
 
 // Constrain n unconstrained points (n, dim) into out (n, width) where width

@@ -1,0 +1,79 @@
+"""Toy log densities and Monte Carlo helpers shared by the flow tests.
+
+Real numpy densities (``FunctionLogDensity``) with exact vectorised gradients,
+and the share-with-standard-error helper the exactness tests compare against.
+"""
+
+from __future__ import annotations
+
+import arviz as az
+import numpy as np
+import xarray as xr
+
+from pymc_ext.density import FunctionLogDensity
+
+
+def _batched(dim: int, logp_batch, grad_batch) -> FunctionLogDensity:
+    return FunctionLogDensity(
+        dim,
+        lambda x: logp_batch(x[None])[0],
+        lambda x: grad_batch(x[None])[0],
+        logp_batch,
+        grad_batch,
+    )
+
+
+def gaussian_density(mean, cov) -> FunctionLogDensity:
+    """Unnormalised N(mean, cov): logp and gradient vectorised."""
+    mean = np.asarray(mean, float)
+    prec = np.linalg.inv(cov)
+
+    def logp_batch(X):
+        d = X - mean
+        return -0.5 * np.einsum("ni,ij,nj->n", d, prec, d)
+
+    def grad_batch(X):
+        return -(X - mean) @ prec
+
+    return _batched(len(mean), logp_batch, grad_batch)
+
+
+def mixture_density(dim, weights, centers, scales) -> FunctionLogDensity:
+    """Isotropic Gaussian mixture, normalised: logp and gradient vectorised."""
+    weights = np.asarray(weights, float)
+    centers = np.asarray(centers, float)
+    scales = np.asarray(scales, float)
+
+    def comps(X):
+        out = []
+        for w, c, s in zip(weights, centers, scales, strict=True):
+            z = (X - c) / s
+            out.append(
+                np.log(w) - 0.5 * (z * z).sum(-1) - dim * np.log(s) - 0.5 * dim * np.log(2 * np.pi)
+            )
+        return np.stack(out, -1)
+
+    def logp_batch(X):
+        return np.logaddexp.reduce(comps(X), axis=-1)
+
+    def grad_batch(X):
+        c = comps(X)
+        r = np.exp(c - np.logaddexp.reduce(c, axis=-1, keepdims=True))
+        return sum(r[:, [k]] * -(X - centers[k]) / scales[k] ** 2 for k in range(len(weights)))
+
+    return _batched(dim, logp_batch, grad_batch)
+
+
+def mixture_draws(rng, n, weights, centers, scales) -> np.ndarray:
+    """``n`` exact draws from the isotropic mixture."""
+    k = rng.choice(len(weights), size=n, p=weights)
+    centers, scales = np.asarray(centers, float), np.asarray(scales, float)
+    return centers[k] + scales[k, None] * rng.normal(size=(n, centers.shape[1]))
+
+
+def share_and_se(indicator) -> tuple[float, float]:
+    """Mean of a (chain, draw) indicator and its Monte Carlo standard error (ArviZ ESS)."""
+    values = np.asarray(indicator, dtype=float)
+    ess = float(az.ess(xr.Dataset({"i": (("chain", "draw"), values)}))["i"])
+    p = float(values.mean())
+    return p, float(np.sqrt(max(p * (1 - p), 1e-4) / max(ess, 1.0)))
