@@ -114,8 +114,25 @@ class _FastRQSTransform(MonotonicRQSTransform):
         self.derivatives = torch.exp(derivatives)
 
 
+def _versioned_cache(owner: nn.Module, name: str, key: tuple, build: Any) -> torch.Tensor:
+    """``build()``, cached on ``owner`` until ``key`` (parameter versions) changes."""
+    cached = owner.__dict__.get(name)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    value = build()
+    owner.__dict__[name] = (key, value)
+    return value
+
+
+def _key(*tensors: torch.Tensor) -> tuple:
+    return tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+
+
 def _masked_weight(layer: nn.Module) -> torch.Tensor:
-    return layer.mask * layer.weight
+    return _versioned_cache(
+        layer, "_pymc_ext_masked", _key(layer.weight, layer.mask),
+        lambda: layer.mask * layer.weight,
+    )
 
 
 def _feature_groups(transform: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -133,6 +150,41 @@ def _feature_groups(transform: nn.Module) -> list[tuple[torch.Tensor, torch.Tens
     return out
 
 
+def _padded_last_layer(
+    transform: nn.Module, g: int, rows: torch.Tensor, bins: int, slope: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The last layer's rows of one pass, laid out as the padded knot table of each feature.
+
+    Each feature's ``3 * bins - 1`` spline parameters ``(widths, heights,
+    derivatives)`` go to slots ``(3, bins + 1)``: row 0 ``[pad, widths]``, row
+    1 ``[pad, heights]``, row 2 ``[pad, derivatives, pad]``, the pads with zero
+    weights and bias. Also returns the per-slot squashing factor ``(3, bins +
+    1)`` (``2 / |log slope|`` for widths and heights, ``1 / |log slope|`` for
+    the derivatives, as in :class:`_FastRQSTransform`).
+    """
+    last = transform.hyper[-1]
+
+    def build() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        K, total = bins, 3 * bins - 1
+        n_feats = rows.numel() // total
+        i = torch.arange(K, device=rows.device)
+        slot = torch.cat((1 + i, (K + 1) + 1 + i, 2 * (K + 1) + 1 + i[: K - 1]))  # (total,)
+        slots = (torch.arange(n_feats, device=rows.device)[:, None] * 3 * (K + 1) + slot)
+        w = _masked_weight(last)[rows]
+        weight = w.new_zeros(n_feats * 3 * (K + 1), w.shape[1])
+        bias = w.new_zeros(n_feats * 3 * (K + 1))
+        weight[slots.reshape(-1)] = w
+        bias[slots.reshape(-1)] = last.bias[rows]
+        c = 1.0 / abs(math.log(slope))
+        squash = w.new_full((3, K + 1), 2 * c)
+        squash[2] = c
+        return weight, bias, squash
+
+    return _versioned_cache(
+        transform, f"_pymc_ext_last_{g}", _key(last.weight, last.bias, last.mask), build
+    )
+
+
 def _invert_masked_spline(
     transform: nn.Module, y: torch.Tensor, ctx: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,93 +194,76 @@ def _invert_masked_spline(
     log-Jacobian ``log |dy/dx|`` summed over features, ``(B, n)``.
     """
     layers = list(transform.hyper)
-    first, last = layers[0], layers[-1]
+    first = layers[0]
     B, n, F = y.shape
-    total = transform.total
     bins = transform.shapes[0][0]
     slope = transform.univariate.keywords["slope"]
     w1 = _masked_weight(first)
     # the context's share of the first layer, once per context
     c_part = ctx @ w1[:, F:].T + first.bias  # (B, H)
     w1x = w1[:, :F]
-    w_last, b_last = _masked_weight(last), last.bias
     x = torch.zeros_like(y)
     ladj = torch.zeros(B, n, dtype=y.dtype, device=y.device)
     for g, (feats, rows) in enumerate(_feature_groups(transform)):
         if g == 0:
             h = c_part[:, None, :]  # (B, 1, H): no dependence on x
         else:
-            h = torch.matmul(x, w1x.T) + c_part[:, None, :]
+            h = torch.matmul(x, w1x.T)
+            h += c_part[:, None, :]
         for layer in layers[1:-1]:
             h = layer(h) if not hasattr(layer, "mask") else torch.nn.functional.linear(
                 h, _masked_weight(layer), layer.bias
             )
-        phi = torch.nn.functional.linear(h, w_last[rows], b_last[rows])
-        phi = phi.unflatten(-1, (len(feats), total))
-        knots = _spline_knots(phi, bins, slope)
-        xg, lg = _rqs_inverse_and_ladj(knots, y[..., feats].contiguous())
+        weight, bias, squash = _padded_last_layer(transform, g, rows, bins, slope)
+        table = torch.nn.functional.linear(h, weight, bias).unflatten(-1, (len(feats), 3, bins + 1))
+        xg, lg = _rqs_inverse_from_table(table, squash, y[..., feats])
         x[..., feats] = xg
         ladj = ladj + lg.sum(dim=-1)
     return x, ladj
 
 
-def _spline_knots(
-    phi: torch.Tensor, bins: int, slope: float, bound: float = 5.0
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Knots ``(horizontal, vertical, derivatives)``, each ``(..., bins + 1)``, contiguous.
-
-    The same numbers as :class:`_FastRQSTransform` (and zuko's spline) from the
-    packed parameters ``phi`` ``(..., 3 * bins - 1)``.
-    """
-    c = 1.0 / abs(math.log(slope))
-    w, h, d = phi.split([bins, bins, bins - 1], dim=-1)
-    edge = torch.full((*phi.shape[:-1], 1), -bound, dtype=phi.dtype, device=phi.device)
-
-    def positions(u: torch.Tensor) -> torch.Tensor:
-        e = torch.exp(u / (1 + (2 * c) * u.abs()))
-        cum = torch.cumsum(e, dim=-1)
-        return torch.cat((edge, cum * ((2 * bound) / cum[..., -1:]) - bound), dim=-1)
-
-    zero = torch.zeros_like(edge)
-    deriv = torch.exp(torch.cat((zero, d / (1 + c * d.abs()), zero), dim=-1))
-    return positions(w), positions(h), deriv
-
-
-def _rqs_inverse_and_ladj(
-    knots: tuple[torch.Tensor, torch.Tensor, torch.Tensor], y: torch.Tensor
+def _rqs_inverse_from_table(
+    table: torch.Tensor, squash: torch.Tensor, y: torch.Tensor, bound: float = 5.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inverse of zuko's rational-quadratic spline and ``log |dy/dx|`` at the result.
+    """Inverse of zuko's rational-quadratic spline and ``log |dy/dx|``, from raw parameters.
 
-    ``y`` is ``(B, n, G)``; the knots ``(B, 1 or n, G, K + 1)`` (a size-1 draw
-    axis when they depend on the context only). Values outside the spline's
+    ``table`` ``(B, 1 or n, G, 3, K + 1)`` holds each feature's raw spline
+    parameters in the padded layout of :func:`_padded_last_layer` (a size-1
+    draw axis when they depend on the context only); it is overwritten. ``y``
+    is ``(B, n, G)``. Only the two knots around each value are normalised and
+    used: the bin is found on the unnormalised cumulative heights. The same
+    spline as :class:`_FastRQSTransform` (and zuko's); values outside the
     domain pass through unchanged, as in zuko.
     """
-    horizontal, vertical, derivatives = knots
-    B, n, G = y.shape
-    m, K1 = horizontal.shape[1], horizontal.shape[-1]
-    bins = K1 - 1
-    k = torch.sum(vertical < y[..., None], dim=-1) - 1  # the bin of each value
-    mask = (k >= 0) & (k < bins)
-    k = k.clamp(0, bins - 1)
-    # flat indices into the (B, m, G, K + 1) knot tables
-    base = (torch.arange(B, device=y.device)[:, None, None] * m
-            + (torch.arange(n, device=y.device)[None, :, None] if m > 1 else 0)) * G
-    i0 = (base + torch.arange(G, device=y.device)) * K1 + k
-    i1 = i0 + 1
-    x0, x1 = horizontal.take(i0), horizontal.take(i1)
-    y0, y1 = vertical.take(i0), vertical.take(i1)
-    d0, d1 = derivatives.take(i0), derivatives.take(i1)
-    dy = y1 - y0
-    s = dy / (x1 - x0)
+    K = table.shape[-1] - 1
+    # squashed and exponentiated in place (one pass over the contiguous table is faster
+    # than touching the width / height rows only): softmax numerators and derivatives,
+    # the pads of the derivative row give exp(0) = 1 at both ends, as in zuko
+    e = table.div_(table.abs().mul_(squash).add_(1)).exp_()
+    e[..., :2, 0] = 0.0
+    e[..., :2, :].cumsum_(-1)  # rows 0, 1: cumulative widths / heights from 0
+    scale = (2 * bound) / e[..., :2, K]  # (B, m, G, 2)
+    t = (y + bound) * (e[..., 1, K] * (0.5 / bound))
+    k = (e[..., 1, 1:K] < t[..., None]).sum(dim=-1)  # (B, n, G), in [0, K - 1]
+    mask = (y > -bound) & (y <= bound)
+    idx = (k[..., None, None] + torch.arange(2, device=y.device)).expand(*k.shape, 3, 2)
+    g = torch.gather(e.expand(*k.shape, 3, K + 1), -1, idx)  # (B, n, G, 3, 2)
+    sw, sh = scale[..., 0], scale[..., 1]
+    x0 = g[..., 0, 0] * sw - bound
+    width = (g[..., 0, 1] - g[..., 0, 0]) * sw
+    y0 = g[..., 1, 0] * sh - bound
+    dy = (g[..., 1, 1] - g[..., 1, 0]) * sh
+    d0, d1 = g[..., 2, 0], g[..., 2, 1]
+    s = dy / width
     y_ = mask * (y - y0)
-    t = d0 + d1 - 2 * s
-    a = dy * (s - d0) + y_ * t
-    b = dy * d0 - y_ * t
+    tt = d0 + d1 - 2 * s
+    a = dy * (s - d0) + y_ * tt
+    b = dy * d0 - y_ * tt
     c = -s * y_
     z = 2 * c / (-b - (b * b - 4 * a * c).sqrt())
-    x = torch.where(mask, x0 + z * (x1 - x0), y)
+    x = torch.where(mask, x0 + z * width, y)
     zz = z * (1 - z)
-    denom = s + t * zz
+    denom = s + tt * zz
     jac = s * s * (2 * s * zz + d0 * (1 - z) ** 2 + d1 * z * z) / (denom * denom)
     return x, mask * jac.log()
 
@@ -322,7 +357,9 @@ class ConditionalFlow(nn.Module):
         z = (theta - self.theta_mean) / self.theta_std
         return self.flow(context).log_prob(z) - self._log_jac()
 
-    def sample(self, n: int, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(
+        self, n: int, context: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` draws per context and their ``log q``.
 
         Parameters
@@ -331,6 +368,10 @@ class ConditionalFlow(nn.Module):
             Draws per context.
         context : Tensor
             ``(context_dim,)`` or ``(batch, context_dim)``.
+        generator : torch.Generator, optional
+            Source of the base noise on the no-grad drawing path (seeding a
+            generator is much cheaper than ``torch.manual_seed``); torch's
+            global generator otherwise, and always when gradients are on.
 
         Returns
         -------
@@ -342,7 +383,7 @@ class ConditionalFlow(nn.Module):
         if self.training or torch.is_grad_enabled() or not self._fast_ok:
             z, log_q = self.flow(context).rsample_and_log_prob((int(n),))
         else:
-            z, log_q = self._fast_sample(int(n), context)
+            z, log_q = self._fast_sample(int(n), context, generator)
         theta = z * self.theta_std + self.theta_mean
         log_q = log_q - self._log_jac()
         if context.ndim == 2:
@@ -350,7 +391,9 @@ class ConditionalFlow(nn.Module):
             log_q = log_q.transpose(0, 1)
         return theta, log_q
 
-    def _fast_sample(self, n: int, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _fast_sample(
+        self, n: int, context: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """zuko's ``rsample_and_log_prob`` for this flow, with a third of the work.
 
         zuko inverts each masked transform with one hyper-network pass per
@@ -364,7 +407,15 @@ class ConditionalFlow(nn.Module):
         """
         base = self.flow.base()
         batch = context.shape[:-1]
-        z = base.rsample((n, *batch))  # (n, *batch, dim), as zuko draws it
+        if generator is None:
+            z = base.rsample((n, *batch))  # (n, *batch, dim), as zuko draws it
+        else:
+            normal = base.base_dist
+            eps = torch.randn(
+                (n, *batch, self.dim), generator=generator, dtype=normal.loc.dtype,
+                device=normal.loc.device,
+            )
+            z = normal.loc + eps * normal.scale
         log_q = base.log_prob(z)
         ctx = context.reshape(-1, context.shape[-1])  # (B, C)
         x = z.reshape(n, ctx.shape[0], self.dim).transpose(0, 1)  # (B, n, dim)

@@ -7,9 +7,9 @@ on the walker states, global moves. The flow is then frozen.
 
 Each chain of ``pm.sample`` then alternates
 
-1. a local move: a NUTS transition (PyMC's own NUTS, with a diagonal mass
-   matrix from the adaptation's within-mode spread; its step size is tuned
-   during ``tune``), or a MALA move with the adapted step size;
+1. a local move: a NUTS transition (PyMC's own NUTS, with a mass matrix from
+   the adaptation's within-mode covariance, dense by default; its step size
+   is tuned during ``tune``), or a MALA move with the adapted step size;
 2. an independence Metropolis-Hastings proposal from the frozen flow,
    accepted with the exact ratio ``p(x') q(x) / (p(x) q(x'))``.
 
@@ -34,7 +34,7 @@ from pymc.step_methods.hmc.nuts import NUTS
 from pymc.step_methods.state import DataClassState, dataclass_state
 from pymc.util import RandomGenerator, get_random_generator, get_value_vars_from_user_vars
 
-from pymc_ext.flow_sampler import FlowMCMCAdaptation, flow_mcmc_adapt
+from pymc_ext.flow_sampler import FlowMCMCAdaptation, _Metric, flow_mcmc_adapt
 
 __all__ = ["FlowMC", "FlowMCState"]
 
@@ -186,6 +186,7 @@ class FlowMC(BlockedStep):
         self.adaptation = adaptation
         self.flow = adaptation.kernel.flow
         self.inverse_metric = np.asarray(adaptation.kernel.inverse_metric, dtype=float)
+        self._metric = _Metric(self.inverse_metric)  # diagonal or dense
         self.mala_step_size = float(adaptation.kernel.step_size)
         self._slices = [density.slices[n] for n in all_names]
         self._shapes = {v.name: density._ip[v.name].shape for v in density.value_vars}
@@ -228,14 +229,15 @@ class FlowMC(BlockedStep):
         x = self._to_x(point)
         lp, g = self.density.logp_and_grad(x)
         h = self.mala_step_size
-        m = self.inverse_metric
-        mean_fwd = x + 0.5 * h * h * m * g
-        x_new = mean_fwd + h * np.sqrt(m) * self.rng.standard_normal(x.shape)
+        metric = self._metric
+        mean_fwd = x + 0.5 * h * h * metric.apply(g[None])[0]
+        x_new = mean_fwd + h * metric.sqrt_apply(self.rng.standard_normal(x.shape)[None])[0]
         lp_new, g_new = self.density.logp_and_grad(x_new)
         if np.isfinite(lp_new) and np.all(np.isfinite(g_new)):
-            mean_bwd = x_new + 0.5 * h * h * m * g_new
+            mean_bwd = x_new + 0.5 * h * h * metric.apply(g_new[None])[0]
             log_q_ratio = -0.5 * (
-                np.sum((x - mean_bwd) ** 2 / m) - np.sum((x_new - mean_fwd) ** 2 / m)
+                metric.inv_quad((x - mean_bwd)[None])[0]
+                - metric.inv_quad((x_new - mean_fwd)[None])[0]
             ) / (h * h)
             log_ratio = lp_new - lp + log_q_ratio
         else:
