@@ -50,7 +50,7 @@ bench: setup
 examples: setup
 	@mkdir -p docs/_static/examples
 	@for f in examples/*.py; do n=$$(basename $$f .py); echo "== $$f"; \
-	  MPLBACKEND=Agg $(PY) $$f --out docs/_static/examples/$$n.png \
+	  MPLBACKEND=Agg TQDM_DISABLE=1 $(PY) $$f --out docs/_static/examples/$$n.png \
 	    > docs/_static/examples/$$n.txt 2>&1 || { cat docs/_static/examples/$$n.txt; exit 1; }; done
 
 docs: setup
