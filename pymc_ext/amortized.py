@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import math
 import os
@@ -150,7 +151,6 @@ class TrainingHistory(dict):
 
 def _with_threads(method: Callable) -> Callable:
     """Run an Amortizer method under its ``num_threads`` setting."""
-    import functools
 
     @functools.wraps(method)
     def wrapper(self: Amortizer, *args: Any, **kwargs: Any) -> Any:

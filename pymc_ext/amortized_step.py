@@ -61,7 +61,7 @@ class AmortizedMHState(StepMethodState):
     current_log_weight: float
     started: bool
     shift: np.ndarray
-    matrix: np.ndarray
+    scale: np.ndarray
     proposal_batch: int = field(metadata={"frozen": True})
 
 
@@ -220,7 +220,7 @@ class AmortizedMH(BlockedStep):
         self.current_log_weight = -np.inf
         self.started = False
         self.shift = np.zeros(self.density.dim)
-        self.matrix = np.eye(self.density.dim)
+        self.scale = np.ones(self.density.dim)
 
     def setup_chain(self, rng: Any, tune: int, draws: int) -> None:
         """Fresh generator and proposal pool for each chain."""
@@ -238,7 +238,7 @@ class AmortizedMH(BlockedStep):
         with torch.no_grad(), torch.random.fork_rng(devices=[]), torch_threads(self.num_threads):
             torch.manual_seed(seed)
             theta, log_q = flow.sample(int(n), self.context)
-        theta = self.shift + theta.double().numpy() @ self.matrix.T
+        theta = self.shift + theta.double().numpy() * self.scale
         log_q = log_q.double().numpy() - self._log_det()
         log_p = self.density.logp_batch(theta)
         log_w = log_p - log_q
@@ -246,7 +246,7 @@ class AmortizedMH(BlockedStep):
         return theta, log_w
 
     def _log_det(self) -> float:
-        return float(np.log(np.abs(np.diag(self.matrix))).sum())
+        return float(np.log(np.abs(self.scale)).sum())
 
     def _refill(self) -> None:
         self.proposals, self.proposal_log_weights = self._propose(self.proposal_batch)
@@ -261,7 +261,7 @@ class AmortizedMH(BlockedStep):
         )
 
         raw = None
-        best_ess, best = -1.0, (self.shift.copy(), self.matrix.copy())
+        best_ess, best = -1.0, (self.shift.copy(), self.scale.copy())
         for _ in range(self.adapt_rounds):
             theta, log_w = self._propose(self.pilot_draws)
             ok = np.isfinite(log_w)
@@ -271,10 +271,10 @@ class AmortizedMH(BlockedStep):
             lw, k = psis_log_weights(log_w)
             ess = float(importance_ess(lw))
             if ess > best_ess:
-                best_ess, best = ess, (self.shift.copy(), self.matrix.copy())
-            # theta = shift + matrix @ u with u ~ q: the q-moments of u give the map
+                best_ess, best = ess, (self.shift.copy(), self.scale.copy())
+            # theta = shift + scale * u with u ~ q: the q-moments of u give the map
             if raw is None:
-                u = np.linalg.solve(self.matrix, (theta - self.shift).T).T
+                u = (theta - self.shift) / self.scale
                 raw = (u.mean(axis=0), np.maximum(u.std(axis=0), 1e-12))
             if not (np.isfinite(k) and k < PARETO_K_THRESHOLD):
                 # too few effective draws for p's moments: match those of the tempered
@@ -283,8 +283,8 @@ class AmortizedMH(BlockedStep):
             w = np.exp(lw)
             mean = w @ theta
             sd = np.sqrt(np.maximum(w @ (theta - mean) ** 2, 1e-24))
-            self.matrix = np.diag(self.widen * sd / raw[1])
-            self.shift = mean - self.matrix @ raw[0]
+            self.scale = self.widen * sd / raw[1]
+            self.shift = mean - self.scale * raw[0]
         if best_ess > 0:
             # a last check of the final map
             theta, log_w = self._propose(self.pilot_draws)
@@ -292,14 +292,14 @@ class AmortizedMH(BlockedStep):
             if ok.sum() >= 20:
                 ess = float(importance_ess(psis_log_weights(log_w[ok])[0]))
                 if ess > best_ess:
-                    best = (self.shift.copy(), self.matrix.copy())
-        self.shift, self.matrix = best
+                    best = (self.shift.copy(), self.scale.copy())
+        self.shift, self.scale = best
 
     def _log_weight(self, x: np.ndarray) -> float:
         import torch
 
         log_p = self.density.logp(x)
-        u = np.linalg.solve(self.matrix, x - self.shift)
+        u = (x - self.shift) / self.scale
         with torch.no_grad():
             theta = torch.as_tensor(u[None], dtype=torch.float32, device=self.context.device)
             log_q = float(self.flow.cpu().log_prob(theta, self.context[None])[0])

@@ -26,6 +26,7 @@ tuples and ``init`` / ``step`` functions that take an explicit numpy
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -169,6 +170,11 @@ class _Metric:
         elif m.ndim != 1:
             raise ValueError(f"inverse_metric must be 1-D or 2-D, got shape {m.shape}.")
 
+    @classmethod
+    def of(cls, inverse_metric: np.ndarray | _Metric) -> _Metric:
+        """``inverse_metric`` as a metric; one already built is returned as it is."""
+        return inverse_metric if isinstance(inverse_metric, cls) else cls(inverse_metric)
+
     def apply(self, v: np.ndarray) -> np.ndarray:
         """Rows of ``v`` times ``M^{-1}``."""
         return v @ self.m if self.m.ndim == 2 else v * self.m
@@ -240,7 +246,7 @@ def mala_step(
     """
     x, lp, g = state
     h = np.asarray(step_size, dtype=float).reshape(-1, 1) if np.ndim(step_size) else step_size
-    metric = _Metric(inverse_metric)
+    metric = _Metric.of(inverse_metric)
     h2 = h * h
 
     def drift(pos: np.ndarray, grad: np.ndarray) -> np.ndarray:
@@ -294,7 +300,7 @@ def hmc_step(
     """
     x, lp, g = state
     h = np.asarray(step_size, dtype=float).reshape(-1, 1) if np.ndim(step_size) else step_size
-    metric = _Metric(inverse_metric)
+    metric = _Metric.of(inverse_metric)
     p = metric.momentum(rng.standard_normal(x.shape))
     kinetic0 = 0.5 * metric.quad(p)
     q = x.copy()
@@ -454,6 +460,21 @@ def flow_independence_step(
     return LocalState(position, lp, grad), logq_new, GlobalInfo(rate, accepted)
 
 
+def _local_move(
+    local_kernel: str,
+    rng: np.random.Generator,
+    state: LocalState,
+    density: LogDensity,
+    step_size: float,
+    metric: np.ndarray | _Metric,
+    num_integration_steps: int,
+) -> tuple[LocalState, LocalInfo]:
+    """One MALA or HMC step, by name."""
+    if local_kernel == "hmc":
+        return hmc_step(rng, state, density, step_size, metric, num_integration_steps)
+    return mala_step(rng, state, density, step_size, metric)
+
+
 # ===================================================================================
 # The production kernel: local moves, then one global move, through a frozen flow
 # ===================================================================================
@@ -484,15 +505,18 @@ class FlowMCMCKernel:
     local_steps: int = 1
     num_integration_steps: int = 8
 
+    @functools.cached_property
+    def _metric(self) -> _Metric:
+        return _Metric(self.inverse_metric)  # factorised once, not at every step
+
     def local(
         self, rng: np.random.Generator, state: LocalState, density: LogDensity
     ) -> tuple[LocalState, LocalInfo]:
         """One local step with the frozen step size and metric."""
-        if self.local_kernel == "hmc":
-            return hmc_step(
-                rng, state, density, self.step_size, self.inverse_metric, self.num_integration_steps
-            )
-        return mala_step(rng, state, density, self.step_size, self.inverse_metric)
+        return _local_move(
+            self.local_kernel, rng, state, density, self.step_size, self._metric,
+            self.num_integration_steps,
+        )
 
 
 class FlowMCMCState(NamedTuple):
@@ -1064,6 +1088,7 @@ def flow_mcmc_adapt(
 
     modes = _distinct_modes(density, seed.centers)
     inverse_metric = np.clip(seed.within_variance, 1e-10, 1e10)
+    local_metric = _Metric(inverse_metric)
     mode_scale = np.sqrt(inverse_metric)
     step_size = float(np.clip(1.0 / dim**0.25, 0.05, 1.0))
     if local_kernel == "hmc":
@@ -1096,13 +1121,10 @@ def flow_mcmc_adapt(
         # (a) local moves with step-size adaptation
         snaps, acc_sum = [], 0.0
         for i in range(adapt_local_steps):
-            step_size = math.exp(da.log_step)
-            if local_kernel == "hmc":
-                state, info = hmc_step(
-                    rng, state, density, step_size, inverse_metric, num_integration_steps
-                )
-            else:
-                state, info = mala_step(rng, state, density, step_size, inverse_metric)
+            state, info = _local_move(
+                local_kernel, rng, state, density, math.exp(da.log_step), local_metric,
+                num_integration_steps,
+            )
             acc = float(np.mean(info.acceptance_rate))
             acc_sum += acc
             da = dual_averaging_update(da, acc, target_accept)
@@ -1127,6 +1149,7 @@ def flow_mcmc_adapt(
             inverse_metric = np.clip(
                 _within_mode_variance(pooled, labels, inverse_metric), 1e-10, 1e10
             )
+        local_metric = _Metric(inverse_metric)
         # (b) fit / refine the flow on the pooled walker states
         info_fit = fit_forward_kl(
             flow,
@@ -1159,13 +1182,10 @@ def flow_mcmc_adapt(
             hops += int(np.sum(before != after))
             g_acc.append(float(np.mean(ginfo.acceptance_rate)))
             for _ in range(local_steps):
-                if local_kernel == "hmc":
-                    state, _ = hmc_step(
-                        rng, state, density, math.exp(da.log_step), inverse_metric,
-                        num_integration_steps,
-                    )
-                else:
-                    state, _ = mala_step(rng, state, density, math.exp(da.log_step), inverse_metric)
+                state, _ = _local_move(
+                    local_kernel, rng, state, density, math.exp(da.log_step), local_metric,
+                    num_integration_steps,
+                )
         history["global_acceptance"].append(float(np.mean(g_acc)) if g_acc else float("nan"))
         history["local_acceptance"].append(acc_sum / max(1, adapt_local_steps))
         history["step_size"].append(math.exp(da.log_step))
