@@ -216,6 +216,7 @@ def bench_problem(name: str, args: argparse.Namespace, out_dir: Path) -> dict[st
     amortizer.fit(
         num_simulations=args.num_simulations, epochs=args.epochs, batch_size=args.batch_size,
         random_seed=args.seed, progressbar=False,
+        simulations_per_epoch=args.simulations_per_epoch, max_seconds=args.max_seconds,
     )
     h = amortizer.history
     res["train"] = {
@@ -492,6 +493,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--num-simulations", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--simulations-per-epoch", type=int, default=0,
+                   help="fresh simulations every epoch (Amortizer.fit's simulations_per_epoch)")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="training time budget (Amortizer.fit's max_seconds)")
     p.add_argument("--num-sbc", type=int, default=None)
     p.add_argument("--num-many", type=int, default=None)
     p.add_argument("--num-held-out", type=int, default=None)

@@ -80,6 +80,28 @@ class AmortizerMismatchError(ValueError):
     """Saved weights do not belong to the model they are loaded into."""
 
 
+def _epoch_batches(
+    train_idx: np.ndarray, lengths: np.ndarray | None, batch_size: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """One epoch's mini-batches, in random order.
+
+    For sets and series the shuffled indices are cut into windows of 32
+    batches, each window is sorted by ``N`` before it is cut into batches, and
+    the batches are shuffled: a batch then holds datasets of similar size, so
+    little of its padded ``(batch, max N)`` input is padding.
+    """
+    order = train_idx[rng.permutation(len(train_idx))]
+    if lengths is None:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    window = 32 * batch_size
+    batches = []
+    for j in range(0, len(order), window):
+        chunk = order[j : j + window]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
 def _seed_int(random_seed: Any) -> int:
     if isinstance(random_seed, np.random.Generator):
         return int(random_seed.integers(2**31 - 1))
@@ -298,6 +320,8 @@ class Amortizer:
                 kwargs = {"input_dim": kwargs["input_dim"]}
         else:
             kwargs["feature_dim"] = self.layout.num_features
+        if kind == "deepset":
+            kwargs.setdefault("moments", True)
         return build_summary_net(kind, **kwargs)
 
     def __repr__(self) -> str:
@@ -491,10 +515,8 @@ class Amortizer:
                     )
                 self.summary_net.train()
                 self.flow.train()
-                order = train_idx[rng.permutation(len(train_idx))]
                 total, count, finite = 0.0, 0, True
-                for i in range(0, len(order), int(batch_size)):
-                    idx = order[i : i + int(batch_size)]
+                for idx in _epoch_batches(train_idx, lengths, int(batch_size), rng):
                     loss = self._nll(
                         theta_t[idx], values[idx], None if lengths is None else lengths[idx]
                     )
@@ -654,29 +676,49 @@ class Amortizer:
             )
 
     def _draw(
-        self, ctx: torch.Tensor, draws: int, seed: int, max_rows: int | None = None
+        self,
+        ctx: torch.Tensor,
+        draws: int,
+        seed: int,
+        max_rows: int | None = None,
+        cores: int | None = 1,
     ) -> tuple[np.ndarray, np.ndarray]:
         """``draws`` per context: theta ``(B, draws, dim)`` float64 and log q ``(B, draws)``.
 
         Contexts go in batches of about ``max_rows`` draws: 4096 on a CPU,
         where larger batches spill out of the caches and are slower per draw,
-        65 536 on a GPU.
+        65 536 on a GPU. Each batch has its own generator, seeded from
+        ``(seed, batch)``, so the draws do not depend on ``cores``: on the CPU
+        the batches are spread over ``cores`` threads (torch releases the GIL
+        in its kernels; ``None``: every CPU core).
         """
         if max_rows is None:
             max_rows = 4096 if self.device.type == "cpu" else 65_536
         B = ctx.shape[0]
-        thetas, log_qs = [], []
         per = max(1, max_rows // max(int(draws), 1))
-        # the drawing path takes a seeded generator; zuko's path the (forked) global one
-        generator = torch.Generator(device=self.device).manual_seed(seed)
+        starts = list(range(0, B, per))
         fast = self.flow._fast_ok and not self.flow.training
-        seeded = contextlib.nullcontext() if fast else _TorchSeed(seed, self.device)
-        with torch.no_grad(), seeded:
-            for i in range(0, B, per):
+
+        def batch(j: int) -> tuple[np.ndarray, np.ndarray]:
+            # the drawing path takes a seeded generator; zuko's path the (forked) global one
+            state = np.random.SeedSequence([int(seed), j]).generate_state(1)[0]
+            generator = torch.Generator(device=self.device).manual_seed(int(state))
+            seeded = contextlib.nullcontext() if fast else _TorchSeed(int(state), self.device)
+            with torch.no_grad(), seeded:
+                i = starts[j]
                 theta, log_q = self.flow.sample(int(draws), ctx[i : i + per], generator)
-                thetas.append(theta.double().cpu().numpy())
-                log_qs.append(log_q.double().cpu().numpy())
-        return np.concatenate(thetas), np.concatenate(log_qs)
+                return theta.double().cpu().numpy(), log_q.double().cpu().numpy()
+
+        workers = (os.cpu_count() or 1) if cores is None else int(cores)
+        workers = min(workers, len(starts)) if fast and self.device.type == "cpu" else 1
+        if workers > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(workers) as pool:
+                out = list(pool.map(batch, range(len(starts))))
+        else:
+            out = [batch(j) for j in range(len(starts))]
+        return np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out])
 
     @_with_threads
     def log_q(self, theta: np.ndarray, data: Mapping[str, Any] | None = None) -> np.ndarray:
@@ -708,6 +750,7 @@ class Amortizer:
         random_seed: int | np.random.Generator | None,
         correct: str | None,
         diagnostics: bool,
+        cores: int | None = 1,
     ) -> tuple[list[dict], np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Draws ``(B, draws, dim)``, per-draw stats and per-dataset Pareto k / ESS.
 
@@ -718,7 +761,7 @@ class Amortizer:
             raise ValueError(f"correct must be None or 'psis', got {correct!r}.")
         rng = np.random.default_rng(random_seed)
         checked, ctx = self._prepare(datasets)
-        theta, log_q = self._draw(ctx, int(draws), _seed_int(rng))
+        theta, log_q = self._draw(ctx, int(draws), _seed_int(rng), cores=cores)
         stats: dict[str, np.ndarray] = {"log_q": log_q}
         diag: dict[str, np.ndarray] = {}
         if not (diagnostics or correct == "psis"):
@@ -817,6 +860,7 @@ class Amortizer:
         correct: str | None = None,
         diagnostics: bool = True,
         return_inferencedata: bool = True,
+        cores: int | None = None,
     ) -> Any:
         """Amortized posteriors for many datasets in one batched call.
 
@@ -826,6 +870,9 @@ class Amortizer:
             Each like ``data`` in :meth:`sample`.
         draws, random_seed, correct, diagnostics, return_inferencedata
             As in :meth:`sample`.
+        cores : int, optional
+            CPU threads that draw batches of datasets at once (every core by
+            default). The draws are the same for any ``cores``.
 
         Returns
         -------
@@ -837,7 +884,7 @@ class Amortizer:
         if isinstance(datasets, Mapping) or len(datasets) == 0:
             raise ValueError("datasets must be a non-empty list of dicts (one per dataset).")
         checked, theta, stats, diag = self._posterior_draws(
-            list(datasets), draws, random_seed, correct, diagnostics
+            list(datasets), draws, random_seed, correct, diagnostics, cores=cores
         )
         if self.layout.has_rows:
             diag["num_rows"] = np.array([np.shape(d[self.layout.names[0]])[0] for d in checked])
@@ -910,7 +957,7 @@ class Amortizer:
             int(num_datasets), rng, progressbar, desc="SBC simulations"
         )
         ctx = self._contexts_no_grad(values, lengths)
-        post, _ = self._draw(ctx, int(draws), _seed_int(rng))
+        post, _ = self._draw(ctx, int(draws), _seed_int(rng), cores=None)
         prior_var = (self.flow.theta_std.double().cpu().numpy()) ** 2
         result = simulation_based_calibration(
             theta, post, prior_var=prior_var, param_names=self.target.param_names,
@@ -1068,8 +1115,12 @@ class Amortizer:
             covariates=config["covariates"] or None,
             covariate_sampler=covariate_sampler,
             summary_kwargs={
-                k: v for k, v in config["summary"]["kwargs"].items()
-                if k not in ("input_dim", "feature_dim")
+                # files written before the pooled moments existed have no "moments" key
+                **({"moments": False} if config["summary"]["kind"] == "deepset" else {}),
+                **{
+                    k: v for k, v in config["summary"]["kwargs"].items()
+                    if k not in ("input_dim", "feature_dim")
+                },
             },
             flow_kwargs={
                 k: v for k, v in config["flow"].items() if k not in ("dim", "context_dim")

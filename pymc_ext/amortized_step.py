@@ -13,9 +13,13 @@ batches, so a step costs an array lookup.
 
 Before a chain starts (``adapt=True``, the default), a pilot batch from ``q``
 is importance-weighted against the true density, and the proposal is moved
-and rescaled per coordinate so that its mean and sd match the weighted
-(PSIS) estimates: ``theta' = a + b * theta``, ``theta ~ q``, with
-``log q'(theta') = log q(theta) - sum(log b)``. Further pilots from the moved
+by an affine map so that its mean and covariance match the weighted (PSIS)
+estimates: ``theta' = a + B theta``, ``theta ~ q``, with ``log q'(theta') =
+log q(theta) - log |det B|``. ``B = L_p L_q^{-1}`` is lower triangular, from
+the Cholesky factors of the weighted covariance and of ``q``'s own; it
+corrects errors of location, scale and correlation while keeping the flow's
+shape (``adapt="diag"``: per-coordinate sd only, also used in a round whose
+pilot ESS is below ten per parameter). Further pilots from the moved
 proposal refine the estimates; while a pilot's Pareto k is above 0.7 (its
 weighted moments are unreliable), the round matches the moments of the
 tempered target ``p^beta q^(1 - beta)`` with the largest ``beta`` that keeps a
@@ -46,6 +50,7 @@ import numpy as np
 from pymc.step_methods.compound import BlockedStep, Competence, StepMethodState
 from pymc.step_methods.state import dataclass_state
 from pymc.util import get_random_generator
+from scipy.linalg import solve_triangular
 
 __all__ = ["AmortizedMH", "AmortizedMHState"]
 
@@ -61,7 +66,7 @@ class AmortizedMHState(StepMethodState):
     current_log_weight: float
     started: bool
     shift: np.ndarray
-    scale: np.ndarray
+    scale: np.ndarray  # (dim,) per coordinate, or (dim, dim) lower triangular
     proposal_batch: int = field(metadata={"frozen": True})
 
 
@@ -97,10 +102,11 @@ class AmortizedMH(BlockedStep):
         The amortizer's model (the default).
     proposal_batch : int
         Proposals drawn (and evaluated) per vectorised batch.
-    adapt : bool
+    adapt : bool or {"dense", "diag"}
         Moment-match the proposal to pilot importance-weighted draws before
-        each chain (see the module docstring). ``False``: propose from ``q``
-        itself.
+        each chain (see the module docstring): ``True`` or ``"dense"`` matches
+        the mean and covariance, ``"diag"`` the mean and per-coordinate sd.
+        ``False``: propose from ``q`` itself.
     pilot_draws : int
         Draws per pilot batch for ``adapt``.
     widen : float
@@ -156,7 +162,7 @@ class AmortizedMH(BlockedStep):
         *,
         model: Any = None,
         proposal_batch: int = 1024,
-        adapt: bool = True,
+        adapt: bool | str = True,
         pilot_draws: int = 2048,
         widen: float = 1.1,
         adapt_rounds: int = 6,
@@ -202,7 +208,9 @@ class AmortizedMH(BlockedStep):
         _, ctx = amortizer._prepare([data])
         self.context = ctx[0].detach().cpu().clone()
         self.proposal_batch = int(proposal_batch)
-        self.adapt = bool(adapt)
+        if adapt not in (True, False, "dense", "diag"):
+            raise ValueError(f"adapt must be True, False, 'dense' or 'diag', got {adapt!r}.")
+        self.adapt = "dense" if adapt is True else adapt
         self.pilot_draws = int(pilot_draws)
         self.widen = float(widen)
         self.adapt_rounds = int(adapt_rounds)
@@ -238,15 +246,26 @@ class AmortizedMH(BlockedStep):
         with torch.no_grad(), torch.random.fork_rng(devices=[]), torch_threads(self.num_threads):
             torch.manual_seed(seed)
             theta, log_q = flow.sample(int(n), self.context)
-        theta = self.shift + theta.double().numpy() * self.scale
+        theta = self._forward(theta.double().numpy())
         log_q = log_q.double().numpy() - self._log_det()
         log_p = self.density.logp_batch(theta)
         log_w = log_p - log_q
         log_w[~np.isfinite(log_w)] = -np.inf
         return theta, log_w
 
+    def _forward(self, u: np.ndarray) -> np.ndarray:
+        """``shift + scale u`` for rows ``u``."""
+        return self.shift + (u * self.scale if self.scale.ndim == 1 else u @ self.scale.T)
+
+    def _inverse(self, x: np.ndarray) -> np.ndarray:
+        """``u`` with ``_forward(u) = x``."""
+        if self.scale.ndim == 1:
+            return (x - self.shift) / self.scale
+        return solve_triangular(self.scale, (x - self.shift).T, lower=True).T
+
     def _log_det(self) -> float:
-        return float(np.log(np.abs(self.scale)).sum())
+        diag = self.scale if self.scale.ndim == 1 else np.diag(self.scale)
+        return float(np.log(np.abs(diag)).sum())
 
     def _refill(self) -> None:
         self.proposals, self.proposal_log_weights = self._propose(self.proposal_batch)
@@ -272,19 +291,36 @@ class AmortizedMH(BlockedStep):
             ess = float(importance_ess(lw))
             if ess > best_ess:
                 best_ess, best = ess, (self.shift.copy(), self.scale.copy())
-            # theta = shift + scale * u with u ~ q: the q-moments of u give the map
+            # theta = shift + scale u with u ~ q: the q-moments of u give the map
             if raw is None:
-                u = (theta - self.shift) / self.scale
-                raw = (u.mean(axis=0), np.maximum(u.std(axis=0), 1e-12))
+                u = self._inverse(theta)
+                raw = (u.mean(axis=0), u)
             if not (np.isfinite(k) and k < PARETO_K_THRESHOLD):
                 # too few effective draws for p's moments: match those of the tempered
                 # target p^beta q^(1 - beta), beta as large as leaves a quarter of the draws
                 lw = _tempered_log_weights(log_w, len(log_w) / 4)
             w = np.exp(lw)
             mean = w @ theta
-            sd = np.sqrt(np.maximum(w @ (theta - mean) ** 2, 1e-24))
-            self.scale = self.widen * sd / raw[1]
-            self.shift = mean - self.scale * raw[0]
+            centred = theta - mean
+            dense = self.adapt == "dense" and 1.0 / (w @ w) >= 10 * theta.shape[1]
+            if dense:
+                cov = centred.T @ (centred * w[:, None])
+                cov_u = np.atleast_2d(np.cov(raw[1].T))
+                jitter = 1e-10 * np.eye(len(mean))
+                try:
+                    chol_p = np.linalg.cholesky(cov + jitter * max(np.trace(cov), 1e-12))
+                    chol_q = np.linalg.cholesky(cov_u + jitter * max(np.trace(cov_u), 1e-12))
+                except np.linalg.LinAlgError:
+                    dense = False
+            if dense:
+                # B = L_p L_q^{-1} (lower triangular), so that B cov_u B^T = cov
+                self.scale = self.widen * solve_triangular(chol_q.T, chol_p.T, lower=False).T
+            else:
+                sd = np.sqrt(np.maximum(w @ centred**2, 1e-24))
+                self.scale = self.widen * sd / np.maximum(raw[1].std(axis=0), 1e-12)
+            self.shift = mean - (
+                raw[0] * self.scale if self.scale.ndim == 1 else self.scale @ raw[0]
+            )
         if best_ess > 0:
             # a last check of the final map
             theta, log_w = self._propose(self.pilot_draws)
@@ -299,7 +335,7 @@ class AmortizedMH(BlockedStep):
         import torch
 
         log_p = self.density.logp(x)
-        u = (x - self.shift) / self.scale
+        u = self._inverse(x[None])[0]
         with torch.no_grad():
             theta = torch.as_tensor(u[None], dtype=torch.float32, device=self.context.device)
             log_q = float(self.flow.cpu().log_prob(theta, self.context[None])[0])

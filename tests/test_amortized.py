@@ -64,9 +64,10 @@ def small_amortizer():
 
 
 # -- summary networks --------------------------------------------------------------------------
-def test_deepset_is_permutation_invariant_and_ignores_padding():
+@pytest.mark.parametrize("moments", [False, True])
+def test_deepset_is_permutation_invariant_and_ignores_padding(moments):
     torch.manual_seed(0)
-    net = DeepSetSummary(feature_dim=2, output_dim=5)
+    net = DeepSetSummary(feature_dim=2, output_dim=5, moments=moments)
     x = torch.randn(3, 12, 2)
     mask = torch.ones(3, 12, dtype=torch.bool)
     mask[0, 7:] = False
@@ -279,6 +280,50 @@ def test_psis_correction_and_sample_many(small_amortizer):
     assert many.posterior["mu"].dims == ("dataset", "draw")
     assert many.posterior["mu"].shape == (7, 200)
     assert many["amortized_diagnostics"]["pareto_k"].shape == (7,)
+
+
+def test_deepset_moments_are_the_pooled_first_and_second_moments():
+    # sinh undoes the layout's asinh: the pooled part is asinh(mean u), asinh(mean u_a u_b)
+    net = DeepSetSummary(feature_dim=2, output_dim=3, moments=True)
+    u = torch.tensor([[[1.0, 2.0], [3.0, -1.0], [9.0, 9.0]]])
+    mask = torch.tensor([[True, True, False]])
+    captured = {}
+    net.rho.register_forward_hook(lambda mod, inp, out: captured.setdefault("in", inp[0]))
+    net(torch.asinh(u), mask)
+    moments = captured["in"][0, net.hidden : net.hidden + 5]
+    expected = torch.asinh(torch.tensor([2.0, 0.5, 5.0, -0.5, 2.5]))  # u1, u2, u1^2, u1 u2, u2^2
+    assert torch.allclose(moments, expected, atol=1e-5)
+
+
+def test_sample_many_draws_do_not_depend_on_cores(small_amortizer):
+    _, amortizer = small_amortizer
+    rng = np.random.default_rng(5)
+    datasets = [{"y": rng.normal(size=6)} for _ in range(9)]
+    kwargs = dict(draws=600, random_seed=7, diagnostics=False, return_inferencedata=False)
+    one = amortizer.sample_many(datasets, cores=1, **kwargs)
+    two = amortizer.sample_many(datasets, cores=2, **kwargs)  # 9 datasets: 2 batches of 6 rows
+    np.testing.assert_array_equal(one.posterior["mu"], two.posterior["mu"])
+    assert one.posterior["mu"].shape == (9, 600)
+
+
+def test_amortized_mh_dense_adaptation_is_a_triangular_map_that_raises_the_ess(small_amortizer):
+    from pymc_ext.amortized_diagnostics import importance_ess
+    from pymc_ext.amortized_step import AmortizedMH
+
+    model, amortizer = small_amortizer  # briefly trained: q is rough
+    ess = {}
+    for adapt in (False, "dense"):
+        step = AmortizedMH(amortizer, adapt=adapt, rng=1, model=model)
+        if adapt:
+            step._adapt()
+        theta, log_w = step._propose(4000)
+        ess[adapt] = importance_ess(psis_log_weights(log_w)[0])
+        u = step._inverse(theta[:5])
+        np.testing.assert_allclose(step._forward(u), theta[:5], rtol=1e-10, atol=1e-10)
+    assert step.scale.shape == (2, 2) and step.scale[0, 1] == 0.0
+    assert ess["dense"] > ess[False]
+    with pytest.raises(ValueError, match="adapt must be"):
+        AmortizedMH(amortizer, adapt="full", model=model)
 
 
 def test_bad_inputs_fail_fast_with_clear_errors(small_amortizer):

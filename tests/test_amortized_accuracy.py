@@ -120,24 +120,28 @@ def normal_model() -> pm.Model:
 def test_amortized_mh_matches_nuts():
     model = normal_model()
     amortizer = Amortizer(model)
-    amortizer.fit(3000, epochs=40, batch_size=128, random_seed=2, progressbar=False)
+    # trained briefly on purpose: q is rough (acceptance about 0.2 without adaptation), so the
+    # pilot adaptation has work to do, and the draws must still be exact
+    amortizer.fit(3000, epochs=3, batch_size=128, random_seed=2, progressbar=False)
     with model:
-        mh = pm.sample(
-            draws=2000, tune=200, chains=2, cores=1, step=AmortizedMH(amortizer),
-            random_seed=3, progressbar=False, compute_convergence_checks=False,
-        )
         nuts = pm.sample(
             draws=2000, tune=1000, chains=2, cores=1, nuts_sampler="pymc",
             random_seed=4, progressbar=False, compute_convergence_checks=False,
         )
-    acceptance = float(mh.sample_stats["accepted"].mean())
-    assert {"accept", "accepted", "log_weight"} <= set(mh.sample_stats.data_vars)
-    print("acceptance", acceptance)
-    assert acceptance > 0.3
-    for name in ("mu", "sigma"):
-        a, b = mh.posterior[name].values.ravel(), nuts.posterior[name].values.ravel()
-        sd = b.std()
-        print(name, a.mean(), b.mean(), a.std(), sd)
-        # both are exact MCMC: differences are Monte Carlo error (ESS ~ 1000 each)
-        assert abs(a.mean() - b.mean()) < 0.12 * sd
-        assert abs(a.std() / sd - 1) < 0.12
+    for adapt in ("dense", "diag"):
+        with model:
+            mh = pm.sample(
+                draws=2000, tune=200, chains=2, cores=1, step=AmortizedMH(amortizer, adapt=adapt),
+                random_seed=3, progressbar=False, compute_convergence_checks=False,
+            )
+        acceptance = float(mh.sample_stats["accepted"].mean())
+        assert {"accept", "accepted", "log_weight"} <= set(mh.sample_stats.data_vars)
+        print(adapt, "acceptance", acceptance)
+        assert acceptance > 0.3
+        for name in ("mu", "sigma"):
+            a, b = mh.posterior[name].values.ravel(), nuts.posterior[name].values.ravel()
+            sd = b.std()
+            print(name, a.mean(), b.mean(), a.std(), sd)
+            # both are exact MCMC: differences are Monte Carlo error (ESS ~ 1000 each)
+            assert abs(a.mean() - b.mean()) < 0.12 * sd
+            assert abs(a.std() / sd - 1) < 0.12
