@@ -115,6 +115,10 @@ class AmortizedMH(BlockedStep):
         tails, where a pilot of a few thousand draws sees little.
     adapt_rounds : int
         Pilot batches (each moves the proposal once) for ``adapt``.
+    widen_search : sequence of float
+        After the rounds, the best map is also tried with its spread times
+        each of these factors (one pilot batch each); the proposal with the
+        largest pilot importance ESS is kept. ``()`` skips the search.
     rng : int or Generator, optional
         Seed (``pm.sample`` sets one per chain).
 
@@ -166,6 +170,7 @@ class AmortizedMH(BlockedStep):
         pilot_draws: int = 2048,
         widen: float = 1.1,
         adapt_rounds: int = 6,
+        widen_search: tuple[float, ...] = (1.25, 1.5, 2.0),
         rng: Any = None,
         blocked: bool = True,
     ) -> None:
@@ -214,6 +219,9 @@ class AmortizedMH(BlockedStep):
         self.pilot_draws = int(pilot_draws)
         self.widen = float(widen)
         self.adapt_rounds = int(adapt_rounds)
+        self.widen_search = tuple(float(f) for f in widen_search)
+        if any(not (f > 0 and np.isfinite(f)) for f in self.widen_search):
+            raise ValueError(f"widen_search factors must be positive, got {widen_search!r}.")
         self.num_threads = amortizer.num_threads
         self.rng = get_random_generator(rng)
         self.tune = True
@@ -321,14 +329,22 @@ class AmortizedMH(BlockedStep):
             self.shift = mean - (
                 raw[0] * self.scale if self.scale.ndim == 1 else self.scale @ raw[0]
             )
-        if best_ess > 0:
-            # a last check of the final map
-            theta, log_w = self._propose(self.pilot_draws)
-            ok = np.isfinite(log_w)
-            if ok.sum() >= 20:
-                ess = float(importance_ess(psis_log_weights(log_w[ok])[0]))
-                if ess > best_ess:
-                    best = (self.shift.copy(), self.scale.copy())
+        if best_ess > 0 and raw is not None:
+            # a last check of the final map; then the best map widened or narrowed about
+            # its mean: weighted estimates of the spread are low when the weights are uneven,
+            # and a proposal with lighter tails than p makes an independence sampler sticky
+            candidates = [(self.shift.copy(), self.scale.copy())]
+            centre = best[0] + (raw[0] * best[1] if best[1].ndim == 1 else best[1] @ raw[0])
+            for f in self.widen_search:
+                candidates.append((centre - f * (centre - best[0]), f * best[1]))
+            for shift, scale in candidates:
+                self.shift, self.scale = shift, scale
+                theta, log_w = self._propose(self.pilot_draws)
+                ok = np.isfinite(log_w)
+                if ok.sum() >= 20:
+                    ess = float(importance_ess(psis_log_weights(log_w[ok])[0]))
+                    if ess > best_ess:
+                        best_ess, best = ess, (shift.copy(), scale.copy())
         self.shift, self.scale = best
 
     def _log_weight(self, x: np.ndarray) -> float:

@@ -324,6 +324,8 @@ def test_amortized_mh_dense_adaptation_is_a_triangular_map_that_raises_the_ess(s
     assert ess["dense"] > ess[False]
     with pytest.raises(ValueError, match="adapt must be"):
         AmortizedMH(amortizer, adapt="full", model=model)
+    with pytest.raises(ValueError, match="widen_search factors must be positive"):
+        AmortizedMH(amortizer, widen_search=(1.5, 0.0), model=model)
 
 
 def test_bad_inputs_fail_fast_with_clear_errors(small_amortizer):
