@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import weakref
 from collections.abc import Iterator
 from functools import partial
 from typing import Any
@@ -114,23 +115,32 @@ class _FastRQSTransform(MonotonicRQSTransform):
         self.derivatives = torch.exp(derivatives)
 
 
-def _versioned_cache(owner: nn.Module, name: str, key: tuple, build: Any) -> torch.Tensor:
-    """``build()``, cached on ``owner`` until ``key`` (parameter versions) changes."""
+def _versioned_cache(
+    owner: nn.Module, name: str, tensors: tuple[torch.Tensor, ...], build: Any
+) -> torch.Tensor:
+    """``build()``, cached on ``owner`` while ``tensors`` are the same, unchanged objects.
+
+    The key is each tensor's identity (a weak reference, so a new tensor that
+    happens to reuse a freed address is a miss) plus its data pointer and
+    version counter (in-place updates such as optimiser steps and
+    ``load_state_dict`` bump it), dtype and device.
+    """
+    key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
     cached = owner.__dict__.get(name)
-    if cached is not None and cached[0] == key:
-        return cached[1]
+    if (
+        cached is not None
+        and cached[0] == key
+        and all(ref() is t for ref, t in zip(cached[1], tensors, strict=True))
+    ):
+        return cached[2]
     value = build()
-    owner.__dict__[name] = (key, value)
+    owner.__dict__[name] = (key, tuple(weakref.ref(t) for t in tensors), value)
     return value
-
-
-def _key(*tensors: torch.Tensor) -> tuple:
-    return tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
 
 
 def _masked_weight(layer: nn.Module) -> torch.Tensor:
     return _versioned_cache(
-        layer, "_pymc_ext_masked", _key(layer.weight, layer.mask),
+        layer, "_pymc_ext_masked", (layer.weight, layer.mask),
         lambda: layer.mask * layer.weight,
     )
 
@@ -181,7 +191,7 @@ def _padded_last_layer(
         return weight, bias, squash
 
     return _versioned_cache(
-        transform, f"_pymc_ext_last_{g}", _key(last.weight, last.bias, last.mask), build
+        transform, f"_pymc_ext_last_{g}", (last.weight, last.bias, last.mask), build
     )
 
 

@@ -218,6 +218,36 @@ def test_fast_flow_sampling_is_zukos_flow(dim, autoregressive):
     torch.testing.assert_close(log_q, log_q_zuko.transpose(0, 1) - flow._log_jac())
 
 
+def test_fast_sampling_caches_follow_new_and_updated_weights():
+    """The drawing path's weight caches never serve weights that were replaced or changed."""
+    from pymc_ext.conditional_flow import ConditionalFlow
+
+    torch.manual_seed(0)
+    flow = ConditionalFlow(3, 2).eval()
+    context = torch.randn(2, 2)
+
+    def both():
+        with torch.no_grad():
+            torch.manual_seed(5)
+            fast = flow.sample(50, context)[0]
+            torch.manual_seed(5)
+            z = flow.flow(context).rsample((50,))
+        return fast, (z * flow.theta_std + flow.theta_mean).transpose(0, 1)
+
+    first, _ = both()  # fills the caches
+    layer = flow.flow.transform.transforms[0].hyper[0]
+    with torch.no_grad():
+        layer.weight.mul_(1.5)  # in place: the version counter moves
+    fast, zuko_draws = both()
+    torch.testing.assert_close(fast, zuko_draws, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(fast, first)
+    last = flow.flow.transform.transforms[0].hyper[-1]
+    last.weight = torch.nn.Parameter(last.weight.detach() * 0.5)  # a new tensor object
+    fast2, zuko_draws2 = both()
+    torch.testing.assert_close(fast2, zuko_draws2, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(fast2, fast)
+
+
 @pytest.mark.parametrize("per_draw", [False, True])
 def test_spline_inverse_from_table_is_zukos_spline(per_draw):
     """The drawing path's spline (two knots per value) equals zuko's, in and out of its domain."""
