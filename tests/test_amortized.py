@@ -328,12 +328,12 @@ def test_deepset_moments_are_the_pooled_first_and_second_moments():
 def test_sample_many_draws_do_not_depend_on_cores(small_amortizer):
     _, amortizer = small_amortizer
     rng = np.random.default_rng(5)
-    datasets = [{"y": rng.normal(size=6)} for _ in range(9)]
-    kwargs = dict(draws=600, random_seed=7, diagnostics=False, return_inferencedata=False)
+    datasets = [{"y": rng.normal(size=6)} for _ in range(20)]
+    kwargs = dict(draws=2000, random_seed=7, diagnostics=False, return_inferencedata=False)
     one = amortizer.sample_many(datasets, cores=1, **kwargs)
-    two = amortizer.sample_many(datasets, cores=2, **kwargs)  # 9 datasets: 2 batches of 6 rows
+    two = amortizer.sample_many(datasets, cores=2, **kwargs)  # 3 batches of 8 datasets
     np.testing.assert_array_equal(one.posterior["mu"], two.posterior["mu"])
-    assert one.posterior["mu"].shape == (9, 600)
+    assert one.posterior["mu"].shape == (20, 2000)
 
 
 def test_amortized_mh_dense_adaptation_is_a_triangular_map_that_raises_the_ess(small_amortizer):
