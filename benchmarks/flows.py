@@ -13,7 +13,9 @@ Targets (all written as PyMC models, so every sampler sees the same density):
 Samplers, in one run:
 
 - ``flow_mcmc``: :func:`pymc_ext.flow_sampler.flow_mcmc` with its defaults
-  (walkers from the dimension, 6 adaptation rounds, 500 draws per walker),
+  (walkers, adaptation rounds and draws per walker from the dimension: 64
+  walkers, 6 rounds and 500 draws at D=10; 256, 10 and 1000 at D=50), plus
+  any keywords given with ``--flow-options`` (shown in the notes column),
   on the model's vectorised log density (``pymc_ext.log_density``);
 - ``pymc``: ``pm.sample(nuts_sampler="pymc")``, 4 chains, tune=1000, 1000 draws;
 - ``nutpie``: ``nutpie.sample`` (numba backend), 4 chains, tune=1000, 1000 draws;
@@ -37,12 +39,16 @@ Usage::
     python benchmarks/flows.py                       # everything (long: about an hour)
     python benchmarks/flows.py --quick               # mixture2_d10, funnel_d10, 2 references
     python benchmarks/flows.py --targets mixture2_d10,funnel_d10 --samplers flow_mcmc,pymc
+    python benchmarks/flows.py --targets funnel_d10 --samplers flow_mcmc --flow-options \
+        '{"fit": "reverse", "local_steps": 0, "flow_kwargs": {"kind": "maf", "passes": null}}'
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shlex
 import sys
 import time
 import traceback
@@ -166,6 +172,10 @@ def convergence(idata) -> dict[str, Any]:
 # -- samplers --------------------------------------------------------------------------------
 
 
+#: keyword arguments for flow_mcmc on top of its defaults (``--flow-options``)
+FLOW_OPTIONS: dict[str, Any] = {}
+
+
 def run_flow_mcmc(model, seed: int, quick: bool) -> tuple[Any, dict[str, Any]]:
     from pymc_ext.flow_sampler import flow_mcmc
     from pymc_ext.pymc_model import log_density
@@ -173,12 +183,13 @@ def run_flow_mcmc(model, seed: int, quick: bool) -> tuple[Any, dict[str, Any]]:
     t0 = time.perf_counter()
     density = log_density(model)
     t_compile = time.perf_counter() - t0
+    kwargs = {**({"draws": 300} if quick else {}), **FLOW_OPTIONS}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        idata = flow_mcmc(density, random_seed=seed, progressbar=False,
-                          draws=300 if quick else 500)
+        idata = flow_mcmc(density, random_seed=seed, progressbar=False, **kwargs)
     attrs = idata.sample_stats.attrs
     extra = {
+        "options": dict(FLOW_OPTIONS),
         "setup_s": t_compile,
         "grad_evals": int(attrs["grad_evals"]),
         "divergences": int(attrs["divergences"]),
@@ -186,6 +197,7 @@ def run_flow_mcmc(model, seed: int, quick: bool) -> tuple[Any, dict[str, Any]]:
         "local_acceptance": float(attrs["local_acceptance"]),
         "mode_hops": int(attrs["mode_hops"]),
         "n_modes": int(attrs["n_modes"]),
+        "restarted_walkers": int(attrs.get("restarted_walkers", 0)),
         "walkers": int(idata.posterior.sizes["chain"]),
         "adaptation_s": float(attrs["adaptation_seconds"]),
         "sampling_s": float(attrs["sampling_seconds"]),
@@ -271,6 +283,7 @@ def write_report(results: list[dict[str, Any]], meta: dict[str, Any], out: Path,
         "# Flow MCMC benchmark",
         "",
         f"Command: `{meta['command']}`  ",
+        *[f"{line}  " for line in meta.get("reruns", [])],
         f"Machine: {meta['machine']}; started {meta['started']}; "
         f"torch threads {meta['torch_threads']}; load average at start {meta['load']}.  ",
         "Wall times include compilation (PyTensor cache warm after the first target; "
@@ -298,10 +311,14 @@ def write_report(results: list[dict[str, Any]], meta: dict[str, Any], out: Path,
             acc_s = (f"mean err {_fmt(acc['max_mean_error'], 3)}, "
                      f"sd err {_fmt(acc['max_sd_error'], 3)}")
         notes = []
-        if r["sampler"] == "flow_mcmc":
+        if r["sampler"].startswith("flow_mcmc"):
             notes.append(f"global acc {_fmt(r['global_acceptance'])}, hops {r['mode_hops']}, "
                          f"{r['walkers']} walkers, modes {r['n_modes']}, adapt "
                          f"{_fmt(r['adaptation_s'], 0)} s + sample {_fmt(r['sampling_s'], 0)} s")
+            if r.get("restarted_walkers"):
+                notes.append(f"{r['restarted_walkers']} stuck walkers restarted")
+            if r.get("options"):
+                notes.append("options " + json.dumps(r["options"]))
             if r.get("warnings"):
                 notes.append(f"{len(r['warnings'])} warning(s)")
         if r.get("setup_s") is not None:
@@ -328,7 +345,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip", default="",
                         help="comma-separated sampler:target pairs not to run (a row says so), "
                              "e.g. nutpie_flow:funnel_d10 (short target names work)")
+    parser.add_argument("--flow-options", default="",
+                        help="JSON dict of extra flow_mcmc keywords for every flow_mcmc run, "
+                             "e.g. '{\"fit\": \"reverse\", \"local_steps\": 0}' (shown in "
+                             "the notes column)")
     args = parser.parse_args(argv)
+    if args.flow_options:
+        options = json.loads(args.flow_options)
+        if not isinstance(options, dict):
+            raise SystemExit("--flow-options must be a JSON object (a dict of keywords).")
+        FLOW_OPTIONS.update(options)
 
     import torch
 
@@ -347,8 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"Unknown sampler(s) {unknown}; choose from {ALL_SAMPLERS}")
     meta = {
-        "command": "python benchmarks/flows.py " + " ".join(argv if argv is not None
-                                                            else sys.argv[1:]),
+        "command": "python benchmarks/flows.py " + shlex.join(argv if argv is not None
+                                                              else sys.argv[1:]),
         "machine": machine_info(),
         "started": time.strftime("%Y-%m-%d %H:%M"),
         "torch_threads": torch.get_num_threads(),

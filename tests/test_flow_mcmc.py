@@ -11,7 +11,10 @@ from toy_densities import gaussian_density, mixture_density, mixture_draws, shar
 
 from pymc_ext.flow_sampler import (
     FlowMCMCWarning,
+    _restart_stuck_walkers,
     coverage_check,
+    default_num_draws,
+    default_num_rounds,
     flow_independence_step,
     flow_mcmc,
     flow_mcmc_adapt,
@@ -19,7 +22,7 @@ from pymc_ext.flow_sampler import (
     local_init,
     mala_step,
 )
-from pymc_ext.flows import build_flow, fit_forward_kl
+from pymc_ext.flows import SeedResult, build_flow, fit_forward_kl
 
 FAST = {
     "n_rounds": 4,
@@ -235,6 +238,73 @@ def test_high_dimension_warns_before_the_work():
         )
 
 
+def _narrow_seed(dim: int, sd: float, n: int = 512) -> SeedResult:
+    """A seed whose draws cover only the middle of the target (walkers that saw too little)."""
+    draws = np.random.default_rng(0).normal(0.0, sd, size=(n, dim))
+    return SeedResult(
+        draws=draws, path_index=np.zeros(n, dtype=int), centers=np.zeros((1, dim)),
+        path_scales=np.full((1, dim), sd), mean=np.zeros(dim), covariance=sd**2 * np.eye(dim),
+        within_variance=np.full(dim, sd**2), grad_evals=0, method="test",
+    )
+
+
+@pytest.mark.parametrize("fit", ["forward", "reverse"])
+def test_reverse_fit_learns_the_density_beyond_the_walkers(fit):
+    """fit="reverse" fits the flow to the density itself, not to where the walkers are.
+
+    The target is N(0, 3^2 I), the walkers start (and, with no local moves, stay
+    roughly) at N(0, 0.3^2 I): forward KL learns the walkers' spread, reverse KL
+    the target's (this is what lets the flow reach a funnel's neck).
+    """
+    d = gaussian_density([0.0, 0.0], 9.0 * np.eye(2))
+    ad = flow_mcmc_adapt(
+        d, chains=32, n_rounds=1, adapt_local_steps=0, global_steps=1, local_steps=0,
+        first_train_steps=150, fit=fit, reverse_steps=400, learning_rate=3e-3,
+        seed=_narrow_seed(2, 0.3), random_seed=0, progressbar=False, restart_threshold=None,
+        flow_kwargs={"kind": "maf", "transforms": 2, "hidden_features": (16, 16)},
+    )
+    x, _ = ad.kernel.flow.sample(4000, np.random.default_rng(1))
+    sd = x.std(0)
+    if fit == "forward":
+        assert np.all(sd < 0.6)
+    else:
+        assert np.all(np.abs(sd - 3.0) < 0.4)
+        assert ad.fit_infos[-1].grad_evals > 0
+
+
+def test_walkers_the_flow_could_never_move_restart_at_flow_draws():
+    d = gaussian_density([0.0, 0.0], np.eye(2))
+    rng = np.random.default_rng(0)
+    narrow = rng.normal(0.0, 0.8, size=(2000, 2))
+    flow = build_flow(2, covariance=0.64 * np.eye(2), random_seed=0, kind="maf", transforms=1,
+                      hidden_features=(8, 8))
+    fit_forward_kl(flow, narrow, max_steps=100, random_seed=0, progressbar=False)
+    walkers = np.vstack([rng.normal(0.0, 0.5, size=(15, 2)), [[5.0, 5.0]]])
+    state = local_init(d, walkers)
+    cov = coverage_check(d, flow.frozen(), walkers, state.logp, np.zeros((1, 2)), np.ones(2), rng)
+    # far out in p's tail, where the (slightly too narrow) q has much less: p / q is about
+    # e^14 above its average there
+    assert cov["walker_log_ratio"][-1] > 10 and np.all(cov["walker_log_ratio"][:-1] < 6)
+    new, n = _restart_stuck_walkers(d, state, cov, rng, 6.0)
+    assert n == 1
+    assert np.array_equal(new.position[:-1], walkers[:-1])
+    assert np.linalg.norm(new.position[-1]) < 3.0
+    assert np.allclose(new.logp, d.logp_batch(new.position))
+    same, n0 = _restart_stuck_walkers(d, state, cov, rng, None)
+    assert n0 == 0 and same is state
+
+
+def test_default_rounds_and_draws_grow_with_dimension():
+    assert (default_num_rounds(10), default_num_draws(10)) == (6, 500)
+    assert (default_num_rounds(50), default_num_draws(50)) == (10, 1000)
+    d = gaussian_density(np.zeros(2), np.eye(2))
+    kw = {**FAST, "first_train_steps": 20, "train_steps": 5, "adapt_local_steps": 2}
+    kw.pop("n_rounds")
+    dt = flow_mcmc(d, chains=8, random_seed=0, **kw)
+    assert dt.posterior.sizes["draw"] == 500
+    assert len(dt.sample_stats.attrs["global_acceptance_per_round"]) == 6
+
+
 def test_bad_input_is_refused_up_front():
     d = gaussian_density([0.0], np.eye(1))
     with pytest.raises(TypeError, match="PyMC model or a LogDensity"):
@@ -247,6 +317,10 @@ def test_bad_input_is_refused_up_front():
         flow_mcmc(d, flow_dtype="float16")
     with pytest.raises(ValueError, match="draws"):
         flow_mcmc(d, draws=-1)
+    with pytest.raises(ValueError, match="fit must be"):
+        flow_mcmc(d, fit="elbo")
+    with pytest.raises(ValueError, match="restart_threshold"):
+        flow_mcmc(d, restart_threshold=0.0)
 
 
 @pytest.mark.slow
