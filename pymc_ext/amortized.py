@@ -697,8 +697,6 @@ class Amortizer:
         """
         B = ctx.shape[0]
         fast = self.flow._fast_ok and not self.flow.training
-        workers = (os.cpu_count() or 1) if cores is None else int(cores)
-        threaded = fast and self.device.type == "cpu" and workers > 1
         if max_rows is None:
             max_rows = 16_384 if self.device.type == "cpu" else 65_536
         per = max(1, max_rows // max(int(draws), 1))
@@ -716,7 +714,10 @@ class Amortizer:
                 theta, log_q = self.flow.sample(int(draws), ctx[i : i + per], generator)
                 return theta.double().cpu().numpy(), log_q.double().cpu().numpy()
 
-        workers = min(workers, len(starts)) if threaded else 1
+        # threads only on the CPU drawing path (zuko's path seeds torch's global generator)
+        workers = 1
+        if fast and self.device.type == "cpu":
+            workers = min((os.cpu_count() or 1) if cores is None else int(cores), len(starts))
         if workers > 1:
             with ThreadPoolExecutor(workers) as pool:
                 out = list(pool.map(batch, range(len(starts))))

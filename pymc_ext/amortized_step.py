@@ -70,6 +70,11 @@ class AmortizedMHState(StepMethodState):
     proposal_batch: int = field(metadata={"frozen": True})
 
 
+def _apply_scale(scale: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """``scale u`` for a vector or the rows of ``u``: ``scale`` is per coordinate or a matrix."""
+    return u * scale if scale.ndim == 1 else u @ scale.T
+
+
 def _tempered_log_weights(log_w: np.ndarray, min_ess: float) -> np.ndarray:
     """Normalised ``beta * log_w`` with the largest ``beta`` in [0, 1] whose ESS >= ``min_ess``."""
 
@@ -263,7 +268,7 @@ class AmortizedMH(BlockedStep):
 
     def _forward(self, u: np.ndarray) -> np.ndarray:
         """``shift + scale u`` for rows ``u``."""
-        return self.shift + (u * self.scale if self.scale.ndim == 1 else u @ self.scale.T)
+        return self.shift + _apply_scale(self.scale, u)
 
     def _inverse(self, x: np.ndarray) -> np.ndarray:
         """``u`` with ``_forward(u) = x``."""
@@ -326,15 +331,13 @@ class AmortizedMH(BlockedStep):
             else:
                 sd = np.sqrt(np.maximum(w @ centred**2, 1e-24))
                 self.scale = self.widen * sd / np.maximum(raw[1].std(axis=0), 1e-12)
-            self.shift = mean - (
-                raw[0] * self.scale if self.scale.ndim == 1 else self.scale @ raw[0]
-            )
+            self.shift = mean - _apply_scale(self.scale, raw[0])
         if best_ess > 0 and raw is not None:
             # a last check of the final map; then the best map widened or narrowed about
             # its mean: weighted estimates of the spread are low when the weights are uneven,
             # and a proposal with lighter tails than p makes an independence sampler sticky
             candidates = [(self.shift.copy(), self.scale.copy())]
-            centre = best[0] + (raw[0] * best[1] if best[1].ndim == 1 else best[1] @ raw[0])
+            centre = best[0] + _apply_scale(best[1], raw[0])
             for f in self.widen_search:
                 candidates.append((centre - f * (centre - best[0]), f * best[1]))
             for shift, scale in candidates:

@@ -1224,22 +1224,16 @@ def flow_mcmc_adapt(
             fit_infos.append(info_fit)
             loss = info_fit.best
         if fit != "forward":
-            # "reverse": the density is the only teacher after the first round; "both": a
-            # short, gentler refinement after each forward fit
-            only = fit == "reverse"
-            extra = {"patience": 10} if only else {}
+            if fit == "reverse":  # the density is the only teacher after the first round
+                steps = reverse_steps if r == 0 else max(1, reverse_steps // 4)
+                options = {"learning_rate": learning_rate, "patience": 10}
+            else:  # "both": a short, gentler refinement after each forward fit
+                steps, options = reverse_steps, {"learning_rate": 0.3 * learning_rate}
             rinfo = fit_reverse_kl(
-                flow,
-                density,
-                max_steps=(reverse_steps if r == 0 else max(1, reverse_steps // 4))
-                if only else reverse_steps,
-                learning_rate=learning_rate if only else learning_rate * 0.3,
-                random_seed=rng,
-                progressbar=False,
-                **extra,
+                flow, density, max_steps=steps, random_seed=rng, progressbar=False, **options
             )
             fit_infos.append(rinfo)
-            if only:
+            if fit == "reverse":
                 loss = rinfo.best
         # (c) global moves through the current flow (interleaved with a local step)
         g_acc, hops = [], 0
