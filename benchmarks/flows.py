@@ -198,6 +198,9 @@ def run_flow_mcmc(model, seed: int, quick: bool) -> tuple[Any, dict[str, Any]]:
         "mode_hops": int(attrs["mode_hops"]),
         "n_modes": int(attrs["n_modes"]),
         "restarted_walkers": int(attrs.get("restarted_walkers", 0)),
+        "fit": str(attrs.get("fit", "")),
+        "fit_reason": str(attrs.get("fit_reason", "")),
+        "flow_pareto_k": float(attrs.get("flow_pareto_k", float("nan"))),
         "walkers": int(idata.posterior.sizes["chain"]),
         "adaptation_s": float(attrs["adaptation_seconds"]),
         "sampling_s": float(attrs["sampling_seconds"]),
@@ -315,6 +318,9 @@ def write_report(results: list[dict[str, Any]], meta: dict[str, Any], out: Path,
             notes.append(f"global acc {_fmt(r['global_acceptance'])}, hops {r['mode_hops']}, "
                          f"{r['walkers']} walkers, modes {r['n_modes']}, adapt "
                          f"{_fmt(r['adaptation_s'], 0)} s + sample {_fmt(r['sampling_s'], 0)} s")
+            if r.get("fit"):
+                notes.append(f"fit {r['fit']}, flow k {_fmt(r['flow_pareto_k'])}"
+                             + (f" (switched: {r['fit_reason']})" if r.get("fit_reason") else ""))
             if r.get("restarted_walkers"):
                 notes.append(f"{r['restarted_walkers']} stuck walkers restarted")
             if r.get("options"):

@@ -3,7 +3,7 @@
 Each script writes markdown + JSON to benchmarks/results/.
 
 Usage: ``python benchmarks/run_all.py [--quick] [names ...]`` where names are
-among ``warmstart flows amortized stan_warmstart`` (all by default).
+among ``warmstart stan_warmstart flows mode_basins amortized`` (all by default).
 Timings are only comparable within one run on one machine: the scripts say
 which machine, and whether the PyTensor compile cache was warm.
 """
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("warmstart", "stan_warmstart", "flows", "amortized")
+BENCHMARKS = ("warmstart", "stan_warmstart", "flows", "mode_basins", "amortized")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -77,3 +77,21 @@ def share_and_se(indicator) -> tuple[float, float]:
     ess = float(az.ess(xr.Dataset({"i": (("chain", "draw"), values)}))["i"])
     p = float(values.mean())
     return p, float(np.sqrt(max(p * (1 - p), 1e-4) / max(ess, 1.0)))
+
+
+def funnel_density(dim: int) -> FunctionLogDensity:
+    """Neal's funnel: v ~ N(0, 3^2), x_i | v ~ N(0, exp(v / 2)^2), i = 1..dim-1 (v first)."""
+
+    def logp_batch(X):
+        v, x = X[:, 0], X[:, 1:]
+        return (-v**2 / 18.0 - 0.5 * (x**2).sum(1) * np.exp(-v) - 0.5 * (dim - 1) * v
+                - 0.5 * dim * np.log(2 * np.pi) - np.log(3.0))
+
+    def grad_batch(X):
+        v, x = X[:, 0], X[:, 1:]
+        g = np.empty_like(X)
+        g[:, 0] = -v / 9.0 + 0.5 * (x**2).sum(1) * np.exp(-v) - 0.5 * (dim - 1)
+        g[:, 1:] = -x * np.exp(-v)[:, None]
+        return g
+
+    return _batched(dim, logp_batch, grad_batch)

@@ -1,0 +1,118 @@
+"""Benchmark: which mode does a climb from an overdispersed start reach?
+
+flow_mcmc finds modes by climbing the log density from overdispersed starts
+(Pathfinder's L-BFGS paths, and L-BFGS climbs from walkers far from every
+known mode). A mode whose basin of attraction no start reaches is never
+found, by this sampler or by any other that starts from such points. This
+script measures, for the mixture targets of ``benchmarks/flows.py``, where
+an L-BFGS climb (``pymc_ext.flow_sampler._ascend``, the climb the sampler
+itself uses) ends from many starts of each kind:
+
+- ``U(+-w)``: the sampler's own starts, uniform of half-width w = 2, 4, 8
+  around the model's initial point (``init_scale`` 2 and the paths' 2x and
+  4x; ``pymc_ext.flows._overdispersed_inits``);
+- ``N(0, 3^2 I)``: the broad start of the issue's flowMC anchor;
+- ``N(0, 10^2 I)``: a much broader one.
+
+Each climb is labelled with the nearest mode centre. Writes
+``benchmarks/results/mode_basins.md`` and ``.json``.
+
+Usage::
+
+    python benchmarks/mode_basins.py                    # mixture2_d10, mixture3_d10; 3000 starts
+    python benchmarks/mode_basins.py --targets mixture3_d10 --starts 500
+    python benchmarks/mode_basins.py --quick            # 300 starts of each kind
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import RESULTS_DIR, machine_info, write_json  # noqa: E402
+from benchmarks.flows import build_target  # noqa: E402
+
+
+def start_points(kind: str, n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` starts of one kind (see the module docstring)."""
+    if kind.startswith("U"):
+        width = float(kind.strip("U(+-)"))
+        return rng.uniform(-width, width, size=(n, dim))
+    scale = float(kind.split(",")[1].split("^")[0])
+    return rng.normal(0.0, scale, size=(n, dim))
+
+
+def climb_counts(name: str, kinds: list[str], n: int, seed: int) -> list[dict[str, Any]]:
+    """For each kind of start: how many of ``n`` climbs end at each mode."""
+    from pymc_ext import log_density
+    from pymc_ext.flow_sampler import _ascend
+
+    model, info = build_target(name)
+    density = log_density(model)
+    centers = np.asarray(info["centers"])
+    rng = np.random.default_rng(seed)
+    rows = []
+    for kind in kinds:
+        t0 = time.perf_counter()
+        counts = np.zeros(len(centers) + 1, dtype=int)  # last: the climb failed
+        for x0 in start_points(kind, n, density.dim, rng):
+            top = _ascend(density, x0, maxiter=500)
+            if top is None:
+                counts[-1] += 1
+            else:
+                counts[int(np.argmin(((top - centers) ** 2).sum(-1)))] += 1
+        rows.append({"target": name, "starts": kind, "n": n, "weights": info["weights"],
+                     "scales": info["scales"], "ended_at": counts[:-1].tolist(),
+                     "failed": int(counts[-1]), "seconds": time.perf_counter() - t0})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def write_report(rows: list[dict[str, Any]], meta: dict[str, Any], command: str) -> None:
+    lines = [
+        "# Mode basins: where L-BFGS climbs from overdispersed starts end",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {meta['machine']}; started {meta['started']}.",
+        "",
+        "| target | weights | scales | starts | climbs | ended at each mode | failed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ended = " / ".join(str(c) for c in r["ended_at"])
+        lines.append(f"| {r['target']} | {r['weights']} | {r['scales']} | {r['starts']} | "
+                     f"{r['n']} | {ended} | {r['failed']} |")
+    out = RESULTS_DIR / "mode_basins.md"
+    out.write_text("\n".join(lines) + "\n")
+    write_json({"meta": meta, "rows": rows}, RESULTS_DIR / "mode_basins.json")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the climbs and write the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--targets", default="mixture2_d10,mixture3_d10")
+    parser.add_argument("--starts", type=int, default=3000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="300 starts of each kind")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.starts = 300
+    kinds = ["U(+-2)", "U(+-4)", "U(+-8)", "N(0,3^2 I)", "N(0,10^2 I)"]
+    meta = {"machine": machine_info(), "started": time.strftime("%Y-%m-%d %H:%M")}
+    rows = []
+    for name in args.targets.split(","):
+        rows += climb_counts(name, kinds, args.starts, args.seed)
+    command = "python benchmarks/mode_basins.py " + " ".join(argv or sys.argv[1:])
+    write_report(rows, meta, command.strip())
+
+
+if __name__ == "__main__":
+    main()
