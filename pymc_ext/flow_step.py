@@ -34,7 +34,13 @@ from pymc.step_methods.hmc.nuts import NUTS
 from pymc.step_methods.state import DataClassState, dataclass_state
 from pymc.util import RandomGenerator, get_random_generator, get_value_vars_from_user_vars
 
-from pymc_ext.flow_sampler import FlowMCMCAdaptation, _Metric, flow_mcmc_adapt
+from pymc_ext.flow_sampler import (
+    FlowMCMCAdaptation,
+    _Metric,
+    flow_mcmc_adapt,
+    local_init,
+    mala_step,
+)
 
 __all__ = ["FlowMC", "FlowMCState"]
 
@@ -225,33 +231,20 @@ class FlowMC(BlockedStep):
 
     # -- moves ---------------------------------------------------------------------------
     def _mala(self, point: PointType) -> tuple[PointType, dict[str, Any]]:
+        """One MALA step of this chain: the walkers' kernel on a single walker."""
         t0 = time.perf_counter()
-        x = self._to_x(point)
-        lp, g = self.density.logp_and_grad(x)
-        h = self.mala_step_size
-        metric = self._metric
-        mean_fwd = x + 0.5 * h * h * metric.apply(g[None])[0]
-        x_new = mean_fwd + h * metric.sqrt_apply(self.rng.standard_normal(x.shape)[None])[0]
-        lp_new, g_new = self.density.logp_and_grad(x_new)
-        if np.isfinite(lp_new) and np.all(np.isfinite(g_new)):
-            mean_bwd = x_new + 0.5 * h * h * metric.apply(g_new[None])[0]
-            log_q_ratio = -0.5 * (
-                metric.inv_quad((x - mean_bwd)[None])[0]
-                - metric.inv_quad((x_new - mean_fwd)[None])[0]
-            ) / (h * h)
-            log_ratio = lp_new - lp + log_q_ratio
-        else:
-            log_ratio = -np.inf
-        accepted = bool(np.log(self.rng.uniform()) < log_ratio)
+        state = local_init(self.density, self._to_x(point)[None])
+        new, info = mala_step(self.rng, state, self.density, self.mala_step_size, self._metric)
+        accepted = bool(info.is_accepted[0])
         stats = {
-            "local_accept_prob": float(np.exp(min(0.0, log_ratio))),
+            "local_accept_prob": float(info.acceptance_rate[0]),
             "local_accepted": accepted,
-            "step_size": h,
-            "diverging": bool(-log_ratio > 1000),
-            "model_logp": float(lp_new if accepted else lp),
+            "step_size": self.mala_step_size,
+            "diverging": bool(info.is_divergent[0]),
+            "model_logp": float(new.logp[0]),
             "perf_counter_diff": time.perf_counter() - t0,
         }
-        return (self._to_point(x_new, point) if accepted else point), stats
+        return (self._to_point(new.position[0], point) if accepted else point), stats
 
     def _next_proposal(self) -> tuple[np.ndarray, float, float]:
         """The next i.i.d. flow draw with its log q and log p (drawn in blocks: one flow pass

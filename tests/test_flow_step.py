@@ -52,14 +52,19 @@ def _plus_share(idata) -> tuple[float, float]:
     return share_and_se((idata.posterior["x"].mean("x_dim_0") > 0).values)
 
 
-def test_flowmc_with_nuts_mixes_between_modes_with_the_right_weights(model_and_adaptation):
+@pytest.mark.parametrize("local", ["nuts", "mala"])
+def test_flowmc_mixes_between_modes_with_the_right_weights(model_and_adaptation, local):
     model, adaptation = model_and_adaptation
     with model:
-        step = FlowMC(adaptation=adaptation)
+        step = FlowMC(adaptation=adaptation, local=local)
         idata = pm.sample(draws=400, tune=200, chains=2, cores=1, step=step, random_seed=5,
                           **SAMPLE)
     p, se = _plus_share(idata)
     assert abs(p - 0.7) < max(4 * se, 0.03), (p, se)
+    # within a mode: N(+-3, I) shrunk by the N(0, 10^2) prior, sd 1 / sqrt(1.01)
+    x = idata.posterior["x"].values.reshape(-1, 2)
+    plus = x[x.mean(1) > 0]
+    assert np.all(np.abs(plus.std(0) - 1 / np.sqrt(1.01)) < 0.1), plus.std(0)
     stats = idata.sample_stats
     for name in ("flow_accept_prob", "flow_accepted", "move", "diverging", "step_size"):
         assert name in stats
