@@ -305,9 +305,9 @@ class AmortizedMH(BlockedStep):
             if ess > best_ess:
                 best_ess, best = ess, (self.shift.copy(), self.scale.copy())
             # theta = shift + scale u with u ~ q: the q-moments of u give the map
-            if raw is None:
+            if raw is None:  # mean, sd and covariance of u under q, fixed from the first pilot
                 u = self._inverse(theta)
-                raw = (u.mean(axis=0), u)
+                raw = (u.mean(axis=0), np.maximum(u.std(axis=0), 1e-12), np.atleast_2d(np.cov(u.T)))
             if not (np.isfinite(k) and k < PARETO_K_THRESHOLD):
                 # too few effective draws for p's moments: match those of the tempered
                 # target p^beta q^(1 - beta), beta as large as leaves a quarter of the draws
@@ -318,7 +318,7 @@ class AmortizedMH(BlockedStep):
             dense = self.adapt == "dense" and 1.0 / (w @ w) >= 10 * theta.shape[1]
             if dense:
                 cov = centred.T @ (centred * w[:, None])
-                cov_u = np.atleast_2d(np.cov(raw[1].T))
+                cov_u = raw[2]
                 jitter = 1e-10 * np.eye(len(mean))
                 try:
                     chol_p = np.linalg.cholesky(cov + jitter * max(np.trace(cov), 1e-12))
@@ -330,7 +330,7 @@ class AmortizedMH(BlockedStep):
                 self.scale = self.widen * solve_triangular(chol_q.T, chol_p.T, lower=False).T
             else:
                 sd = np.sqrt(np.maximum(w @ centred**2, 1e-24))
-                self.scale = self.widen * sd / np.maximum(raw[1].std(axis=0), 1e-12)
+                self.scale = self.widen * sd / raw[1]
             self.shift = mean - _apply_scale(self.scale, raw[0])
         if best_ess > 0 and raw is not None:
             # a last check of the final map; then the best map widened or narrowed about

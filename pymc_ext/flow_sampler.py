@@ -1054,7 +1054,7 @@ def reverse_kl_reason(adaptation: FlowMCMCAdaptation) -> str:
     """
     if adaptation.modes.shape[0] > 1:
         return ""
-    k = float(adaptation.coverage.get("pareto_k", float("nan")))
+    k = float(adaptation.coverage["pareto_k"])
     acc = float(adaptation.history["global_acceptance"][-1])
     starved = float(adaptation.coverage["starved_walker_fraction"])
     reasons = []
@@ -1190,10 +1190,11 @@ def flow_mcmc_adapt(
             f"or 'reverse' (a forward-KL start on the walker states, then reverse KL from the "
             f"density only), got {fit!r}."
         )
-    options = {"local_steps": local_steps, "learning_rate": learning_rate,
-               "reverse_steps": reverse_steps, "flow_kwargs": flow_kwargs}
-    for name in ("forward", "reverse") if fit == "auto" else (fit,):
-        _fit_options(name, **options)  # bad values fail here, before any long computation
+    # the options of each fit that may run, resolved (and checked) before any long computation
+    options = {
+        name: _fit_options(name, local_steps, learning_rate, reverse_steps, flow_kwargs)
+        for name in (("forward", "reverse") if fit == "auto" else (fit,))
+    }
     if n_rounds is None:
         n_rounds = default_num_rounds(int(density.dim))
     if n_rounds < 1:
@@ -1255,14 +1256,14 @@ def flow_mcmc_adapt(
         grad_before=grad_before,
     )
     if fit == "auto":
-        result = run(fit="forward", **_fit_options("forward", **options))
+        result = run(fit="forward", **options["forward"])
         reason = reverse_kl_reason(result)
         if reason:
             first_fits = result.fit_infos
-            result = run(fit="reverse", **_fit_options("reverse", **options))
+            result = run(fit="reverse", **options["reverse"])
             result = replace(result, fit_reason=reason, fit_infos=first_fits + result.fit_infos)
     else:
-        result = run(fit=fit, **_fit_options(fit, **options))
+        result = run(fit=fit, **options[fit])
     for message in result.warnings:
         warnings.warn(message, FlowMCMCWarning, stacklevel=2)
     return replace(
@@ -1880,7 +1881,7 @@ def flow_mcmc(
         "seed_method": adaptation.seed.method,
         "fit": adaptation.fit,
         "fit_reason": adaptation.fit_reason,
-        "flow_pareto_k": float(adaptation.coverage.get("pareto_k", float("nan"))),
+        "flow_pareto_k": float(adaptation.coverage["pareto_k"]),
         "flow_config": json.dumps(
             kernel.flow.config.to_dict() if kernel.flow.config is not None else {}
         ),

@@ -208,9 +208,7 @@ class DeepSetSummary(nn.Module):
         parts = [pooled]
         if self.moments:
             # back to the linear scale; clamped so that squares of outliers stay finite
-            u = torch.sinh(x.clamp(-20.0, 20.0))
-            if mask is not None:
-                u = u * mask.unsqueeze(-1).to(u.dtype)
+            u = torch.sinh(x.clamp(-20.0, 20.0))  # padding rows: _masked_mean drops them
             quad = (u.unsqueeze(-1) * u.unsqueeze(-2))[..., self._pairs[0], self._pairs[1]]
             parts.append(torch.asinh(_masked_mean(torch.cat([u, quad], dim=-1), mask)[0]))
         return self.rho(torch.cat([*parts, log_n], dim=-1))

@@ -256,6 +256,16 @@ def _narrow_seed(dim: int, sd: float, n: int = 512) -> SeedResult:
     )
 
 
+def _adapt_from_narrow_walkers(**kwargs):
+    """One round on N(0, 3^2 I) from walkers seeded at N(0, 0.3^2 I), no local moves per round."""
+    return flow_mcmc_adapt(
+        gaussian_density([0.0, 0.0], 9.0 * np.eye(2)), chains=32, n_rounds=1,
+        adapt_local_steps=0, global_steps=1, first_train_steps=150, reverse_steps=400,
+        seed=_narrow_seed(2, 0.3), random_seed=0, progressbar=False, restart_threshold=None,
+        flow_kwargs={"kind": "maf", "transforms": 2, "hidden_features": (16, 16)}, **kwargs,
+    )
+
+
 @pytest.mark.parametrize("fit", ["forward", "reverse"])
 def test_reverse_fit_learns_the_density_beyond_the_walkers(fit):
     """fit="reverse" fits the flow to the density itself, not to where the walkers are.
@@ -264,13 +274,7 @@ def test_reverse_fit_learns_the_density_beyond_the_walkers(fit):
     roughly) at N(0, 0.3^2 I): forward KL learns the walkers' spread, reverse KL
     the target's (this is what lets the flow reach a funnel's neck).
     """
-    d = gaussian_density([0.0, 0.0], 9.0 * np.eye(2))
-    ad = flow_mcmc_adapt(
-        d, chains=32, n_rounds=1, adapt_local_steps=0, global_steps=1, local_steps=0,
-        first_train_steps=150, fit=fit, reverse_steps=400, learning_rate=3e-3,
-        seed=_narrow_seed(2, 0.3), random_seed=0, progressbar=False, restart_threshold=None,
-        flow_kwargs={"kind": "maf", "transforms": 2, "hidden_features": (16, 16)},
-    )
+    ad = _adapt_from_narrow_walkers(fit=fit, local_steps=0, learning_rate=3e-3)
     x, _ = ad.kernel.flow.sample(4000, np.random.default_rng(1))
     sd = x.std(0)
     if fit == "forward":
@@ -288,13 +292,7 @@ def test_auto_fit_switches_to_reverse_kl_when_the_forward_flow_misses_the_tails(
     single mode was found, so the flow is refitted by reverse KL from the same
     seeding, says why, and drops the local moves in production.
     """
-    d = gaussian_density([0.0, 0.0], 9.0 * np.eye(2))
-    ad = flow_mcmc_adapt(
-        d, chains=32, n_rounds=1, adapt_local_steps=0, global_steps=1, first_train_steps=150,
-        reverse_steps=400, seed=_narrow_seed(2, 0.3), random_seed=0, progressbar=False,
-        restart_threshold=None,
-        flow_kwargs={"kind": "maf", "transforms": 2, "hidden_features": (16, 16)},
-    )
+    ad = _adapt_from_narrow_walkers()
     assert ad.fit == "reverse"
     assert "Pareto k" in ad.fit_reason
     assert ad.kernel.local_steps == 0
