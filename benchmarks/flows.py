@@ -5,7 +5,10 @@ Targets (all written as PyMC models, so every sampler sees the same density):
 - ``mixture2_d10`` / ``mixture2_d50``: two Gaussian modes N(+-3 * 1, I) with
   weights 0.3 (minus) and 0.7 (plus), in 10 and 50 dimensions;
 - ``mixture3_d10``: three modes with weights 0.2 / 0.5 / 0.3 and scales
-  0.5 / 1 / 1.5, in 10 dimensions;
+  0.5 / 1 / 1.5, in 10 dimensions, centres -4 * 1, +4 * 1 and (+4, -4, ...);
+- ``mixture3_d10_a3_s1-1-1.5``: the same weights with scales 1 / 1 / 1.5 and
+  centres at distance 3 (-3 * 1, +3 * 1, (+3, -3, ...)), like the two-mode
+  mixture's (other variants by name: ``mixture_spec``);
 - ``funnel_d10``: Neal's funnel, v ~ N(0, 3), x_i ~ N(0, exp(v / 2)), i = 1..9
   (centred, the hard way round);
 - ``eight_schools_centred``: eight schools written the centred way
@@ -17,13 +20,20 @@ Samplers, in one run:
 
 - ``flow_mcmc``: :func:`pymc_ext.flow_sampler.flow_mcmc` with its defaults
   (walkers, adaptation rounds and draws per walker from the dimension: 64
-  walkers, 6 rounds and 500 draws at D=10; 256, 10 and 1000 at D=50), plus
+  walkers, 6 rounds and 500 draws at D=10; 256, 10 and 1000 at D=50; 128
+  walkers and 10 rounds at D=10 when seeding finds three modes), plus
   any keywords given with ``--flow-options`` (shown in the notes column),
   on the model's vectorised log density (``pymc_ext.log_density``);
 - ``pymc``: ``pm.sample(nuts_sampler="pymc")``, 4 chains, tune=1000, 1000 draws;
 - ``nutpie``: ``nutpie.sample`` (numba backend), 4 chains, tune=1000, 1000 draws;
 - ``nutpie_flow``: ``nutpie.sample(adaptation="flow")`` on the jax backend
-  (needs ``jax`` and ``flowjax``), 4 chains, tune=1000, 1000 draws.
+  (needs ``jax`` and ``flowjax``), 4 chains, tune=1000, 1000 draws;
+- ``flowmc``: flowMC 0.6.5 (JAX), the issue's anchor, with the settings of
+  its own tutorial (``FLOWMC_SETTINGS``: 20 chains, an RQ spline flow, MALA
+  local moves, 10 training and 10 production loops), chains started from
+  the model's initial point plus N(0, 3^2 I); it samples the same flat log
+  density (the PyTensor graph translated to JAX). Needs ``flowMC``, which
+  ``make bench`` installs (the ``bench`` extra).
 
 Reported per run: wall time (the whole call, compile included; the PyTensor
 cache warm after the first target), gradient evaluations (tune + draws; for
@@ -67,30 +77,48 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import REFERENCE_NAMES, machine_info, write_json  # noqa: E402
 
 REFERENCES = list(REFERENCE_NAMES)
-TOY_TARGETS = ["mixture2_d10", "mixture2_d50", "mixture3_d10", "funnel_d10",
-               "eight_schools_centred"]
+TOY_TARGETS = ["mixture2_d10", "mixture2_d50", "mixture3_d10", "mixture3_d10_a3_s1-1-1.5",
+               "funnel_d10", "eight_schools_centred"]
 ALL_TARGETS = TOY_TARGETS + REFERENCES
 QUICK_TARGETS = ["mixture2_d10", "funnel_d10", "eight_schools-eight_schools_noncentered",
                  "kidiq-kidscore_momiq"]
-ALL_SAMPLERS = ["flow_mcmc", "pymc", "nutpie", "nutpie_flow"]
+ALL_SAMPLERS = ["flow_mcmc", "pymc", "nutpie", "nutpie_flow", "flowmc"]
 
 
 # -- targets ---------------------------------------------------------------------------------
 
 
 def mixture_spec(name: str) -> dict[str, Any]:
-    """Weights, centres and scales of the mixture targets."""
+    """Weights, centres and scales of the mixture targets.
+
+    ``mixture3_d10`` is the three-mode target: weights 0.2 / 0.5 / 0.3, scales
+    0.5 / 1 / 1.5, centres at -4 * 1, +4 * 1 and (+4, -4, +4, ...). Variants
+    of it name the centre distance and the three scales, for example
+    ``mixture3_d10_a3_s1-1-1.5`` (centres at -3 * 1, +3 * 1 and (+3, -3, ...),
+    scales 1, 1 and 1.5); ``benchmarks/mode_basins.py --grid`` uses them.
+    """
     if name.startswith("mixture2"):
         dim = int(name.split("_d")[1])
         one = np.ones(dim)
         return {"dim": dim, "weights": [0.3, 0.7], "centers": [-3 * one, 3 * one],
                 "scales": [1.0, 1.0]}
     if name.startswith("mixture3"):
-        dim = int(name.split("_d")[1])
+        parts = name.split("_")
+        dim = int(parts[1].removeprefix("d"))
+        dist, scales = 4.0, [0.5, 1.0, 1.5]
+        for part in parts[2:]:
+            if part.startswith("a"):
+                dist = float(part[1:])
+            elif part.startswith("s"):
+                scales = [float(v) for v in part[1:].split("-")]
+            else:
+                raise KeyError(name)
+        if len(scales) != 3:
+            raise KeyError(name)
         one = np.ones(dim)
-        alt = np.where(np.arange(dim) % 2 == 0, 4.0, -4.0)
-        return {"dim": dim, "weights": [0.2, 0.5, 0.3], "centers": [-4 * one, 4 * one, alt],
-                "scales": [0.5, 1.0, 1.5]}
+        alt = np.where(np.arange(dim) % 2 == 0, dist, -dist)
+        return {"dim": dim, "weights": [0.2, 0.5, 0.3],
+                "centers": [-dist * one, dist * one, alt], "scales": scales}
     raise KeyError(name)
 
 
@@ -275,8 +303,82 @@ def run_nutpie_flow(model, seed: int, quick: bool):
     return _nutpie(model, seed, quick, flow=True)
 
 
+#: flowMC's tutorial settings (docs/tutorials/dualmoon.ipynb of flowMC 0.6.5), as in the issue
+FLOWMC_SETTINGS: dict[str, Any] = {
+    "n_chains": 20, "n_local_steps": 100, "n_global_steps": 10, "n_training_loops": 10,
+    "n_production_loops": 10, "n_epochs": 5, "rq_spline_hidden_units": [32, 32],
+    "rq_spline_n_bins": 8, "rq_spline_n_layers": 4, "learning_rate": 5e-3,
+    "batch_size": 10000, "n_max_examples": 10000, "start_sd": 3.0,
+}
+
+
+def run_flowmc(model, seed: int, quick: bool) -> tuple[Any, dict[str, Any]]:
+    """flowMC (JAX; RQ spline flow + MALA) with its tutorial settings: the issue's anchor.
+
+    The chains start from the model's initial point plus N(0, 3^2 I), the
+    issue's broad start. flowMC gets the same flat log density as flow_mcmc
+    (the PyTensor graph of ``pymc_ext.log_density``, translated to JAX).
+    """
+    from importlib.util import find_spec
+
+    missing = [p for p in ("jax", "flowMC") if find_spec(p) is None]
+    if missing:
+        raise RuntimeError(f"the flowMC anchor needs {missing}: pip install 'flowMC==0.6.5'")
+    import tempfile
+
+    import jax
+    from flowMC.resource_strategy_bundle.RQSpline_MALA import RQSpline_MALA_Bundle
+    from flowMC.Sampler import Sampler
+    from pymc.sampling.jax import get_jaxified_graph
+
+    from pymc_ext.arviz_io import to_datatree
+    from pymc_ext.pymc_model import log_density
+
+    t0 = time.perf_counter()
+    density = log_density(model)
+    inputs, output = density._graphs["logp"]()
+    logp_jax = get_jaxified_graph(inputs=inputs, outputs=[output])
+    t_compile = time.perf_counter() - t0
+
+    def logpdf(x, data):
+        return logp_jax(x)[0]
+
+    s = dict(FLOWMC_SETTINGS)
+    n_chains, start_sd = s.pop("n_chains"), s.pop("start_sd")
+    loops = {"n_training_loops": 5, "n_production_loops": 5} if quick else {}
+    s.update(loops)
+    key = jax.random.PRNGKey(seed)
+    key, sub = jax.random.split(key)
+    bundle = RQSpline_MALA_Bundle(sub, n_chains, density.dim, logpdf, s.pop("n_local_steps"),
+                                  s.pop("n_global_steps"), s.pop("n_training_loops"),
+                                  s.pop("n_production_loops"), s.pop("n_epochs"), **s)
+    start = np.random.default_rng(seed).normal(0.0, start_sd, size=(n_chains, density.dim))
+    x0 = jax.numpy.asarray(density.initial_point()[None, :] + start)
+    with tempfile.TemporaryDirectory() as outdir:
+        sampler = Sampler(n_dim=density.dim, n_chains=n_chains, rng_key=key,
+                          resource_strategy_bundles=bundle, outdir=outdir,
+                          checkpoint_interval=0)
+        sampler.sample(x0, {})
+    res = sampler.resources
+    draws = np.asarray(res["positions_production"].data)
+    g_acc = np.asarray(res["global_accs_production"].data)
+    l_acc = np.asarray(res["local_accs_production"].data)
+    settings = {**FLOWMC_SETTINGS, **loops}
+    n_loops = settings["n_training_loops"] + settings["n_production_loops"]
+    # MALA takes one gradient per step; the flow's global moves take none.
+    grads = n_chains * n_loops * settings["n_local_steps"]
+    return to_datatree(density, draws), {
+        "setup_s": t_compile,
+        "grad_evals": grads,
+        "divergences": 0,
+        "global_acceptance": float(g_acc[np.isfinite(g_acc)].mean()),
+        "local_acceptance": float(l_acc[np.isfinite(l_acc)].mean()),
+        "flowmc_settings": settings,
+    }
+
+
 RUNNERS = {"flow_mcmc": run_flow_mcmc, "pymc": run_pymc, "nutpie": run_nutpie,
-           "nutpie_flow": run_nutpie_flow}
+           "nutpie_flow": run_nutpie_flow, "flowmc": run_flowmc}
 
 
 # -- report ----------------------------------------------------------------------------------
@@ -341,6 +443,11 @@ def write_report(results: list[dict[str, Any]], meta: dict[str, Any], out: Path,
                 notes.append("options " + json.dumps(r["options"]))
             if r.get("warnings"):
                 notes.append(f"{len(r['warnings'])} warning(s)")
+        if r["sampler"] == "flowmc":
+            notes.append(f"global acc {_fmt(r['global_acceptance'])}, local acc "
+                         f"{_fmt(r['local_acceptance'])}, "
+                         f"{r['flowmc_settings']['n_chains']} chains from N(init, 3^2 I); "
+                         "grad evals = MALA steps")
         if r.get("setup_s") is not None:
             notes.append(f"compile {_fmt(r['setup_s'], 0)} s")
         lines.append(
@@ -383,6 +490,9 @@ def main(argv: list[str] | None = None) -> int:
         targets = []
         for t in args.targets.split(","):
             match = [n for n in ALL_TARGETS if n == t or n.split("-")[0] == t]
+            if not match and t.startswith("mixture3_"):
+                mixture_spec(t)  # a variant of the three-mode mixture; KeyError if malformed
+                match = [t]
             if not match:
                 raise SystemExit(f"Unknown target {t!r}; choose from {ALL_TARGETS}")
             targets.append(match[0])

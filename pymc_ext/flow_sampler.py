@@ -51,6 +51,7 @@ from pymc_ext.flows import (
     fit_reverse_kl,
     pathfinder_seed,
 )
+from pymc_ext.mode_search import ModeSearch, _ascend, _same_mode, add_modes_to_seed, search_modes
 from pymc_ext.pathfinder_core import psis_log_weights
 
 __all__ = [
@@ -616,17 +617,6 @@ def flow_mcmc_step(
 # ===================================================================================
 
 
-def _same_mode(density: LogDensity, a: np.ndarray, b: np.ndarray, tol: float = 2.0) -> bool:
-    """No log-density barrier deeper than ``tol`` nats on the segment from a to b."""
-    t = np.linspace(0.0, 1.0, 7)[1:-1, None]
-    seg = a[None] * (1 - t) + b[None] * t
-    lp_ends = density.logp_batch(np.stack([a, b]))
-    lp_seg = density.logp_batch(seg)
-    if not np.all(np.isfinite(lp_ends)):
-        return False
-    return bool(np.all(np.isfinite(lp_seg)) and lp_seg.min() >= lp_ends.min() - tol)
-
-
 def _distinct_modes(density: LogDensity, centers: np.ndarray) -> np.ndarray:
     """Greedily merge path centres that share a mode.
 
@@ -664,22 +654,6 @@ def _distinct_modes(density: LogDensity, centers: np.ndarray) -> np.ndarray:
     if not modes:
         modes = [centers.mean(0)]
     return np.asarray(modes)
-
-
-def _ascend(density: LogDensity, x0: np.ndarray, maxiter: int = 200) -> np.ndarray | None:
-    """A short L-BFGS climb from ``x0`` to the top of its mode."""
-    from scipy.optimize import minimize
-
-    def fg(x: np.ndarray) -> tuple[float, np.ndarray]:
-        lp, g = density.logp_and_grad(x)
-        if not np.isfinite(lp) or not np.all(np.isfinite(g)):
-            return 1e300, np.zeros_like(x)
-        return -lp, -g
-
-    res = minimize(fg, x0, jac=True, method="L-BFGS-B", options={"maxiter": maxiter})
-    if not res.success or not np.isfinite(res.fun) or res.fun >= 1e300:
-        return None  # no converged top (a funnel's neck, an unbounded density): not a mode
-    return np.asarray(res.x, dtype=float)
 
 
 def discover_modes(
@@ -899,32 +873,43 @@ def _logsumexp(a: np.ndarray) -> float:
 # ===================================================================================
 
 
-def default_num_walkers(dim: int) -> int:
-    """Walkers from the dimension: the power of two at or above ``4 * dim``, within 64-256.
+def default_num_walkers(dim: int, n_modes: int = 1) -> int:
+    """Walkers: the power of two at or above ``4 * dim`` and ``32 * n_modes``, within 64-256.
+
+    ``n_modes`` is the number of modes found when the walkers are seeded:
+    the flow is fitted to the walkers, so each mode needs enough of them (on
+    a 10-D mixture with three modes of scales 1, 1 and 1.5, 64 walkers gave
+    a global acceptance of 0.22 and R-hat 1.022, 128 gave 0.46 and 1.007).
 
     Examples
     --------
     >>> from pymc_ext.flow_sampler import default_num_walkers
     >>> default_num_walkers(10), default_num_walkers(50), default_num_walkers(1000)
     (64, 256, 256)
+    >>> default_num_walkers(10, n_modes=2), default_num_walkers(10, n_modes=3)
+    (64, 128)
     """
-    return int(np.clip(2 ** math.ceil(math.log2(max(1, 4 * int(dim)))), 64, 256))
+    want = max(4 * int(dim), 32 * int(n_modes), 1)
+    return int(np.clip(2 ** math.ceil(math.log2(want)), 64, 256))
 
 
-def default_num_rounds(dim: int) -> int:
-    """Adaptation rounds from the dimension: 6 up to 20 dimensions, 10 above.
+def default_num_rounds(dim: int, n_modes: int = 1) -> int:
+    """Adaptation rounds: 6 up to 20 dimensions with at most two modes found, 10 otherwise.
 
     On the 50-dimensional two-mode mixture the global acceptance was still
     climbing after 6 rounds (0.11 at round 6, 0.24 at round 10), and the
-    walkers' R-hat with 6 rounds and 500 draws was 1.025.
+    walkers' R-hat with 6 rounds and 500 draws was 1.025. On a 10-D mixture
+    with three modes (scales 1, 1 and 1.5; 128 walkers, seed 2) the flow
+    after 6 rounds still had a Pareto k of 0.92 and R-hat was 1.062; after
+    10 rounds, 0.42 and 1.010.
 
     Examples
     --------
     >>> from pymc_ext.flow_sampler import default_num_rounds
-    >>> default_num_rounds(10), default_num_rounds(50)
-    (6, 10)
+    >>> default_num_rounds(10), default_num_rounds(50), default_num_rounds(10, n_modes=3)
+    (6, 10, 10)
     """
-    return 6 if int(dim) <= 20 else 10
+    return 6 if int(dim) <= 20 and int(n_modes) <= 2 else 10
 
 
 def default_num_draws(dim: int) -> int:
@@ -980,6 +965,9 @@ class FlowMCMCAdaptation:
     fit_reason : str
         With ``fit="auto"``: why it switched to reverse KL (empty when it
         kept the forward fit).
+    mode_search : ModeSearch or None
+        What the multi-start climbs (``search_climbs``) found beyond the
+        Pathfinder paths (None when none ran).
     """
 
     kernel: FlowMCMCKernel
@@ -996,6 +984,7 @@ class FlowMCMCAdaptation:
     restarted_walkers: int = 0
     fit: str = "forward"
     fit_reason: str = ""
+    mode_search: ModeSearch | None = None
 
     def labels(self, X: np.ndarray) -> np.ndarray:
         """Index of the nearest mode for each row of ``X``."""
@@ -1102,6 +1091,14 @@ def _fit_options(
     }
 
 
+def _child_rng(rng: np.random.Generator) -> np.random.Generator:
+    """An independent generator from ``rng`` that leaves ``rng``'s own stream as it is."""
+    try:
+        return rng.spawn(1)[0]
+    except (TypeError, ValueError, AttributeError):  # a bit generator without a seed sequence
+        return np.random.default_rng(rng.bit_generator.random_raw())
+
+
 def _check_inputs(density: Any, **ints: Any) -> None:
     if not isinstance(density, LogDensity):
         raise TypeError(
@@ -1131,6 +1128,7 @@ def flow_mcmc_adapt(
     target_accept: float | None = None,
     num_integration_steps: int = 8,
     num_paths: int = 16,
+    search_climbs: int = 128,
     init_scale: float = 2.0,
     flow_kwargs: dict[str, Any] | None = None,
     learning_rate: float | None = None,
@@ -1175,6 +1173,8 @@ def flow_mcmc_adapt(
         num_paths=num_paths,
         chains=chains,
     )
+    if search_climbs < 0:
+        raise ValueError(f"search_climbs must be >= 0 (0: no search), got {search_climbs}.")
     if local_kernel not in ("mala", "hmc"):
         raise ValueError(f"local_kernel must be 'mala' or 'hmc', got {local_kernel!r}.")
     if metric not in ("dense", "diag"):
@@ -1195,9 +1195,7 @@ def flow_mcmc_adapt(
         name: _fit_options(name, local_steps, learning_rate, reverse_steps, flow_kwargs)
         for name in (("forward", "reverse") if fit == "auto" else (fit,))
     }
-    if n_rounds is None:
-        n_rounds = default_num_rounds(int(density.dim))
-    if n_rounds < 1:
+    if n_rounds is not None and n_rounds < 1:
         raise ValueError("n_rounds must be at least 1 (the flow is fitted during the rounds).")
     _torch_dtype(flow_dtype)
     if restart_threshold is not None and not restart_threshold > 0:
@@ -1233,6 +1231,21 @@ def flow_mcmc_adapt(
             random_seed=rng,
             init_scale=init_scale,
         )
+    found = None
+    n_modes = 1
+    if search_climbs or not chains or n_rounds is None:
+        known = _distinct_modes(density, seed.centers)
+        if search_climbs:
+            # A child generator: the walkers' random stream is the same with or without a search.
+            search_rng = _child_rng(rng)
+            found = search_modes(density, seed, known, num_climbs=search_climbs,
+                                 rng=search_rng, init_scale=init_scale)
+            seed = add_modes_to_seed(seed, found, search_rng)
+        n_modes = known.shape[0] + (found.tops.shape[0] if found is not None else 0)
+    if not chains:
+        n_walkers = default_num_walkers(dim, n_modes)
+    if n_rounds is None:
+        n_rounds = default_num_rounds(dim, n_modes)
     run = functools.partial(
         _adapt_rounds,
         density,
@@ -1268,6 +1281,7 @@ def flow_mcmc_adapt(
         warnings.warn(message, FlowMCMCWarning, stacklevel=2)
     return replace(
         result,
+        mode_search=found,
         warnings=early + result.warnings,
         grad_evals=int(getattr(density, "grad_evals", 0)) - grad_before,
         seconds=time.perf_counter() - t_start,
@@ -1582,6 +1596,7 @@ def flow_mcmc(
     target_accept: float | None = None,
     num_integration_steps: int = 8,
     num_paths: int = 16,
+    search_climbs: int = 128,
     init_scale: float = 2.0,
     flow_kwargs: dict[str, Any] | None = None,
     learning_rate: float | None = None,
@@ -1610,11 +1625,13 @@ def flow_mcmc(
         dimensions, 1000 above (:func:`default_num_draws`).
     chains : int, optional
         Number of walkers, run vectorised; each is reported as one ArviZ
-        chain. Default from the dimension (64 to 256, see
+        chain. Default from the dimension and the number of modes found
+        at seeding (64 to 256, at least 32 per mode; see
         :func:`default_num_walkers`).
     n_rounds : int, optional
         Adaptation rounds of (local moves, flow fit, flow moves). Default 6 up
-        to 20 dimensions, 10 above (:func:`default_num_rounds`).
+        to 20 dimensions with at most two modes found at seeding, 10
+        otherwise (:func:`default_num_rounds`).
     local_kernel : {"mala", "hmc"}
         Local move.
     metric : {"dense", "diag"}
@@ -1668,6 +1685,14 @@ def flow_mcmc(
         Leapfrog steps per HMC move.
     num_paths : int
         Pathfinder paths seeding the walkers (overdispersed starts).
+    search_climbs : int
+        L-BFGS climbs from more starts of the same kind, searching for modes
+        the paths missed (:func:`pymc_ext.mode_search.search_modes`): a mode
+        narrower than another has a small basin, which few of 16 paths
+        reach. A climb's end is added as a mode, with walkers seeded from
+        its Laplace normal, when it is a proper maximum holding at least
+        1/1000 of the mass (so never a funnel's neck). 0 turns the search
+        off. Its cost is in ``sample_stats.attrs["grad_evals"]``.
     init_scale : float
         Half-width of the uniform jitter of the Pathfinder starts.
     flow_kwargs : dict, optional
@@ -1777,6 +1802,7 @@ def flow_mcmc(
             target_accept=target_accept,
             num_integration_steps=num_integration_steps,
             num_paths=num_paths,
+            search_climbs=search_climbs,
             init_scale=init_scale,
             flow_kwargs=flow_kwargs,
             learning_rate=learning_rate,
@@ -1866,6 +1892,9 @@ def flow_mcmc(
         "mode_hops_flow": int(hops_flow),
         "n_modes": int(adaptation.modes.shape[0]),
         "restarted_walkers": int(adaptation.restarted_walkers),
+        "modes_from_search": int(
+            adaptation.mode_search.tops.shape[0] if adaptation.mode_search is not None else 0
+        ),
         "divergences": n_div,
         "grad_evals": grad_total + (adaptation.grad_evals if grad_adapt == 0 else 0),
         "grad_evals_production": grad_total - grad_adapt,

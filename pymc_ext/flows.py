@@ -999,6 +999,13 @@ class SeedResult:
     path_ok: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
 
+def _pooled_covariance(draws: np.ndarray) -> np.ndarray:
+    """Covariance of seed draws (rows), with a tiny ridge so it always has full rank."""
+    dim = draws.shape[1]
+    covariance = np.cov(draws.T).reshape(dim, dim) if draws.shape[0] > 1 else np.eye(dim)
+    return covariance + 1e-8 * max(1e-12, float(np.mean(np.diag(covariance)))) * np.eye(dim)
+
+
 def _overdispersed_inits(
     density: LogDensity, num_paths: int, rng: np.random.Generator, init_scale: float
 ) -> np.ndarray:
@@ -1195,8 +1202,7 @@ def pathfinder_seed(
     pick = rng.permutation(draws.shape[0])[:num_draws]
     draws, path_index = draws[pick], path_index[pick]
     mean = draws.mean(0)
-    covariance = np.cov(draws.T).reshape(dim, dim) if draws.shape[0] > 1 else np.eye(dim)
-    covariance = covariance + 1e-8 * max(1e-12, float(np.mean(np.diag(covariance)))) * np.eye(dim)
+    covariance = _pooled_covariance(draws)
     centers_a = np.asarray([centers[i] for i in keep])
     scales_a = np.asarray([scales[i] for i in keep])
     return SeedResult(

@@ -22,6 +22,7 @@ from pymc_ext.flow_sampler import (
     coverage_check,
     default_num_draws,
     default_num_rounds,
+    default_num_walkers,
     flow_independence_step,
     flow_mcmc,
     flow_mcmc_adapt,
@@ -342,6 +343,18 @@ def test_walkers_the_flow_could_never_move_restart_at_flow_draws():
 def test_default_rounds_and_draws_grow_with_dimension():
     assert (default_num_rounds(10), default_num_draws(10)) == (6, 500)
     assert (default_num_rounds(50), default_num_draws(50)) == (10, 1000)
+
+
+def test_default_walkers_and_rounds_grow_with_the_modes_found():
+    assert [default_num_walkers(10, n) for n in (1, 2, 3, 5, 20)] == [64, 64, 128, 256, 256]
+    assert [default_num_rounds(10, n) for n in (1, 2, 3)] == [6, 6, 10]
+    d = mixture_density(2, [0.3, 0.3, 0.4], [[-6.0, 0.0], [6.0, 0.0], [0.0, 8.0]], [1, 1, 1])
+    kw = {**FAST, "first_train_steps": 20, "train_steps": 5, "adapt_local_steps": 2}
+    kw.pop("n_rounds")
+    ad = flow_mcmc_adapt(d, random_seed=0, **kw)
+    assert ad.modes.shape[0] == 3
+    assert ad.state.position.shape[0] == 128
+    assert len(ad.history["global_acceptance"]) == 10
     d = gaussian_density(np.zeros(2), np.eye(2))
     kw = {**FAST, "first_train_steps": 20, "train_steps": 5, "adapt_local_steps": 2}
     kw.pop("n_rounds")
