@@ -36,6 +36,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
         for dist, scales in GRID:
             name = f"mixture3_d10_a{dist}_s{scales}"
             rows += climb_counts(name, GRID_KINDS, args.starts, args.seed)
-    command = "python benchmarks/mode_basins.py " + " ".join(argv or sys.argv[1:])
+    command = "python benchmarks/mode_basins.py " + shlex.join(argv or sys.argv[1:])
     write_report(rows, meta, command.strip(), args.tag)
 
 
