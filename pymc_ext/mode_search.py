@@ -234,8 +234,8 @@ def search_modes(
     known_tops = [t for t in (_ascend(density, k, maxiter) for k in known) if t is not None]
     known_masses = [laplace_log_mass(density, t)[0] for t in known_tops]
     reference = max([_best_elbo(seed), *known_masses])
-    if not np.isfinite(reference):
-        return replace(empty, climbs=0)  # nothing to weigh a new mode against
+    if not np.isfinite(reference):  # nothing to weigh a new mode against: no search
+        return replace(empty, grad_evals=int(getattr(density, "grad_evals", 0)) - grad_before)
     scale = np.sqrt(np.maximum(seed.within_variance, 1e-300))
 
     def is_known(x: np.ndarray) -> bool:
