@@ -1231,25 +1231,26 @@ def flow_mcmc_adapt(
             random_seed=rng,
             init_scale=init_scale,
         )
+    # The seed's distinct modes, worked out once for every adaptation that runs on it.
+    modes = _distinct_modes(density, seed.centers)
     found = None
-    n_modes = 1
-    if search_climbs or not chains or n_rounds is None:
-        known = _distinct_modes(density, seed.centers)
-        if search_climbs:
-            # A child generator: the walkers' random stream is the same with or without a search.
-            search_rng = _child_rng(rng)
-            found = search_modes(density, seed, known, num_climbs=search_climbs,
-                                 rng=search_rng, init_scale=init_scale)
+    if search_climbs:
+        # A child generator: the walkers' random stream is the same with or without a search.
+        search_rng = _child_rng(rng)
+        found = search_modes(density, seed, modes, num_climbs=search_climbs,
+                             rng=search_rng, init_scale=init_scale)
+        if found.tops.shape[0]:
             seed = add_modes_to_seed(seed, found, search_rng)
-        n_modes = known.shape[0] + (found.tops.shape[0] if found is not None else 0)
+            modes = _distinct_modes(density, seed.centers)
     if not chains:
-        n_walkers = default_num_walkers(dim, n_modes)
+        n_walkers = default_num_walkers(dim, modes.shape[0])
     if n_rounds is None:
-        n_rounds = default_num_rounds(dim, n_modes)
+        n_rounds = default_num_rounds(dim, modes.shape[0])
     run = functools.partial(
         _adapt_rounds,
         density,
         seed=seed,
+        modes=modes,
         rng=rng,
         n_walkers=n_walkers,
         n_rounds=n_rounds,
@@ -1292,6 +1293,7 @@ def _adapt_rounds(
     density: LogDensity,
     *,
     seed: SeedResult,
+    modes: np.ndarray,
     rng: np.random.Generator,
     n_walkers: int,
     n_rounds: int,
@@ -1317,8 +1319,9 @@ def _adapt_rounds(
 ) -> FlowMCMCAdaptation:
     """The adaptation rounds of :func:`flow_mcmc_adapt` with one way of fitting the flow.
 
-    Warnings are collected in the result, not issued (the caller issues those
-    of the adaptation it keeps). Gradient evaluations are counted from
+    ``modes`` are the seed's distinct modes (``_distinct_modes`` of its
+    centres). Warnings are collected in the result, not issued (the caller
+    issues those of the adaptation it keeps). Gradient evaluations are counted from
     ``grad_before`` (the start of the whole adaptation, Pathfinder included).
     """
     t_start = time.perf_counter()
@@ -1341,7 +1344,6 @@ def _adapt_rounds(
             np.where(bad[:, None], state.grad[repl], state.grad),
         )
 
-    modes = _distinct_modes(density, seed.centers)
     inverse_metric = np.clip(seed.within_variance, 1e-10, 1e10)
     local_metric = _Metric(inverse_metric)
     mode_scale = np.sqrt(inverse_metric)
