@@ -53,6 +53,16 @@ class LogDensity(Protocol):
         on ``n`` rows counts ``n``).
     logp_evals : int
         Number of log-density-only evaluations so far (per point).
+    observed_data : dict or None
+        ``observed name -> ndarray`` for ArviZ's ``observed_data`` group, where
+        the backend knows it (``None`` otherwise).
+
+    Methods
+    -------
+    initial_point()
+        A sensible unconstrained starting point (the model's own initial point
+        where it has one; zeros otherwise). Algorithms start from it and
+        overdisperse around it.
 
     Notes
     -----
@@ -77,6 +87,9 @@ class LogDensity(Protocol):
     coords: dict[str, Any]
     grad_evals: int
     logp_evals: int
+    observed_data: dict[str, np.ndarray] | None
+
+    def initial_point(self) -> np.ndarray: ...
 
     def logp(self, x: np.ndarray) -> float: ...
 
@@ -136,6 +149,12 @@ class BaseLogDensity:
         self.coords = dict(coords) if coords is not None else {}
         self.grad_evals = 0
         self.logp_evals = 0
+        self.observed_data: dict[str, np.ndarray] | None = None
+
+    # -- optional, with defaults ------------------------------------------
+    def initial_point(self) -> np.ndarray:
+        """A starting point on the unconstrained space: zeros unless a subclass knows better."""
+        return np.zeros(self.dim)
 
     # -- to implement -----------------------------------------------------
     def _logp(self, x: np.ndarray) -> float:
