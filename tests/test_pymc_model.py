@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pymc as pm
 import pytest
@@ -32,6 +30,49 @@ def ref(request):
     return model, log_density(model)
 
 
+def _factorised_condition(model, point):
+    """Largest 2-norm condition number of the matrices the logp graph Cholesky-factorises.
+
+    1.0 for a model without a factorisation.
+    """
+    from pytensor.graph.traversal import io_toposort
+
+    nodes = [
+        node
+        for node in io_toposort(model.value_vars, [model.logp()])
+        if type(getattr(node.op, "core_op", node.op)).__name__ == "Cholesky"
+    ]
+    if not nodes:
+        return 1.0
+    f = model.compile_fn(
+        [node.inputs[0] for node in nodes],
+        inputs=model.value_vars,
+        on_unused_input="ignore",
+        point_fn=False,
+    )
+    mats = f(*[point[v.name] for v in model.value_vars])
+    return max(float(np.linalg.cond(m)) for m in mats)
+
+
+def _agreement_tolerance(model, point, values):
+    """Absolute tolerance for two compiled graphs of the same floating-point quantity.
+
+    Two graphs of one model (ours, PyMC's ``compile_dlogp``; batched and looped)
+    differ in the order of operations. Backward error analysis bounds the
+    relative difference of a result that goes through a Cholesky factorisation
+    by about ``eps * cond(K)`` (Higham, *Accuracy and Stability*, ch. 10),
+    which for a GP kernel with a 1e-10 jitter is ~1e9 * 2e-16, i.e. ~1e-7,
+    and the size of the difference scales with the largest value. Without a
+    factorisation ``1e-8`` relative is ample (sums of a few thousand terms
+    lose far less). A wrong Jacobian term or a missing constant is O(1) or
+    larger, many orders above either tolerance.
+    """
+    eps = np.finfo(float).eps
+    kappa = _factorised_condition(model, point)
+    relative = max(1e-8, eps * kappa)
+    return relative * max(1.0, float(np.max(np.abs(values))))
+
+
 def _random_points(density, n=5, seed=0):
     rng = np.random.default_rng(seed)
     return density.initial_point() + rng.normal(scale=0.5, size=(n, density.dim))
@@ -43,20 +84,27 @@ def test_logp_and_grad_match_pymc(ref):
     for x in _random_points(density):
         point = density.point_from_x(x)
         lp, grad = density.logp_and_grad(x)
-        np.testing.assert_allclose(lp, f_logp(point), rtol=1e-8, atol=1e-8)
-        np.testing.assert_allclose(grad, f_dlogp(point), rtol=1e-8, atol=1e-8)
+        lp_tol = _agreement_tolerance(model, point, lp)
+        grad_tol = _agreement_tolerance(model, point, grad)
+        np.testing.assert_allclose(lp, f_logp(point), rtol=0, atol=lp_tol)
+        np.testing.assert_allclose(grad, f_dlogp(point), rtol=0, atol=grad_tol)
         assert density.logp(x) == pytest.approx(lp, rel=1e-12, abs=1e-10)
 
 
 def test_batch_equals_loop(ref):
-    _, density = ref
+    model, density = ref
     X = _random_points(density, n=7, seed=1)
     lp_loop = np.array([density.logp(x) for x in X])
     grad_loop = np.array([density.logp_and_grad(x)[1] for x in X])
-    np.testing.assert_allclose(density.logp_batch(X), lp_loop, rtol=1e-10, atol=1e-8)
+    lp_only = density.logp_batch(X)
     lp_b, grad_b = density.logp_and_grad_batch(X)
-    np.testing.assert_allclose(lp_b, lp_loop, rtol=1e-10, atol=1e-8)
-    np.testing.assert_allclose(grad_b, grad_loop, rtol=1e-8, atol=1e-8)
+    for i, x in enumerate(X):
+        point = density.point_from_x(x)
+        lp_tol = _agreement_tolerance(model, point, lp_loop[i])
+        grad_tol = _agreement_tolerance(model, point, grad_loop[i])
+        np.testing.assert_allclose(lp_only[i], lp_loop[i], rtol=0, atol=lp_tol)
+        np.testing.assert_allclose(lp_b[i], lp_loop[i], rtol=0, atol=lp_tol)
+        np.testing.assert_allclose(grad_b[i], grad_loop[i], rtol=0, atol=grad_tol)
 
 
 def test_constrain_round_trip_and_shapes(ref):
@@ -81,10 +129,10 @@ def test_constrain_round_trip_and_shapes(ref):
 def test_compiled_once_and_cached():
     model = reference_model("sblrc-blr")
     density = log_density(model)
-    start = time.perf_counter()
+    # the same object back means nothing was compiled again (no wall-clock check: a
+    # timing threshold fails on a loaded machine)
     again = log_density(model)
     assert again is density
-    assert time.perf_counter() - start < 0.01
     # adding a variable invalidates the cache
     with model:
         pm.Normal("extra")
