@@ -41,10 +41,22 @@ test: setup
 test-quick: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-## The benchmarks also need the alternatives they compare against (pymc-extras, sbi).
-bench: setup
-	$(PY) -m pip install --quiet -c requirements-lock.txt -e ".[bench]"
-	$(PY) benchmarks/run_all.py
+## The benchmarks also need the alternatives they compare against (pymc-extras, sbi,
+## flowMC). pymc-extras 0.15 pins pymc<6.4, so they get an environment of their own,
+## .venv-bench, with PyMC 6.3 (requirements-bench-lock.txt); the package supports both.
+BENCH_VENV  := .venv-bench
+BENCH_PY    := $(BENCH_VENV)/bin/python
+BENCH_STAMP := $(BENCH_VENV)/.installed
+
+$(BENCH_STAMP): pyproject.toml requirements-bench-lock.txt
+	@PYBIN=$$(scripts/find_python.sh) && \
+	  { [ -x $(BENCH_PY) ] || "$$PYBIN" -m venv $(BENCH_VENV); }
+	$(BENCH_PY) -m pip install --quiet --upgrade pip
+	$(BENCH_PY) -m pip install --quiet -c requirements-bench-lock.txt -e ".[dev,stan,bench]"
+	@touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP) $(CMDSTAN_STAMP)
+	$(BENCH_PY) benchmarks/run_all.py
 
 ## Run every example (full size) and keep its output and plots for the docs gallery.
 examples: setup
@@ -60,4 +72,4 @@ lint: setup
 	$(VENV)/bin/ruff check pymc_ext stan_bridge tests benchmarks examples
 
 clean:
-	rm -rf $(VENV) docs/_build .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) docs/_build .pytest_cache

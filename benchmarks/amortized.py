@@ -71,6 +71,8 @@ import torch  # noqa: E402
 
 import pymc_ext  # noqa: E402
 from pymc_ext.amortized import Amortizer  # noqa: E402
+from pymc_ext.amortized.sampling import draw  # noqa: E402
+from pymc_ext.amortized.simulation import simulate  # noqa: E402
 from pymc_ext.amortized_diagnostics import AmortizedDataWarning  # noqa: E402
 from pymc_ext.amortized_step import AmortizedMH  # noqa: E402
 from pymc_ext.calibration import simulation_based_calibration  # noqa: E402
@@ -251,7 +253,7 @@ def bench_problem(name: str, args: argparse.Namespace, out_dir: Path) -> dict[st
     # 3. one new dataset
     held = held_out_datasets(name, amortizer, args.num_held_out, seed=args.seed + 2)
     data0 = held[0]
-    _, ctx = amortizer._prepare([data0])
+    _, ctx = amortizer.prepare([data0])
 
     def raw_with_k() -> Any:
         return amortizer.sample(data0, 1000, random_seed=0, return_inferencedata=False)
@@ -259,7 +261,7 @@ def bench_problem(name: str, args: argparse.Namespace, out_dir: Path) -> dict[st
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AmortizedDataWarning)
         res["speed"] = {
-            "flow_only_ms": median_ms(lambda: amortizer._draw(ctx, 1000, 0), args.repeats),
+            "flow_only_ms": median_ms(lambda: draw(amortizer, ctx, 1000, 0), args.repeats),
             "sample_no_diagnostics_ms": median_ms(
                 lambda: amortizer.sample(data0, 1000, random_seed=0, diagnostics=False),
                 args.repeats,
@@ -353,13 +355,17 @@ def bench_sbi(amortizer, held, refs, free, args) -> dict[str, Any]:
     """sbi's NPE on the same simulations; errors against the NUTS references ``refs``."""
     rng = np.random.default_rng(args.seed)  # the same simulations as Amortizer.fit:
     rng.integers(2**31 - 1)  # fit draws its torch seed first, then simulates
-    theta, values, _, _ = amortizer._simulate(args.num_simulations, rng)
+    theta, values, _, _ = simulate(
+        amortizer.target, amortizer.layout, args.num_simulations, rng
+    )
     fit = run_sbi(theta, values, args.seed)
     posterior = fit["posterior"]
     out: dict[str, Any] = {"train_seconds": fit["train_seconds"], "epochs": fit["epochs"]}
     # SBC on the datasets our check_calibration used
     rng = np.random.default_rng(args.seed + 1)
-    theta_sbc, values_sbc, _, _ = amortizer._simulate(args.num_sbc, rng)
+    theta_sbc, values_sbc, _, _ = simulate(
+        amortizer.target, amortizer.layout, args.num_sbc, rng
+    )
     t0 = time.perf_counter()
     draws = sbi_draws_batched(posterior, values_sbc, 100)
     sbc = simulation_based_calibration(

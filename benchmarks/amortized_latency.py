@@ -3,7 +3,7 @@
 Trains one eight-schools :class:`pymc_ext.Amortizer` (or loads it with
 ``--load``), then times, in one process and one after the other:
 
-- the flow alone (``Amortizer._draw``: 1000 draws and their ``log q``);
+- the flow alone (``pymc_ext.amortized.sampling.draw``: 1000 draws and their ``log q``);
 - the ArviZ conversion alone (``pymc_ext.arviz_io.to_datatree`` of those draws);
 - ``.sample`` with NumPy output (``return_inferencedata=False``) and with a
   DataTree, each without and with the true density and Pareto k;
@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from pymc_ext.amortized import Amortizer  # noqa: E402
+from pymc_ext.amortized.sampling import draw  # noqa: E402
 from pymc_ext.arviz_io import to_datatree  # noqa: E402
 from pymc_ext.models import eight_schools  # noqa: E402
 
@@ -62,10 +63,10 @@ def timed(fn, repeats: int) -> tuple[float, float]:
 
 def measure(amortizer: Amortizer, datasets: list[dict], repeats: int) -> dict[str, Any]:
     d0 = datasets[0]
-    _, ctx = amortizer._prepare([d0])
-    theta, log_q = amortizer._draw(ctx, 1000, 0)
+    _, ctx = amortizer.prepare([d0])
+    theta, log_q = draw(amortizer, ctx, 1000, 0)
     single = {
-        "flow only": lambda: amortizer._draw(ctx, 1000, 0),
+        "flow only": lambda: draw(amortizer, ctx, 1000, 0),
         "ArviZ conversion only": lambda: to_datatree(
             amortizer.density, theta, sample_stats={"log_q": log_q}, observed_data=d0
         ),

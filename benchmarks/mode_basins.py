@@ -5,12 +5,12 @@ flow_mcmc finds modes by climbing the log density from overdispersed starts
 known mode). A mode whose basin of attraction no start reaches is never
 found, by this sampler or by any other that starts from such points. This
 script measures, for the mixture targets of ``benchmarks/flows.py``, where
-an L-BFGS climb (``pymc_ext.mode_search._ascend``, the climb the sampler
+an L-BFGS climb (``pymc_ext.blocks.lbfgs.lbfgs_maximize``, the climb the sampler
 itself uses) ends from many starts of each kind:
 
 - ``U(+-w)``: the sampler's own starts, uniform of half-width w = 2, 4, 8
   around the model's initial point (``init_scale`` 2 and the paths' 2x and
-  4x; ``pymc_ext.flows._overdispersed_inits``);
+  4x; ``pymc_ext.flows.seeding.overdispersed_inits``);
 - ``N(0, 3^2 I)``: the broad start of the issue's flowMC anchor;
 - ``N(0, 10^2 I)``: a much broader one.
 
@@ -69,7 +69,7 @@ def start_points(kind: str, n: int, dim: int, rng: np.random.Generator) -> np.nd
 def climb_counts(name: str, kinds: list[str], n: int, seed: int) -> list[dict[str, Any]]:
     """For each kind of start: how many of ``n`` climbs end at each mode."""
     from pymc_ext import log_density
-    from pymc_ext.mode_search import _ascend
+    from pymc_ext.blocks.lbfgs import lbfgs_maximize
 
     model, info = build_target(name)
     density = log_density(model)
@@ -80,7 +80,7 @@ def climb_counts(name: str, kinds: list[str], n: int, seed: int) -> list[dict[st
         t0 = time.perf_counter()
         counts = np.zeros(len(centers) + 1, dtype=int)  # last: the climb failed
         for x0 in start_points(kind, n, density.dim, rng):
-            top = _ascend(density, x0, maxiter=500)
+            top, _ = lbfgs_maximize(density, x0, maxiter=500)
             if top is None:
                 counts[-1] += 1
             else:

@@ -596,9 +596,9 @@ def main(argv: list[str] | None = None) -> None:
         "repeats": args.repeats,
         "models": {},
     }
-    from tqdm.auto import tqdm
+    from pymc_ext.blocks.progress import track
 
-    for name in tqdm(models, desc="posteriors"):
+    for name in track(models, description="posteriors"):
         entry: dict[str, Any] = {"samplers": {}}
         results["models"][name] = entry
         for kind in samplers:

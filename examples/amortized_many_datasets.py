@@ -25,7 +25,7 @@ import numpy as np
 import pymc as pm
 
 import pymc_ext
-from pymc_ext.amortized_diagnostics import AmortizedDataWarning
+from pymc_ext.amortized.diagnostics import AmortizedDataWarning
 from pymc_ext.amortized_step import AmortizedMH  # also pymc_ext.AmortizedMH
 from pymc_ext.models import EIGHT_SCHOOLS_DATA, eight_schools
 

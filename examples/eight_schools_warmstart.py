@@ -24,7 +24,8 @@ import arviz as az
 import pymc as pm
 
 from pymc_ext.models import eight_schools
-from pymc_ext.warmstart_step import WarmStartNUTS
+from pymc_ext.sampling import lift_warmstart_attrs
+from pymc_ext.step_methods.warmstart import WarmStartNUTS
 
 
 def total_grad_evals(idata) -> int:
@@ -65,7 +66,8 @@ def main() -> None:
         warnings.simplefilter("ignore", UserWarning)
         t0 = time.perf_counter()
         step = WarmStartNUTS(random_seed=args.seed)
-        warm = pm.sample(step=step, **kw)
+        # plain pm.sample keeps the warm-start figures per draw; lift them into the attrs
+        warm = lift_warmstart_attrs(pm.sample(step=step, **kw))
         t_warm = time.perf_counter() - t0
 
         t0 = time.perf_counter()

@@ -23,7 +23,9 @@ def gradient_evaluations(idata: Any) -> dict[str, int]:
 
     NUTS spends one gradient per leapfrog step, so the count is the sum of
     ``n_steps`` over warmup and sampling, plus the warm start's own
-    ``warmstart_grad_evals`` attribute when there is one.
+    ``warmstart_grad_evals`` when there is one (an attribute of
+    ``sample_stats`` after ``pymc_ext.sample``, a per-draw statistic after
+    ``pm.sample(step=WarmStartNUTS())``).
 
     Parameters
     ----------
@@ -52,7 +54,13 @@ def gradient_evaluations(idata: Any) -> dict[str, int]:
         if "warmup_sample_stats" in children
         else 0
     )
-    warmstart = int(idata["sample_stats"].attrs.get("warmstart_grad_evals", 0))
+    stats = idata["sample_stats"]
+    if "warmstart_grad_evals" in stats.attrs:  # pymc_ext.sample
+        warmstart = int(stats.attrs["warmstart_grad_evals"])
+    elif "warmstart_grad_evals" in stats.data_vars:  # pm.sample(step=WarmStartNUTS())
+        warmstart = int(stats["warmstart_grad_evals"].values.max())
+    else:
+        warmstart = 0
     return {
         "warmstart": warmstart,
         "warmup": warmup,

@@ -3,7 +3,7 @@
 ``sample(..., warmstart="pathfinder")`` runs Pathfinder once, starts every
 chain from its own Pathfinder draw, and tunes for a short warmup instead of
 1000 iterations. With ``nuts_sampler="pymc"`` it uses
-:class:`~pymc_ext.warmstart_step.WarmStartNUTS` (start points *and* the
+:class:`~pymc_ext.step_methods.warmstart.WarmStartNUTS` (start points *and* the
 Pathfinder mass matrix). With ``nuts_sampler="nutpie"`` it gives nutpie the
 start points only: nutpie 0.16's Python API (``nutpie.sample``) has no way to
 set the initial mass matrix (its settings expose only ``use_grad_based_estimate``
@@ -11,7 +11,10 @@ and ``store_mass_matrix``), so nutpie adapts its own, from the warm start, in
 a shorter tune.
 
 Either way the result carries ``sample_stats.attrs["warmstart_grad_evals"]``
-and ``sample_stats.attrs["warmstart_pareto_k"]``.
+and ``sample_stats.attrs["warmstart_pareto_k"]``. PyMC gives a step method no
+hook for attributes of the result, so ``WarmStartNUTS`` reports them as
+per-draw statistics and :func:`lift_warmstart_attrs` (which :func:`sample`
+calls) turns them into attributes; nothing in PyMC is patched.
 """
 
 from __future__ import annotations
@@ -24,10 +27,22 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from xarray import DataTree
 
-from pymc_ext.warmstart_step import DEFAULT_WARMUP, lift_warmstart_attrs, run_warmstart
+from pymc_ext.step_methods.warmstart_init import DEFAULT_WARMUP, run_warmstart
 
-__all__ = ["sample", "DEFAULT_NUTPIE_TUNE", "NUTS_KWARGS"]
+__all__ = [
+    "sample",
+    "lift_warmstart_attrs",
+    "install_warmstart_attrs_hook",
+    "WARMSTART_STATS",
+    "DEFAULT_NUTPIE_TUNE",
+    "NUTS_KWARGS",
+    "DEFAULT_TUNE",
+]
+
+#: The per-draw statistics of ``WarmStartNUTS`` that :func:`lift_warmstart_attrs` lifts.
+WARMSTART_STATS = ("warmstart_grad_evals", "warmstart_pareto_k")
 
 #: Tuning iterations for nutpie after a warm start when ``tune`` is not given
 #: (nutpie's own default is 400). Chosen from ``benchmarks/warmstart.py``.
@@ -67,13 +82,13 @@ def sample(
     ----------
     draws, tune, chains, cores, random_seed
         As in ``pm.sample``. ``tune=None`` means a short warmup after the
-        warm start: :data:`~pymc_ext.warmstart_step.DEFAULT_WARMUP` for PyMC's
+        warm start: :data:`~pymc_ext.step_methods.warmstart_init.DEFAULT_WARMUP` for PyMC's
         NUTS, :data:`DEFAULT_NUTPIE_TUNE` for nutpie (without a warm start,
         ``pm.sample``'s own default). A ``tune`` given with a warm start is
         the length of the warm-started adaptation.
     warmstart : {"pathfinder", "flow", None} or a warm-start result
         ``None`` is exactly ``pm.sample``. A finished result (for example a
-        :class:`~pymc_ext.pathfinder_core.PathfinderResult`) is reused.
+        :class:`~pymc_ext.vi.result.PathfinderResult`) is reused.
     nuts_sampler : {"pymc", "nutpie"}
         Which NUTS runs after the warm start.
     warmstart_kwargs : dict, optional
@@ -81,7 +96,7 @@ def sample(
         ``num_draws``, ``maxiter``, ...).
     metric : {"auto", "diag", "dense", "lowrank"}
         Mass-matrix structure for ``nuts_sampler="pymc"`` (see
-        :class:`~pymc_ext.warmstart_step.WarmStartNUTS`).
+        :class:`~pymc_ext.step_methods.warmstart.WarmStartNUTS`).
     model : pm.Model, optional
         The model in context by default.
     **kwargs
@@ -107,6 +122,28 @@ def sample(
     """
     import pymc as pm
 
+    _check_sample_arguments(nuts_sampler, kwargs)
+    model = pm.modelcontext(model)
+    sizes = {"draws": draws, "tune": tune, "chains": chains, "cores": cores}
+    if warmstart is None:
+        return pm.sample(
+            **sizes, random_seed=random_seed, nuts_sampler=nuts_sampler, model=model, **kwargs
+        )
+    seed_ws, seed_sample = _split_seed(random_seed)
+    run = _sample_pymc if nuts_sampler == "pymc" else _sample_nutpie
+    return run(
+        model,
+        **sizes,
+        seed_ws=seed_ws,
+        seed_sample=seed_sample,
+        warmstart=warmstart,
+        warmstart_kwargs=warmstart_kwargs,
+        metric=metric,
+        **kwargs,
+    )
+
+
+def _check_sample_arguments(nuts_sampler: str, kwargs: Mapping[str, Any]) -> None:
     if nuts_sampler not in ("pymc", "nutpie"):
         raise ValueError(
             f"nuts_sampler must be 'pymc' or 'nutpie'; got {nuts_sampler!r}. (numpyro and "
@@ -117,63 +154,55 @@ def sample(
             "pymc_ext.sample builds its own step; for a custom step call pm.sample(step=...) "
             "directly (pymc_ext.WarmStartNUTS is a step method)."
         )
-    model = pm.modelcontext(model)
-    if warmstart is None:
-        return pm.sample(
+
+
+def _sample_pymc(
+    model: Any,
+    *,
+    draws: int,
+    tune: int | None,
+    chains: int | None,
+    cores: int | None,
+    seed_ws: int | None,
+    seed_sample: int | None,
+    warmstart: Any,
+    warmstart_kwargs: Mapping[str, Any] | None,
+    metric: str,
+    **kwargs: Any,
+) -> Any:
+    """PyMC's NUTS as :class:`WarmStartNUTS`, with the figures lifted into the attributes."""
+    import pymc as pm
+
+    from pymc_ext.step_methods.warmstart import WarmStartNUTS
+
+    nuts_kwargs = {k: kwargs.pop(k) for k in NUTS_KWARGS if k in kwargs}
+    nuts_kwargs.update(kwargs.pop("nuts", {}) or {})
+    with model:
+        step = WarmStartNUTS(
+            init=warmstart,
+            metric=metric,
+            warmup=tune,
+            random_seed=seed_ws,
+            init_kwargs=warmstart_kwargs,
+            model=model,
+            progressbar=bool(kwargs.get("progressbar", True)),
+            **nuts_kwargs,
+        )
+        idata = pm.sample(
             draws=draws,
             tune=tune,
             chains=chains,
             cores=cores,
-            random_seed=random_seed,
-            nuts_sampler=nuts_sampler,
+            random_seed=seed_sample,
+            step=step,
+            nuts_sampler="pymc",
             model=model,
             **kwargs,
         )
-    seed_ws, seed_sample = _split_seed(random_seed)
-    if nuts_sampler == "pymc":
-        nuts_kwargs = {k: kwargs.pop(k) for k in NUTS_KWARGS if k in kwargs}
-        nuts_kwargs.update(kwargs.pop("nuts", {}) or {})
-        from pymc_ext.warmstart_step import WarmStartNUTS
-
-        with model:
-            step = WarmStartNUTS(
-                init=warmstart,
-                metric=metric,
-                warmup=tune,
-                random_seed=seed_ws,
-                init_kwargs=warmstart_kwargs,
-                model=model,
-                progressbar=bool(kwargs.get("progressbar", True)),
-                **nuts_kwargs,
-            )
-            idata = pm.sample(
-                draws=draws,
-                tune=tune,
-                chains=chains,
-                cores=cores,
-                random_seed=seed_sample,
-                step=step,
-                nuts_sampler="pymc",
-                model=model,
-                **kwargs,
-            )
-        if hasattr(idata, "children"):
-            idata = lift_warmstart_attrs(idata)
-            _set_attrs(idata, step.warmstart_grad_evals, step.warmstart_pareto_k)
-        return idata
-    return _sample_nutpie(
-        model,
-        draws=draws,
-        tune=tune,
-        chains=chains,
-        cores=cores,
-        seed_ws=seed_ws,
-        seed_sample=seed_sample,
-        warmstart=warmstart,
-        warmstart_kwargs=warmstart_kwargs,
-        metric=metric,
-        **kwargs,
-    )
+    if isinstance(idata, DataTree):  # not with return_inferencedata=False
+        idata = lift_warmstart_attrs(idata)
+        _set_attrs(idata, step.warmstart_grad_evals, step.warmstart_pareto_k)
+    return idata
 
 
 def _split_seed(random_seed: Any) -> tuple[int | None, int | None]:
@@ -208,7 +237,7 @@ def _sample_nutpie(
     import nutpie
     from pymc.backends.arviz import patch_nutpie_idata
 
-    from pymc_ext.pymc_model import log_density
+    from pymc_ext.pymc_adapter.logdensity import log_density
 
     if metric not in ("auto", "diag"):
         warnings.warn(
@@ -218,23 +247,9 @@ def _sample_nutpie(
             UserWarning,
             stacklevel=3,
         )
-    progressbar = bool(kwargs.pop("progressbar", True))
-    discard_tuned_samples = bool(kwargs.pop("discard_tuned_samples", True))
-    nuts_kwargs = dict(kwargs.pop("nuts", {}) or {})
-    for key in ("target_accept", "max_treedepth"):
-        if key in kwargs:
-            nuts_kwargs[key] = kwargs.pop(key)
-    if "max_treedepth" in nuts_kwargs:
-        nuts_kwargs["maxdepth"] = nuts_kwargs.pop("max_treedepth")
-    compile_kwargs = dict(kwargs.pop("compile_kwargs", {}) or {})
-    var_names = kwargs.pop("var_names", None)
-    for ignored in ("compute_convergence_checks", "quiet", "idata_kwargs", "return_inferencedata"):
-        kwargs.pop(ignored, None)
-    if kwargs:
-        raise TypeError(
-            f"pymc_ext.sample(nuts_sampler='nutpie') does not support {sorted(kwargs)}; "
-            "use nuts_sampler='pymc' or pm.sample(nuts_sampler='nutpie') without a warm start."
-        )
+    progressbar, discard_tuned_samples, nuts_kwargs, compile_kwargs, var_names = _nutpie_options(
+        kwargs
+    )
     chains = 4 if chains is None else int(chains)
     tune = DEFAULT_NUTPIE_TUNE if tune is None else int(tune)
     if tune < 1:
@@ -267,6 +282,28 @@ def _sample_nutpie(
     idata.sample_stats.attrs["warmstart_seconds"] = float(t_ws)
     idata.sample_stats.attrs["warmstart_mass_matrix"] = "not passed (nutpie API has no hook)"
     return idata
+
+
+def _nutpie_options(kwargs: dict[str, Any]) -> tuple[bool, bool, dict, dict, Any]:
+    """Sort ``pm.sample`` keywords into nutpie's; raise on the ones nutpie cannot take."""
+    progressbar = bool(kwargs.pop("progressbar", True))
+    discard_tuned_samples = bool(kwargs.pop("discard_tuned_samples", True))
+    nuts_kwargs = dict(kwargs.pop("nuts", {}) or {})
+    for key in ("target_accept", "max_treedepth"):
+        if key in kwargs:
+            nuts_kwargs[key] = kwargs.pop(key)
+    if "max_treedepth" in nuts_kwargs:
+        nuts_kwargs["maxdepth"] = nuts_kwargs.pop("max_treedepth")
+    compile_kwargs = dict(kwargs.pop("compile_kwargs", {}) or {})
+    var_names = kwargs.pop("var_names", None)
+    for ignored in ("compute_convergence_checks", "quiet", "idata_kwargs", "return_inferencedata"):
+        kwargs.pop(ignored, None)
+    if kwargs:
+        raise TypeError(
+            f"pymc_ext.sample(nuts_sampler='nutpie') does not support {sorted(kwargs)}; "
+            "use nuts_sampler='pymc' or pm.sample(nuts_sampler='nutpie') without a warm start."
+        )
+    return progressbar, discard_tuned_samples, nuts_kwargs, compile_kwargs, var_names
 
 
 class _PathfinderInitialPoints:
@@ -309,3 +346,78 @@ def _nutpie_initial_point_fn(model: Any, density: Any, ws: Any, seed: int | None
 
 # For tests and the benchmark: the default tune each sampler gets after a warm start.
 DEFAULT_TUNE = {"pymc": DEFAULT_WARMUP, "nutpie": DEFAULT_NUTPIE_TUNE}
+
+
+def lift_warmstart_attrs(idata: Any) -> Any:
+    """Move the ``warmstart_*`` per-draw stats into ``sample_stats.attrs``.
+
+    ``warmstart_grad_evals`` (int) and ``warmstart_pareto_k`` (float) are the
+    same at every draw; this stores them once as attributes of
+    ``sample_stats`` (and ``warmup_sample_stats``) and drops the variables.
+    A result without them is returned unchanged.
+
+    Parameters
+    ----------
+    idata : xarray.DataTree
+
+    Returns
+    -------
+    xarray.DataTree
+        The same object, changed in place.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> from pymc_ext.sampling import lift_warmstart_attrs
+    >>> ss = xr.Dataset({"warmstart_grad_evals": (("chain", "draw"), np.full((1, 3), 42))})
+    >>> dt = lift_warmstart_attrs(xr.DataTree.from_dict({"sample_stats": ss}))
+    >>> dt.sample_stats.attrs["warmstart_grad_evals"]
+    42
+    """
+    if not isinstance(idata, DataTree):  # a MultiTrace (return_inferencedata=False)
+        return idata
+    children = idata.children
+    values: dict[str, Any] = {}
+    for group in ("sample_stats", "warmup_sample_stats"):
+        if group not in children:
+            continue
+        ds = idata[group].to_dataset()
+        present = [k for k in WARMSTART_STATS if k in ds.data_vars]
+        for k in present:
+            arr = np.asarray(ds[k].values)
+            if arr.size:
+                values[k] = int(arr.max()) if k.endswith("grad_evals") else float(arr.flat[0])
+        if present:
+            idata[group] = idata[group].to_dataset().drop_vars(present)
+    for group in ("sample_stats", "warmup_sample_stats"):
+        if group in children and values:
+            idata[group].attrs.update(values)
+    return idata
+
+
+def install_warmstart_attrs_hook() -> None:
+    """Deprecated: does nothing (it used to replace ``pymc.to_inference_data``).
+
+    Building a :class:`WarmStartNUTS` no longer changes PyMC process-wide.
+    :func:`pymc_ext.sample` puts the warm-start figures into
+    ``sample_stats.attrs``; after ``pm.sample(step=WarmStartNUTS())`` call
+    :func:`lift_warmstart_attrs` on the result, or read the per-draw
+    ``sample_stats["warmstart_grad_evals"]``.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> import pymc as pm
+    >>> from pymc_ext.sampling import install_warmstart_attrs_hook
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore", DeprecationWarning)
+    ...     install_warmstart_attrs_hook()
+    >>> hasattr(pm.to_inference_data, "_pymc_ext_warmstart_hook")
+    False
+    """
+    warnings.warn(
+        "install_warmstart_attrs_hook() is deprecated and does nothing: pymc_ext no longer "
+        "replaces pymc.to_inference_data. Use pymc_ext.sample, or lift_warmstart_attrs(idata).",
+        DeprecationWarning,
+        stacklevel=2,
+    )

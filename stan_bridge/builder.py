@@ -16,8 +16,6 @@ a half-written library.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -26,10 +24,19 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
+from pymc_ext.blocks.progress import ProgressBar
+from stan_bridge.cxx import (
+    StanBuildError,
+    compile_flags,
+    file_lock,
+    precompiled_header,
+    run_compiler,
+)
 from stan_bridge.toolchain import SHIM_DIR, Toolchain
 
 __all__ = [
@@ -62,27 +69,8 @@ def user_message(msg: str, display_name: str) -> str:
     return msg.replace(PROGRAM_FILE, display_name)
 
 
-_COMMON_FLAGS = (
-    "-O3",
-    "-fPIC",
-    "-pthread",
-    "-fvisibility=hidden",
-    "-Wno-sign-compare",
-    "-Wno-ignored-attributes",
-    "-Wno-deprecated-declarations",
-    "-Wno-unused-but-set-variable",
-    "-Wno-unused-variable",
-    "-Wno-unused-function",
-    "-Wno-unused-local-typedefs",
-)
-
-
 class StanCompileError(ValueError):
     """stanc rejected the program; the message is stanc's own."""
-
-
-class StanBuildError(RuntimeError):
-    """The C++ compiler failed on stanc's output (not a problem in the Stan code)."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +92,15 @@ class ModelBuild:
         Time this call spent (near zero when the build was cached).
     cached : bool
         True when nothing had to be built.
+
+    Examples
+    --------
+    >>> from stan_bridge.builder import build_model
+    >>> from stan_bridge.programs import EXAMPLE_CODE
+    >>> from stan_bridge.toolchain import find_toolchain
+    >>> build = build_model(EXAMPLE_CODE, find_toolchain(), progressbar=False)
+    >>> build.library.exists(), len(build.key)
+    (True, 24)
     """
 
     directory: Path
@@ -142,18 +139,6 @@ def cache_dir(path: str | os.PathLike | None = None) -> Path:
     out = Path(path).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     return out
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock held for the ``with`` block (blocks until free)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 _INCLUDE_RE = re.compile(r'^\s*#include\s+[<"]?([^>"\s]+)[>"]?', re.MULTILINE)
@@ -240,72 +225,6 @@ def run_stanc_info(
     return json.loads(text[start:])
 
 
-def _compile_flags(toolchain: Toolchain, extra: Sequence[str]) -> list[str]:
-    return [*toolchain.cxxflags, *_COMMON_FLAGS, *extra]
-
-
-def _compile(cmd: list[str], cwd: Path, what: str) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
-    if proc.returncode != 0:
-        lines = [ln for ln in proc.stderr.splitlines() if "error" in ln.lower()]
-        detail = "\n".join(lines[:20]) or proc.stderr[-4000:]
-        raise StanBuildError(
-            f"The C++ compiler failed on {what}. This is a problem of the toolchain or of "
-            f"stan_bridge, not of the Stan program.\nCommand: {' '.join(cmd)}\n{detail}"
-        )
-
-
-def _precompiled_header(toolchain: Toolchain, extra: Sequence[str], root: Path) -> Path | None:
-    """Folder holding ``stan_bridge_pch.hpp.gch`` for these flags, built once.
-
-    Returns None where precompiled headers are switched off
-    (``STAN_BRIDGE_PCH=0``) or failed to build (then models still build,
-    only slower).
-    """
-    if os.environ.get("STAN_BRIDGE_PCH", "1").lower() in ("0", "false", "no", "off"):
-        return None
-    flags = _compile_flags(toolchain, extra)
-    key = hashlib.sha256(("\0".join([toolchain.fingerprint, *flags])).encode()).hexdigest()[:20]
-    final = root / f"pch-{key}"
-    if (final / "ok").exists():
-        return final
-    if (final / "failed").exists():
-        return None
-    with _file_lock(root / f"pch-{key}.lock"):
-        if (final / "ok").exists():
-            return final
-        if (final / "failed").exists():
-            return None
-        tmp = Path(tempfile.mkdtemp(prefix=f"tmp-pch-{key}-", dir=root))
-        try:
-            shutil.copy(SHIM_DIR / "stan_bridge_pch.hpp", tmp / "stan_bridge_pch.hpp")
-            cmd = [
-                toolchain.cxx,
-                *flags,
-                "-x",
-                "c++-header",
-                "-o",
-                str(tmp / "stan_bridge_pch.hpp.gch"),
-                str(tmp / "stan_bridge_pch.hpp"),
-            ]
-            try:
-                _compile(cmd, tmp, "the precompiled Stan headers")
-                (tmp / "ok").write_text(toolchain.describe())
-            except StanBuildError as err:
-                # keep the failure so later builds do not retry it each time
-                for child in tmp.iterdir():
-                    if child.is_file():
-                        child.unlink()
-                (tmp / "failed").write_text(str(err))
-            if final.exists():
-                shutil.rmtree(final, ignore_errors=True)
-            os.rename(tmp, final)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return final if (final / "ok").exists() else None
-
-
 def _remove_stale_temporaries(folder: Path, max_age_s: float = 86400.0) -> None:
     """Remove build folders left by processes killed mid-build (older than a day)."""
     now = time.time()
@@ -317,12 +236,119 @@ def _remove_stale_temporaries(folder: Path, max_age_s: float = 86400.0) -> None:
             pass
 
 
-def _progress(enabled: bool, desc: str):
-    if not enabled:
-        return contextlib.nullcontext(None)
-    from tqdm.auto import tqdm
+def _cache_key(
+    code: str,
+    toolchain: Toolchain,
+    stanc_options: Sequence[str],
+    cxxflags: Sequence[str],
+    include_paths: Sequence[Path],
+) -> str:
+    """Hash of everything a build depends on (not the file's name or place)."""
+    h = hashlib.sha256()
+    for part in (
+        str(_BUILD_FORMAT),
+        code,
+        toolchain.fingerprint,
+        *stanc_options,
+        "|",
+        *cxxflags,
+        "|",
+        *_included_sources(code, include_paths),
+    ):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:24]
 
-    return tqdm(total=3, desc=desc, bar_format="{desc}: {n}/{total} steps [{elapsed}]{postfix}")
+
+def _translate(
+    code: str,
+    toolchain: Toolchain,
+    tmp: Path,
+    display_name: str,
+    include_paths: Sequence[Path],
+    stanc_options: Sequence[str],
+) -> dict:
+    """stanc: ``model.hpp`` and ``info.json`` in ``tmp``; returns the ``--info`` dict."""
+    stan_file = tmp / PROGRAM_FILE
+    stan_file.write_text(code)
+    inc = ["--include-paths=" + ",".join(str(p) for p in include_paths)] if include_paths else []
+    _run_stanc(
+        toolchain,
+        [f"--name={PROGRAM_CLASS}", f"--o={tmp / 'model.hpp'}", *inc, *stanc_options],
+        stan_file,
+        display_name,
+    )
+    info_out = _run_stanc(toolchain, ["--info", *inc], stan_file, display_name)
+    info = json.loads(info_out.stdout[info_out.stdout.find("{") :])
+    (tmp / "info.json").write_text(json.dumps(info, indent=1))
+    return info
+
+
+def _compile_library(
+    toolchain: Toolchain,
+    cxxflags: Sequence[str],
+    pch: Path | None,
+    tmp: Path,
+    display_name: str,
+    t0: float,
+) -> None:
+    """The C++ compile of stanc's output and the shim into ``tmp/model.so``."""
+    (tmp / "build.cpp").write_text(
+        '#include "stan_bridge_pch.hpp"\n#include "model.hpp"\n#include "stan_bridge_shim.cpp"\n'
+    )
+    cmd = [
+        toolchain.cxx,
+        *compile_flags(toolchain, cxxflags),
+        *([f"-I{pch}"] if pch is not None else []),
+        f"-I{tmp}",
+        f"-I{SHIM_DIR}",
+        "-shared",
+        "-o",
+        str(tmp / "model.so"),
+        str(tmp / "build.cpp"),
+        *toolchain.ldflags,
+    ]
+    run_compiler(cmd, tmp, f"the C++ code stanc generated for {display_name}")
+    record = {
+        "toolchain": toolchain.describe(),
+        "command": cmd,
+        "precompiled_header": str(pch) if pch else None,
+        "seconds": time.perf_counter() - t0,
+    }
+    (tmp / "build.json").write_text(json.dumps(record, indent=1))
+    (tmp / "ok").write_text("")
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Rename a finished build folder into place."""
+    if final.exists():  # an unfinished folder from a crashed build
+        shutil.rmtree(final, ignore_errors=True)
+    os.rename(tmp, final)
+
+
+class _BuildJob(NamedTuple):
+    code: str
+    toolchain: Toolchain
+    display_name: str
+    include_paths: Sequence[Path]
+    stanc_options: Sequence[str]
+    cxxflags: Sequence[str]
+    root: Path
+    key: str
+    t0: float
+
+    @property
+    def final(self) -> Path:
+        return self.root / "models" / self.key
+
+    def cached(self) -> ModelBuild | None:
+        """The finished build of this key, if there is one."""
+        final = self.final
+        if not (final / "ok").exists():
+            return None
+        info = json.loads((final / "info.json").read_text())
+        seconds = time.perf_counter() - self.t0
+        return ModelBuild(final, final / "model.so", info, self.key, seconds, True)
 
 
 def build_model(
@@ -386,109 +412,50 @@ def build_model(
     t0 = time.perf_counter()
     root = cache_dir(cache)
     include_paths = [Path(p).resolve() for p in include_paths]
-    h = hashlib.sha256()
-    for part in (
-        str(_BUILD_FORMAT),
-        code,
-        toolchain.fingerprint,
-        *stanc_options,
-        "|",
-        *cxxflags,
-        "|",
-        *_included_sources(code, include_paths),
-    ):
-        h.update(part.encode())
-        h.update(b"\0")
-    key = h.hexdigest()[:24]
-    final = root / "models" / key
-
-    def result(info: dict, cached: bool) -> ModelBuild:
-        return ModelBuild(final, final / "model.so", info, key, time.perf_counter() - t0, cached)
-
-    def done() -> ModelBuild | None:
-        if (final / "ok").exists():
-            return result(json.loads((final / "info.json").read_text()), True)
-        return None
-
-    found = done()
+    key = _cache_key(code, toolchain, stanc_options, cxxflags, include_paths)
+    job = _BuildJob(
+        code, toolchain, display_name, include_paths, stanc_options, cxxflags, root, key, t0
+    )
+    found = job.cached()
     if found is not None:
         if validate is not None:
             validate(found.info)
         return found
     (root / "models").mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(root / "models")
-    with _progress(progressbar, f"Building Stan model {display_name}") as bar:
-        tmp = Path(tempfile.mkdtemp(prefix=f"tmp-{key}-", dir=root / "models"))
+    return _build_fresh(job, validate, progressbar)
+
+
+def _build_fresh(
+    job: _BuildJob,
+    validate: Callable[[dict], None] | None,
+    progressbar: bool,
+) -> ModelBuild:
+    """Build in a private temporary folder, then rename it into place under the lock."""
+    models = job.root / "models"
+    final = job.final
+    with ProgressBar(3, f"Building Stan model {job.display_name}", show=progressbar) as bar:
+        tmp = Path(tempfile.mkdtemp(prefix=f"tmp-{job.key}-", dir=models))
         try:
-            stan_file = tmp / PROGRAM_FILE
-            stan_file.write_text(code)
-            inc = (
-                ["--include-paths=" + ",".join(str(p) for p in include_paths)]
-                if include_paths
-                else []
-            )
-            if bar is not None:
-                bar.set_postfix_str("stanc")
+            bar.update(0, step="stanc")
             # stanc first, outside the lock: syntax errors come back at once.
-            _run_stanc(
-                toolchain,
-                [f"--name={PROGRAM_CLASS}", f"--o={tmp / 'model.hpp'}", *inc, *stanc_options],
-                stan_file,
-                display_name,
+            info = _translate(
+                job.code, job.toolchain, tmp, job.display_name, job.include_paths, job.stanc_options
             )
-            info_out = _run_stanc(toolchain, ["--info", *inc], stan_file, display_name)
-            info = json.loads(info_out.stdout[info_out.stdout.find("{") :])
-            (tmp / "info.json").write_text(json.dumps(info, indent=1))
             if validate is not None:
                 validate(info)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix_str("precompiled headers (once per toolchain)")
-            with _file_lock(root / "models" / f"{key}.lock"):
-                found = done()
+            bar.update(step="precompiled headers (once per toolchain)")
+            with file_lock(models / f"{job.key}.lock"):
+                found = job.cached()
                 if found is not None:
                     return found
-                pch = _precompiled_header(toolchain, cxxflags, root)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix_str("C++ compile (tens of seconds; cached afterwards)")
-                (tmp / "build.cpp").write_text(
-                    '#include "stan_bridge_pch.hpp"\n'
-                    '#include "model.hpp"\n'
-                    '#include "stan_bridge_shim.cpp"\n'
-                )
-                cmd = [
-                    toolchain.cxx,
-                    *_compile_flags(toolchain, cxxflags),
-                    *([f"-I{pch}"] if pch is not None else []),
-                    f"-I{tmp}",
-                    f"-I{SHIM_DIR}",
-                    "-shared",
-                    "-o",
-                    str(tmp / "model.so"),
-                    str(tmp / "build.cpp"),
-                    *toolchain.ldflags,
-                ]
-                _compile(cmd, tmp, f"the C++ code stanc generated for {display_name}")
-                (tmp / "build.json").write_text(
-                    json.dumps(
-                        {
-                            "toolchain": toolchain.describe(),
-                            "command": cmd,
-                            "precompiled_header": str(pch) if pch else None,
-                            "seconds": time.perf_counter() - t0,
-                        },
-                        indent=1,
-                    )
-                )
-                (tmp / "ok").write_text("")
-                if final.exists():  # an unfinished folder from a crashed build
-                    shutil.rmtree(final, ignore_errors=True)
-                os.rename(tmp, final)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix_str("done")
+                pch = precompiled_header(job.toolchain, job.cxxflags, job.root)
+                bar.update(step="C++ compile (tens of seconds; cached afterwards)")
+                _compile_library(job.toolchain, job.cxxflags, pch, tmp, job.display_name, job.t0)
+                _publish(tmp, final)
+                bar.update(step="done")
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
-    return result(info, False)
+    seconds = time.perf_counter() - job.t0
+    return ModelBuild(final, final / "model.so", info, job.key, seconds, False)

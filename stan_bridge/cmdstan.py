@@ -5,10 +5,10 @@
 1. builds the :class:`~stan_bridge.StanModel` for the same program and data
    (our shared library, cached);
 2. runs our multi-path Pathfinder on it
-   (:func:`pymc_ext.pathfinder_core.multipath_pathfinder`);
+   (:func:`pymc_ext.vi.multipath.multipath_pathfinder`);
 3. writes one inits file per chain (distinct Pathfinder draws, constrained)
    and a metric file (the importance-weighted covariance: its diagonal, or
-   the full matrix with ``metric="dense_e"``);
+   the full matrix with ``metric="dense_e"``), see :mod:`stan_bridge.warmstart`;
 4. shortens warmup (200 iterations by default: 50 for the step size, one
    100-iteration metric window, 50 to settle the step size), and
 5. calls CmdStan's own NUTS through cmdstanpy.
@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import json
 import logging
 import os
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,76 +34,11 @@ import cmdstanpy
 import numpy as np
 
 from stan_bridge.model import StanModel
+from stan_bridge.warmstart import WARMSTART_WARMUP, WarmStartInfo, warmstart_from_pathfinder
 
 __all__ = ["CmdStanModel", "WarmStartInfo", "pathfinder", "warmstart_from_pathfinder"]
 
 _log = logging.getLogger("stan_bridge")
-
-#: Warmup schedule used after a warm start unless the caller sets it.
-WARMSTART_WARMUP = {
-    "iter_warmup": 200,
-    "adapt_init_phase": 50,
-    "adapt_metric_window": 100,
-    "adapt_step_size": 50,
-}
-
-
-@dataclass
-class WarmStartInfo:
-    """What the warm start did and cost.
-
-    Attributes
-    ----------
-    method : str
-        ``"pathfinder"``.
-    grad_evals : int
-        Gradient evaluations Pathfinder spent (L-BFGS over all paths).
-    logp_evals : int
-        Log-density-only evaluations Pathfinder spent (ELBO, importance
-        weights).
-    pareto_k : float
-        PSIS Pareto k of Pathfinder's pooled importance weights (above 0.7:
-        the approximation is poor; the chains still start there, and
-        warmup corrects the metric).
-    num_paths, num_paths_ok : int
-        Paths run, and paths that succeeded.
-    metric : str
-        ``"diag_e"`` or ``"dense_e"``.
-    iter_warmup : int
-        Warmup iterations CmdStan ran.
-    inits_files : list of str
-        Per-chain inits written.
-    metric_file : str or None
-        The metric file written (None where the caller gave ``inv_metric``).
-    seconds : float
-        Wall time of the warm start (Pathfinder and files), not counting a
-        first compile of the shared library.
-    result : PathfinderResult
-        The full Pathfinder result.
-
-    Examples
-    --------
-    >>> from stan_bridge import CmdStanModel
-    >>> from stan_bridge.programs import reference_data, write_program
-    >>> m = CmdStanModel(stan_file=write_program("eight_schools"))  # doctest: +SKIP
-    >>> data = reference_data("eight_schools")
-    >>> fit = m.sample(data=data, warmstart="pathfinder")  # doctest: +SKIP
-    >>> fit.warmstart.grad_evals, fit.warmstart.pareto_k  # doctest: +SKIP
-    (104, 0.79)
-    """
-
-    method: str
-    grad_evals: int
-    logp_evals: int
-    pareto_k: float
-    num_paths: int
-    num_paths_ok: int
-    metric: str
-    iter_warmup: int
-    inits_files: list[str]
-    metric_file: str | None
-    seconds: float
-    result: Any = field(repr=False, default=None)
 
 
 def _data_key(data: Any) -> str:
@@ -131,95 +64,47 @@ def _seed_int(seed: Any) -> int | None:
     return int(seed)
 
 
-def _jsonable(value: Any) -> Any:
-    arr = np.asarray(value, dtype=float)
-    return arr.tolist() if arr.ndim else float(arr)
-
-
-def warmstart_from_pathfinder(
-    stan_model: StanModel,
-    chains: int,
-    directory: str | os.PathLike,
-    *,
-    num_paths: int = 4,
-    num_draws: int = 1000,
-    random_seed: int | None = None,
-    metric: str = "diag_e",
-    progressbar: bool = True,
-    **pathfinder_kwargs: Any,
-) -> tuple[list[str], str, Any]:
-    """Run Pathfinder and write CmdStan inits (one file per chain) and a metric file.
-
-    Parameters
-    ----------
-    stan_model : StanModel
-        The program with its data.
-    chains : int
-        Number of chains (one inits file each, from distinct draws).
-    directory : path
-        Where the files go.
-    num_paths, num_draws, random_seed
-        Passed to :func:`pymc_ext.pathfinder_core.multipath_pathfinder`.
-    metric : {"diag_e", "dense_e"}
-        Write the diagonal of Pathfinder's covariance, or all of it.
-    progressbar : bool
-        Progress bar over Pathfinder's paths.
-    **pathfinder_kwargs
-        More keywords for ``multipath_pathfinder``.
-
-    Returns
-    -------
-    inits_files : list of str
-    metric_file : str
-    result : PathfinderResult
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> from stan_bridge import StanModel
-    >>> from stan_bridge.programs import PROGRAMS, reference_data
-    >>> from stan_bridge.cmdstan import warmstart_from_pathfinder
-    >>> sm = StanModel(PROGRAMS["arK"], reference_data("arK"), progressbar=False)
-    >>> inits, metric_file, res = warmstart_from_pathfinder(
-    ...     sm, 2, tempfile.mkdtemp(), random_seed=1, progressbar=False)
-    >>> len(inits), res.draws.shape[1]
-    (2, 7)
-    """
-    from pymc_ext.pathfinder_core import multipath_pathfinder
-
+def _check_warmstart_call(warmstart: str, args: tuple, kwargs: Mapping[str, Any]) -> str:
+    """Check a warm-started ``sample`` call; return its metric (``diag_e`` or ``dense_e``)."""
+    if warmstart != "pathfinder":
+        raise ValueError(f"warmstart must be None or 'pathfinder'; got {warmstart!r}.")
+    if args:
+        raise TypeError("With a warm start, pass sample's arguments by keyword.")
+    params = inspect.signature(cmdstanpy.CmdStanModel.sample).parameters
+    unknown = [k for k in kwargs if k not in params]
+    if unknown:
+        raise TypeError(f"sample() got unexpected keyword arguments {unknown}.")
+    if kwargs.get("fixed_param"):
+        raise ValueError("A warm start needs parameters to sample; fixed_param=True has none.")
+    metric = kwargs.get("metric") or "diag_e"
+    if metric in ("diag", "dense"):
+        metric = metric + "_e"
     if metric not in ("diag_e", "dense_e"):
-        raise ValueError(f"metric must be 'diag_e' or 'dense_e' for a warm start; got {metric!r}.")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    result = multipath_pathfinder(
-        stan_model,
-        num_paths=num_paths,
-        num_draws=num_draws,
-        random_seed=random_seed,
-        progressbar=progressbar,
-        **pathfinder_kwargs,
-    )
-    rng = np.random.default_rng(random_seed)
-    # distinct draws where there are enough distinct ones
-    uniq = np.unique(result.draws, axis=0)
-    pool = uniq if uniq.shape[0] >= chains else result.draws
-    picks = rng.choice(pool.shape[0], size=chains, replace=pool.shape[0] < chains)
-    inits_files = []
-    for c, i in enumerate(picks):
-        point = stan_model.constrain(pool[i])
-        init = {name: _jsonable(point[name]) for name in stan_model.param_names_list}
-        path = directory / f"warmstart_inits_{c + 1}.json"
-        path.write_text(json.dumps(init))
-        inits_files.append(str(path))
-    if metric == "diag_e":
-        inv_metric = result.inverse_metric_diag
-    else:
-        inv_metric = result.covariance
-    if not np.all(np.isfinite(inv_metric)) or np.any(np.diag(np.atleast_2d(inv_metric)) <= 0):
-        raise FloatingPointError("Pathfinder's covariance estimate is not positive and finite.")
-    metric_file = directory / f"warmstart_metric_{metric}.json"
-    metric_file.write_text(json.dumps({"inv_metric": np.asarray(inv_metric).tolist()}))
-    return inits_files, str(metric_file), result
+        raise ValueError(
+            f"With a warm start, metric must be 'diag_e' or 'dense_e'; got {metric!r}."
+        )
+    return metric
+
+
+def _warm_arguments(
+    kwargs: Mapping[str, Any], metric: str, inits_files: list[str], metric_file: str
+) -> dict[str, Any]:
+    """cmdstanpy's ``sample`` arguments with the warm start's inits, metric and warmup.
+
+    What the caller gave (``inits``, ``inv_metric``, ``iter_warmup``, the
+    ``adapt_*`` windows) is kept.
+    """
+    call = dict(kwargs)
+    call["metric"] = metric
+    if call.get("inits") is None:
+        call["inits"] = inits_files
+    if call.get("inv_metric") is None:
+        call["inv_metric"] = metric_file
+    if call.get("iter_warmup") is None:
+        for key, value in WARMSTART_WARMUP.items():
+            if call.get(key) is None:
+                call[key] = value
+    return call
 
 
 class CmdStanModel(cmdstanpy.CmdStanModel):
@@ -333,41 +218,44 @@ class CmdStanModel(cmdstanpy.CmdStanModel):
             if warmstart_options:
                 raise ValueError("warmstart_options needs warmstart='pathfinder'.")
             return super().sample(data, *args, **kwargs)
-        if warmstart != "pathfinder":
-            raise ValueError(f"warmstart must be None or 'pathfinder'; got {warmstart!r}.")
-        if args:
-            raise TypeError("With a warm start, pass sample's arguments by keyword.")
-        params = inspect.signature(cmdstanpy.CmdStanModel.sample).parameters
-        unknown = [k for k in kwargs if k not in params]
-        if unknown:
-            raise TypeError(f"sample() got unexpected keyword arguments {unknown}.")
-        if kwargs.get("fixed_param"):
-            raise ValueError("A warm start needs parameters to sample; fixed_param=True has none.")
-        opts = dict(warmstart_options or {})
+        metric = _check_warmstart_call(warmstart, args, kwargs)
+        inits_files, metric_file, result, t0 = self._run_pathfinder(
+            data, kwargs, dict(warmstart_options or {}), metric
+        )
+        call = _warm_arguments(kwargs, metric, inits_files, metric_file)
+        if kwargs.get("inv_metric") is not None:
+            metric_file = None
+        seconds = time.perf_counter() - t0
+        fit = super().sample(data, **call)
+        fit.warmstart = WarmStartInfo.from_result(
+            result,
+            metric=metric,
+            iter_warmup=int(call["iter_warmup"]),
+            inits_files=inits_files,
+            metric_file=metric_file,
+            seconds=seconds,
+        )
+        return fit
+
+    def _run_pathfinder(
+        self, data: Any, kwargs: Mapping[str, Any], opts: dict[str, Any], metric: str
+    ) -> tuple[list[str], str, Any, float]:
+        """Pathfinder and the inits / metric files; also when it started (after any build)."""
         sm = self.stan_model(data, seed=_seed_int(kwargs.get("seed")) or 0)
         t0 = time.perf_counter()
-        chains = int(kwargs.get("chains") or 4)
-        metric = kwargs.get("metric") or "diag_e"
-        if metric in ("diag", "dense"):
-            metric = metric + "_e"
-        if metric not in ("diag_e", "dense_e"):
-            raise ValueError(
-                f"With a warm start, metric must be 'diag_e' or 'dense_e'; got {metric!r}."
-            )
         out_dir = opts.pop("output_dir", None) or kwargs.get("output_dir")
         if out_dir is None:
             out_dir = tempfile.mkdtemp(prefix="stan_bridge_warmstart_")
         random_seed = opts.pop("random_seed", _seed_int(kwargs.get("seed")))
-        show = bool(kwargs.get("show_progress", True))
         inits_files, metric_file, result = warmstart_from_pathfinder(
             sm,
-            chains,
+            int(kwargs.get("chains") or 4),
             out_dir,
             num_paths=int(opts.pop("num_paths", 4)),
             num_draws=int(opts.pop("num_draws", 1000)),
             random_seed=random_seed,
             metric=metric,
-            progressbar=opts.pop("progressbar", show),
+            progressbar=opts.pop("progressbar", bool(kwargs.get("show_progress", True))),
             **opts,
         )
         if result.pareto_k > 0.7:
@@ -377,35 +265,7 @@ class CmdStanModel(cmdstanpy.CmdStanModel):
                 "adapts the metric; check R-hat and ESS as always.",
                 result.pareto_k,
             )
-        call = dict(kwargs)
-        call["metric"] = metric
-        if call.get("inits") is None:
-            call["inits"] = inits_files
-        if call.get("inv_metric") is None:
-            call["inv_metric"] = metric_file
-        else:
-            metric_file = None
-        if call.get("iter_warmup") is None:
-            for key, value in WARMSTART_WARMUP.items():
-                if call.get(key) is None:
-                    call[key] = value
-        seconds = time.perf_counter() - t0
-        fit = super().sample(data, **call)
-        fit.warmstart = WarmStartInfo(
-            method="pathfinder",
-            grad_evals=int(result.grad_evals),
-            logp_evals=int(result.logp_evals),
-            pareto_k=float(result.pareto_k),
-            num_paths=len(result.paths),
-            num_paths_ok=int(result.num_paths_ok),
-            metric=metric,
-            iter_warmup=int(call["iter_warmup"]),
-            inits_files=inits_files,
-            metric_file=metric_file,
-            seconds=seconds,
-            result=result,
-        )
-        return fit
+        return inits_files, metric_file, result, t0
 
     def pathfinder_ext(
         self,
@@ -430,7 +290,7 @@ class CmdStanModel(cmdstanpy.CmdStanModel):
         progressbar : bool
             Progress bar over paths.
         **kwargs
-            Keywords of :func:`pymc_ext.pathfinder_core.multipath_pathfinder`.
+            Keywords of :func:`pymc_ext.vi.multipath.multipath_pathfinder`.
 
         Returns
         -------
@@ -480,7 +340,7 @@ def pathfinder(
     progressbar : bool
         Progress bar over paths.
     **kwargs
-        Keywords of :func:`pymc_ext.pathfinder_core.multipath_pathfinder`
+        Keywords of :func:`pymc_ext.vi.multipath.multipath_pathfinder`
         (``init``, ``jitter``, ``history_size``, ``maxiter``, ...).
 
     Returns
@@ -500,7 +360,7 @@ def pathfinder(
     >>> dt.posterior["theta"].shape
     (1, 1000, 8)
     """
-    from pymc_ext.pathfinder_core import density_pathfinder
+    from pymc_ext.vi.api import density_pathfinder
 
     return density_pathfinder(
         stan_model,

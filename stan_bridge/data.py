@@ -120,49 +120,50 @@ def check_data(data: Mapping[str, Any], inputs: Mapping[str, Mapping[str, Any]])
             f"Data for {len(missing)} variable(s) of the program's data block are missing: "
             f"{decl}. Add them to the data dict (or JSON file)."
         )
-    out: dict[str, np.ndarray] = {}
-    for name, decl in inputs.items():
-        value = data[name]
-        try:
-            arr = np.asarray(value)
-        except ValueError as err:  # ragged lists
+    return {name: _checked_array(name, data[name], decl) for name, decl in inputs.items()}
+
+
+def _checked_array(name: str, value: Any, decl: Mapping[str, Any]) -> np.ndarray:
+    """One data variable as a numpy array, checked against its declaration."""
+    try:
+        arr = np.asarray(value)
+    except ValueError as err:  # ragged lists
+        raise StanDataError(f"Data variable {name!r} is not a rectangular array: {err}") from err
+    if arr.dtype == object:
+        raise StanDataError(
+            f"Data variable {name!r} is not a rectangular array of numbers "
+            f"(got {type(value).__name__})."
+        )
+    if arr.dtype.kind in "US":
+        raise StanDataError(f"Data variable {name!r} holds strings; Stan data are numbers.")
+    if arr.dtype.kind == "c" or decl["type"] == "complex":
+        raise StanDataError(f"Data variable {name!r}: complex data are not supported.")
+    want = int(decl["dimensions"])
+    if arr.ndim != want:
+        raise StanDataError(
+            f"Data variable {name!r} is declared with {want} dimension(s) "
+            f"({decl['type']}) but has shape {arr.shape} ({arr.ndim} dimension(s)). "
+            "Give it as a nested list or array of that many dimensions."
+        )
+    if decl["type"] == "int":
+        return _int_array(name, arr)
+    return arr.astype(np.float64)
+
+
+def _int_array(name: str, arr: np.ndarray) -> np.ndarray:
+    """Integer data as int64, checked to be whole numbers in Stan's 32-bit range."""
+    if arr.size and arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
             raise StanDataError(
-                f"Data variable {name!r} is not a rectangular array: {err}"
-            ) from err
-        if arr.dtype == object:
-            raise StanDataError(
-                f"Data variable {name!r} is not a rectangular array of numbers "
-                f"(got {type(value).__name__})."
+                f"Data variable {name!r} is declared int but holds non-integer "
+                "values. Pass whole numbers."
             )
-        if arr.dtype.kind in "US":
-            raise StanDataError(f"Data variable {name!r} holds strings; Stan data are numbers.")
-        if arr.dtype.kind == "c" or decl["type"] == "complex":
-            raise StanDataError(f"Data variable {name!r}: complex data are not supported.")
-        want = int(decl["dimensions"])
-        if arr.ndim != want:
-            raise StanDataError(
-                f"Data variable {name!r} is declared with {want} dimension(s) "
-                f"({decl['type']}) but has shape {arr.shape} ({arr.ndim} dimension(s)). "
-                "Give it as a nested list or array of that many dimensions."
-            )
-        if decl["type"] == "int":
-            if arr.size and arr.dtype.kind == "f":
-                if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
-                    raise StanDataError(
-                        f"Data variable {name!r} is declared int but holds non-integer "
-                        "values. Pass whole numbers."
-                    )
-            elif arr.size and arr.dtype.kind not in "iub":
-                raise StanDataError(f"Data variable {name!r} is declared int.")
-            arr = arr.astype(np.int64)
-            if arr.size and (arr.min() < _INT32.min or arr.max() > _INT32.max):
-                raise StanDataError(
-                    f"Data variable {name!r} has values outside Stan's 32-bit int range."
-                )
-        else:
-            arr = arr.astype(np.float64)
-        out[name] = arr
-    return out
+    elif arr.size and arr.dtype.kind not in "iub":
+        raise StanDataError(f"Data variable {name!r} is declared int.")
+    arr = arr.astype(np.int64)
+    if arr.size and (arr.min() < _INT32.min or arr.max() > _INT32.max):
+        raise StanDataError(f"Data variable {name!r} has values outside Stan's 32-bit int range.")
+    return arr
 
 
 def pack_data(arrays: Mapping[str, np.ndarray], inputs: Mapping[str, Mapping[str, Any]]):

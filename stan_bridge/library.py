@@ -12,15 +12,33 @@ import ctypes
 import json
 import os
 import threading
+from enum import IntEnum
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ShimLibrary", "ModelHandle", "StanRejectError", "SHIM_VERSION"]
+__all__ = ["ShimLibrary", "ModelHandle", "ShimStatus", "StanRejectError", "SHIM_VERSION"]
 
 SHIM_VERSION = 1
 
-_OK, _REJECT, _ERROR = 0, 1, 2
+
+class ShimStatus(IntEnum):
+    """The status a shim call returns (the calls return it as a plain int).
+
+    Examples
+    --------
+    >>> from stan_bridge.library import ShimStatus
+    >>> ShimStatus.REJECT == 1, ShimStatus(2).name
+    (True, 'ERROR')
+    """
+
+    OK = 0
+    #: Stan's ``std::domain_error``: the point has zero density (``reject``,
+    #: an argument outside a distribution's support).
+    REJECT = 1
+    #: Any other C++ exception: a bug in the program or in the data.
+    ERROR = 2
+
 
 _vp = ctypes.c_void_p
 _int = ctypes.c_int
@@ -40,6 +58,14 @@ class ShimLibrary:
     """A loaded ``model.so`` with its C functions typed.
 
     Use :meth:`load`, which keeps one instance per path.
+
+    Examples
+    --------
+    >>> from stan_bridge.library import ShimLibrary
+    >>> from stan_bridge.programs import example_model
+    >>> lib = ShimLibrary.load(example_model().build.library)
+    >>> lib is ShimLibrary.load(lib.path), lib.sb_shim_version()
+    (True, 1)
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -112,6 +138,19 @@ class ModelHandle:
         ``(names, values, ndims, dims)`` from :func:`stan_bridge.data.pack_data`.
     seed : int
         Seed of the RNG for ``transformed data``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from stan_bridge.data import pack_data
+    >>> from stan_bridge.library import ModelHandle, ShimLibrary, ShimStatus
+    >>> from stan_bridge.programs import example_model
+    >>> sm = example_model()
+    >>> lib = ShimLibrary.load(sm.build.library)
+    >>> handle = ModelHandle(lib, *pack_data(sm.data, sm.info["inputs"]))
+    >>> status, lp, msg = handle.log_density(np.zeros(2), True, True)
+    >>> status == ShimStatus.OK, handle.dim
+    (True, 2)
     """
 
     def __init__(self, library: ShimLibrary, real_part, int_part, seed: int = 0) -> None:
@@ -151,8 +190,8 @@ class ModelHandle:
         if ptr:
             try:
                 self.lib.sb_free(ptr)
-            except Exception:  # interpreter shutdown
-                pass
+            except (AttributeError, TypeError, OSError, ctypes.ArgumentError):
+                pass  # interpreter shutdown: the library or ctypes is already gone
 
     def _buffers(self):
         """Per-thread input/output buffers with their addresses, made once.
@@ -170,6 +209,7 @@ class ModelHandle:
 
     # The calls below return the status; the caller decides what a reject means.
     def log_density(self, x: np.ndarray, propto: bool, jacobian: bool) -> tuple[int, float, str]:
+        """Returns (status, lp, msg) at one point."""
         try:
             xb, xa, out, oa, _, err, ea = self._tls.bufs
         except AttributeError:
@@ -193,6 +233,7 @@ class ModelHandle:
     def log_density_batch(
         self, X: np.ndarray, propto: bool, jacobian: bool
     ) -> tuple[int, np.ndarray, int, str]:
+        """Returns (status, lp of each row, number of rejected rows, msg)."""
         n = X.shape[0]
         lp = np.empty(n)
         n_rej = np.zeros(1, dtype=np.int64)
@@ -212,6 +253,7 @@ class ModelHandle:
     def log_density_gradient_batch(
         self, X: np.ndarray, propto: bool, jacobian: bool
     ) -> tuple[int, np.ndarray, np.ndarray, int, str]:
+        """Returns (status, lp of each row, gradients, number of rejected rows, msg)."""
         n = X.shape[0]
         lp = np.empty(n)
         grad = np.empty((n, self.dim))
@@ -233,6 +275,7 @@ class ModelHandle:
     def param_constrain(
         self, X: np.ndarray, width: int, include_tp: bool, include_gq: bool, seed: int, chain: int
     ) -> tuple[int, np.ndarray, str]:
+        """Returns (status, ``(n, width)`` constrained values, msg); see ``StanModel``."""
         n = X.shape[0]
         out = np.empty((n, width))
         err = ctypes.c_void_p()
@@ -252,6 +295,7 @@ class ModelHandle:
     def param_unconstrain(
         self, names: list[str], values: np.ndarray, ndims: np.ndarray, dims: np.ndarray
     ) -> tuple[int, np.ndarray, str]:
+        """Returns (status, the unconstrained vector, msg) for packed parameter values."""
         out = np.empty(self.dim)
         names_arr = _names_array(names)
         err = ctypes.c_void_p()

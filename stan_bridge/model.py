@@ -1,12 +1,13 @@
 """A Stan program with data, as a :class:`~pymc_ext.density.LogDensity`.
 
 :class:`StanModel` compiles the program once (stanc, then our C++ shim around
-``stan::model::model_base``, into a cached shared library) and calls it
-through ctypes: log density and gradient (with or without the Jacobian,
-with or without constants), batched versions, constrain / unconstrain,
-parameter names and shapes, generated quantities from a seeded RNG, and a
+``stan::model::model_base``, into a cached shared library, see
+:mod:`stan_bridge.builder`) and calls it through ctypes
+(:mod:`stan_bridge.library`): log density and gradient (with or without the
+Jacobian, with or without constants), batched versions, and a
 prior-predictive simulator for programs that follow the convention in
-:mod:`stan_bridge.prior`.
+:mod:`stan_bridge.prior`. Constrain / unconstrain, parameter names and
+generated quantities come from :class:`stan_bridge.constrain.ConstrainMixin`.
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
 from pymc_ext.density import BaseLogDensity
 from stan_bridge.builder import ModelBuild, build_model, user_message
+from stan_bridge.constrain import ConstrainMixin
 from stan_bridge.data import StanDataError, check_data, load_data, pack_data
-from stan_bridge.library import ModelHandle, ShimLibrary, StanRejectError
+from stan_bridge.layout import VariableLayout
+from stan_bridge.library import ModelHandle, ShimLibrary, ShimStatus, StanRejectError
 from stan_bridge.toolchain import Toolchain, find_toolchain
 
 __all__ = ["StanModel", "StanModelError"]
@@ -29,15 +32,6 @@ __all__ = ["StanModel", "StanModelError"]
 
 class StanModelError(ValueError):
     """The program cannot be used as a log density (for example: no parameters)."""
-
-
-def _reshape_rows(block: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """(n, prod(shape)) column-major rows -> (n, *shape)."""
-    n = block.shape[0]
-    if not shape:
-        return block.reshape(n)
-    arr = block.reshape((n, *shape[::-1]))
-    return arr.transpose((0, *range(len(shape), 0, -1)))
 
 
 def _check_has_parameters(info: dict) -> None:
@@ -53,7 +47,20 @@ def _looks_like_code(text: str) -> bool:
     return "\n" in text or "{" in text
 
 
-class StanModel(BaseLogDensity):
+def _read_program(stan_file_or_code: str | os.PathLike) -> tuple[Path | None, str]:
+    """``(file or None, code)`` from a ``.stan`` path or from the code itself."""
+    if not isinstance(stan_file_or_code, os.PathLike) and _looks_like_code(str(stan_file_or_code)):
+        return None, str(stan_file_or_code)
+    stan_file = Path(stan_file_or_code)
+    if not stan_file.is_file():
+        raise FileNotFoundError(
+            f"Stan file {stan_file} does not exist. Pass the path of a .stan file "
+            "or the program's code as a string."
+        )
+    return stan_file, stan_file.read_text()
+
+
+class StanModel(ConstrainMixin, BaseLogDensity):
     """A Stan program and its data, as a log density on the unconstrained space.
 
     Parameters
@@ -105,6 +112,9 @@ class StanModel(BaseLogDensity):
         What ``stanc --info`` says about the program.
     build : ModelBuild
         Where the compiled library is.
+    layout : VariableLayout
+        Where each variable sits in Stan's flat output
+        (:mod:`stan_bridge.layout`).
 
     Examples
     --------
@@ -139,19 +149,7 @@ class StanModel(BaseLogDensity):
         include_paths: Sequence[str | os.PathLike] | None = None,
         progressbar: bool = True,
     ) -> None:
-        stan_file: Path | None = None
-        if isinstance(stan_file_or_code, os.PathLike) or not _looks_like_code(
-            str(stan_file_or_code)
-        ):
-            stan_file = Path(stan_file_or_code)
-            if not stan_file.is_file():
-                raise FileNotFoundError(
-                    f"Stan file {stan_file} does not exist. Pass the path of a .stan file "
-                    "or the program's code as a string."
-                )
-            code = stan_file.read_text()
-        else:
-            code = str(stan_file_or_code)
+        stan_file, code = _read_program(stan_file_or_code)
         if model_name is None:
             model_name = stan_file.stem if stan_file is not None else "model"
         if include_paths is None:
@@ -211,35 +209,17 @@ class StanModel(BaseLogDensity):
                 "The Stan program has no unconstrained parameters with these data (every "
                 "parameter has size zero): there is no density to work with."
             )
-        all_names = list(info["names"])
-        all_shapes = {
-            n: tuple(int(d) for d in dims) for n, dims in zip(all_names, info["dims"], strict=True)
-        }
-        params = [n for n in all_names if n in self.info.get("parameters", {})]
-        tparams = [n for n in all_names if n in self.info.get("transformed parameters", {})]
-        gqs = [n for n in all_names if n in self.info.get("generated quantities", {})]
-        self.param_names_list = params
-        self.tparam_names_list = tparams
-        self.gq_names_list = gqs
+        self.layout = VariableLayout.from_info(self.info, info)
+        self.param_names_list = list(self.layout.params)
+        self.tparam_names_list = list(self.layout.tparams)
+        self.gq_names_list = list(self.layout.gqs)
         super().__init__(
             int(info["dim"]),
-            names=params + tparams,
-            shapes=all_shapes,
+            names=self.param_names_list + self.tparam_names_list,
+            shapes=dict(self.layout.shapes),
             dims={},
             coords={},
         )
-        self._offsets: dict[str, tuple[int, int]] = {}
-        pos = 0
-        for n in params + tparams + gqs:
-            size = int(np.prod(all_shapes[n], dtype=np.int64))
-            self._offsets[n] = (pos, pos + size)
-            pos += size
-        self._width = {
-            (False, False): int(info["n_params"]),
-            (True, False): int(info["n_params_tp"]),
-            (True, True): int(info["n_params_all"]),
-            (False, True): int(info["n_params_all"]),
-        }
         self._point_shape = (self.dim,)
 
     def with_data(self, data: Mapping[str, Any] | str | os.PathLike | None, **kwargs) -> StanModel:
@@ -279,18 +259,7 @@ class StanModel(BaseLogDensity):
         return new
 
     # -- LogDensity ----------------------------------------------------------
-    def _as_point(self, x: np.ndarray) -> np.ndarray:
-        if np.shape(x) != (self.dim,):
-            raise ValueError(f"Expected a point of shape ({self.dim},); got {np.shape(x)}.")
-        return x
-
-    def _as_batch(self, X: np.ndarray) -> np.ndarray:
-        X = np.ascontiguousarray(np.atleast_2d(X), dtype=np.float64)
-        if X.ndim != 2 or X.shape[1] != self.dim:
-            raise ValueError(f"Expected points of shape (n, {self.dim}); got {X.shape}.")
-        return X
-
-    def _raise(self, msg: str) -> None:
+    def _raise(self, msg: str) -> NoReturn:
         raise RuntimeError(
             f"Error in Stan model {self.model_name}: {user_message(msg, self.display_name)}"
         )
@@ -312,7 +281,7 @@ class StanModel(BaseLogDensity):
         return lp, grad
 
     def _on_error(self, status: int, msg: str) -> tuple[float, np.ndarray]:
-        if status == 1:
+        if status == ShimStatus.REJECT:
             self.last_reject = user_message(msg, self.display_name)
             return -np.inf, np.full(self.dim, np.nan)
         self._raise(msg)
@@ -379,7 +348,7 @@ class StanModel(BaseLogDensity):
             self.propto if propto is None else propto,
             self.jacobian if jacobian is None else jacobian,
         )
-        if status == 1:
+        if status == ShimStatus.REJECT:
             self.last_reject = user_message(msg, self.display_name)
             return -np.inf
         if status:
@@ -431,232 +400,31 @@ class StanModel(BaseLogDensity):
             return self._on_error(status, msg)
         return lp, grad
 
-    # -- constrain / unconstrain ---------------------------------------------
-    def param_constrain(
-        self,
-        X: np.ndarray,
-        *,
-        include_tp: bool = True,
-        include_gq: bool = False,
-        seed: int | None = None,
-        chain: int = 1,
-    ) -> np.ndarray:
-        """Constrained values, flat, in Stan's order (as CmdStan's CSV columns).
-
-        Parameters
-        ----------
-        X : ndarray
-            ``(dim,)`` or ``(n, dim)`` unconstrained points.
-        include_tp, include_gq : bool
-            Also return transformed parameters / generated quantities.
-        seed, chain : int
-            Seed the RNG of the generated quantities (the RNG runs on across
-            the rows, so a batch is reproducible from ``seed``).
-
-        Returns
-        -------
-        ndarray
-            ``(width,)`` or ``(n, width)``.
-
-        Examples
-        --------
-        >>> import numpy as np
-        >>> from stan_bridge.programs import example_model
-        >>> sm = example_model()
-        >>> sm.param_constrain(np.array([0.5, 0.0]))
-        array([0.5, 1. , 0. ])
-        """
-        X = np.asarray(X, dtype=np.float64)
-        single = X.ndim == 1
-        X = self._as_batch(X)
-        if seed is None:
-            seed = int(np.random.default_rng().integers(2**31))
-        width = self._width[(bool(include_tp), bool(include_gq))]
-        status, out, msg = self._handle.param_constrain(
-            X, width, bool(include_tp) or bool(include_gq), bool(include_gq), seed, chain
-        )
-        if status:
-            self._raise(msg)
-        return out[0] if single else out
-
-    def _split(self, flat: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
-        out = {}
-        for n in names:
-            a, b = self._offsets[n]
-            out[n] = _reshape_rows(flat[:, a:b], self.shapes[n])
-        return out
-
-    def constrain_batch(self, X: np.ndarray) -> dict[str, np.ndarray]:
-        """Parameters and transformed parameters of each row: ``name -> (n, *shape)``.
-
-        Examples
-        --------
-        >>> import numpy as np
-        >>> from stan_bridge.programs import example_model
-        >>> sm = example_model()
-        >>> sm.constrain_batch(np.zeros((5, 2)))["sigma"].shape
-        (5,)
-        """
-        X = self._as_batch(X)
-        flat = self.param_constrain(X, include_tp=True, include_gq=False, seed=0)
-        return self._split(flat, self.names)
-
-    def constrain(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """Parameters and transformed parameters at one point, in the program's shapes.
-
-        Examples
-        --------
-        >>> import numpy as np
-        >>> from stan_bridge.programs import example_model
-        >>> sm = example_model()
-        >>> sm.constrain(np.array([0.5, 0.0]))
-        {'mu': array(0.5), 'sigma': array(1.), 'log_sigma': array(0.)}
-        """
-        out = self.constrain_batch(np.asarray(self._as_point(x), dtype=np.float64)[None])
-        return {k: v[0, ...] for k, v in out.items()}
-
-    def generated_quantities(
-        self, X: np.ndarray, seed: int | None = None, chain: int = 1
-    ) -> dict[str, np.ndarray]:
-        """Generated quantities at each row of ``X``, from a seeded RNG.
-
-        Parameters
-        ----------
-        X : ndarray
-            ``(n, dim)`` unconstrained points.
-        seed : int, optional
-            RNG seed; the same seed gives the same draws.
-        chain : int
-            RNG stream (as CmdStan's chain id).
-
-        Returns
-        -------
-        dict
-            ``name -> (n, *shape)``; integer quantities come back as int64.
-
-        Examples
-        --------
-        >>> import numpy as np
-        >>> from stan_bridge.programs import example_model
-        >>> sm = example_model()
-        >>> gq = sm.generated_quantities(np.zeros((10, 2)), seed=1)
-        >>> gq["y_rep"].shape
-        (10, 4)
-        """
-        X = self._as_batch(X)
-        flat = self.param_constrain(X, include_tp=True, include_gq=True, seed=seed, chain=chain)
-        out = self._split(flat, self.gq_names_list)
-        gq_info = self.info.get("generated quantities", {})
-        for n, arr in out.items():
-            if gq_info.get(n, {}).get("type") == "int" and np.all(np.isfinite(arr)):
-                out[n] = arr.astype(np.int64)
-        return out
-
-    def unconstrain(self, point: Mapping[str, Any]) -> np.ndarray:
-        """Unconstrained vector for parameter values given in the program's shapes.
-
-        Parameters
-        ----------
-        point : dict
-            ``name -> value`` for every parameter (other keys are ignored).
-
-        Returns
-        -------
-        ndarray
-            Shape ``(dim,)``.
-
-        Examples
-        --------
-        >>> import numpy as np
-        >>> from stan_bridge.programs import example_model
-        >>> sm = example_model()
-        >>> sm.unconstrain({"mu": 0.5, "sigma": np.e})
-        array([0.5, 1. ])
-        """
-        missing = [n for n in self.param_names_list if n not in point]
-        if missing:
-            raise KeyError(f"unconstrain needs a value for every parameter; missing {missing}.")
-        values, ndims, dims = [], [], []
-        for n in self.param_names_list:
-            shape = self.shapes[n]
-            arr = np.asarray(point[n], dtype=np.float64)
-            if arr.shape != shape:
-                raise ValueError(f"Parameter {n!r} must have shape {shape}; got {arr.shape}.")
-            values.append(arr.ravel(order="F"))
-            ndims.append(len(shape))
-            dims.extend(shape)
-        status, out, msg = self._handle.param_unconstrain(
-            list(self.param_names_list),
-            np.ascontiguousarray(np.concatenate(values) if values else np.zeros(0)),
-            np.asarray(ndims, dtype=np.int32),
-            np.asarray(dims, dtype=np.int64),
-        )
-        if status:
-            raise ValueError(f"Cannot unconstrain {dict(point)!r}: {msg}")
-        return out
-
-    def param_unconstrain(self, flat: np.ndarray) -> np.ndarray:
-        """Unconstrain parameters given flat in Stan's order (as :meth:`param_constrain`).
-
-        Examples
-        --------
-        >>> import numpy as np
-        >>> from stan_bridge.programs import example_model
-        >>> sm = example_model()
-        >>> x = np.array([0.5, -1.0])
-        >>> flat = sm.param_constrain(x, include_tp=False)
-        >>> np.allclose(sm.param_unconstrain(flat), x)
-        True
-        """
-        flat = np.asarray(flat, dtype=np.float64)
-        n_par = self._width[(False, False)]
-        if flat.shape != (n_par,):
-            raise ValueError(f"Expected {n_par} constrained parameter values; got {flat.shape}.")
-        point = self._split(flat[None], self.param_names_list)
-        return self.unconstrain({k: v[0, ...] for k, v in point.items()})
-
-    # -- names ---------------------------------------------------------------
-    def flat_names(self, include_tp: bool = True, include_gq: bool = False) -> list[str]:
-        """Scalar names in Stan's order, CmdStan style: ``theta[1]``, ``L[2,1]``.
-
-        Examples
-        --------
-        >>> from stan_bridge.programs import example_model
-        >>> example_model().flat_names(include_gq=True)
-        ['mu', 'sigma', 'log_sigma', 'y_rep[1]', 'y_rep[2]', 'y_rep[3]', 'y_rep[4]']
-        """
-        names = list(self.param_names_list)
-        if include_tp or include_gq:
-            names += self.tparam_names_list
-        if include_gq:
-            names += self.gq_names_list
-        out = []
-        for n in names:
-            shape = self.shapes[n]
-            if not shape:
-                out.append(n)
-                continue
-            idx = np.indices(shape).reshape(len(shape), -1, order="F").T + 1
-            out.extend(f"{n}[{','.join(str(i) for i in row)}]" for row in idx)
-        return out
-
-    @property
-    def unconstrained_names(self) -> list[str]:
-        """Stan's names of the unconstrained coordinates (``tau``, ``theta.1``, ...)."""
-        return list(self._handle.info["unconstrained_names"])
-
     # -- helpers -------------------------------------------------------------
     def initial_point(self, random_seed: int | None = None, radius: float = 2.0) -> np.ndarray:
-        """A random initial point as Stan draws one: uniform on ``(-radius, radius)``.
+        """An initial point on the unconstrained space.
 
-        Tries up to 100 draws for one with a finite log density and gradient.
+        With a ``random_seed``, a random point as Stan draws one: uniform on
+        ``(-radius, radius)``. Without one (as the algorithms call it, to centre
+        their overdispersed starts), zero, Stan's ``init=0``, where the log
+        density is finite there; otherwise seeded draws as above, so the point
+        never depends on unseeded randomness. Tries up to 100 draws for one
+        with a finite log density and gradient.
 
         Examples
         --------
         >>> from stan_bridge.programs import example_model
         >>> example_model().initial_point(1).shape
         (2,)
+        >>> example_model().initial_point().tolist()
+        [0.0, 0.0]
         """
+        if random_seed is None:
+            zero = np.zeros(self.dim)
+            lp, grad = self.log_density_gradient(zero, counted=False)
+            if np.isfinite(lp) and np.all(np.isfinite(grad)):
+                return zero
+            random_seed = 0
         rng = np.random.default_rng(random_seed)
         for _ in range(100):
             x = rng.uniform(-radius, radius, size=self.dim)

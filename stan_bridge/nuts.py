@@ -4,7 +4,8 @@ Used by :mod:`stan_bridge.prior` to draw from a program's prior-only
 density. Multinomial NUTS with a diagonal metric, as in Stan (Betancourt,
 2017): biased progressive sampling between subtrees, uniform within them,
 the generalised no-U-turn criterion on the summed momenta, and warmup with
-dual-averaging step size and windowed variance estimates.
+dual-averaging step size (:mod:`pymc_ext.blocks.dual_averaging`) and
+windowed variance estimates.
 
 The shape follows BlackJAX: :class:`NUTSState` and :class:`NUTSInfo` named
 tuples and a pure :func:`nuts_step` kernel; :func:`sample_nuts` runs warmup
@@ -18,9 +19,18 @@ from typing import NamedTuple
 
 import numpy as np
 
+from pymc_ext.blocks.dual_averaging import (
+    DualAveragingState,
+    dual_averaging_init,
+    dual_averaging_update,
+)
+from pymc_ext.blocks.progress import ProgressBar
 from pymc_ext.density import LogDensity
 
 __all__ = ["NUTSState", "NUTSInfo", "RunawayChainError", "nuts_step", "sample_nuts"]
+
+#: Stan's energy error above which a transition counts as divergent.
+MAX_ENERGY_ERROR = 1000.0
 
 
 class NUTSState(NamedTuple):
@@ -59,6 +69,15 @@ class _Tree(NamedTuple):
     n_leapfrog: int
 
 
+class _Trajectory(NamedTuple):
+    """What every leapfrog step of one transition shares."""
+
+    density: LogDensity
+    inv_metric: np.ndarray
+    h0: float
+    rng: np.random.Generator
+
+
 def _logp_grad(density: LogDensity, x: np.ndarray) -> NUTSState:
     with np.errstate(all="ignore"):
         try:
@@ -72,6 +91,50 @@ def _logp_grad(density: LogDensity, x: np.ndarray) -> NUTSState:
 
 def _uturn(rho: np.ndarray, p_left: np.ndarray, p_right: np.ndarray) -> bool:
     return bool(rho @ p_left <= 0 or rho @ p_right <= 0)
+
+
+def _leaf(traj: _Trajectory, s: NUTSState, r: np.ndarray, eps: float) -> _Tree:
+    """One leapfrog step from ``(s, r)``: a tree of depth 0."""
+    inv_metric = traj.inv_metric
+    r_half = r + 0.5 * eps * s.grad
+    x_new = s.x + eps * inv_metric * r_half
+    new = _logp_grad(traj.density, x_new)
+    r_new = r_half + 0.5 * eps * new.grad
+    h = new.logp - 0.5 * float(r_new @ (inv_metric * r_new))
+    if not math.isfinite(h):
+        h = -math.inf
+    h0 = traj.h0
+    diverging = (h0 - h) > MAX_ENERGY_ERROR
+    accept = min(1.0, math.exp(h - h0)) if math.isfinite(h) else 0.0
+    return _Tree(new, r_new, new, r_new, new, h - h0, r_new, False, diverging, accept, 1)
+
+
+def _build_tree(traj: _Trajectory, s: NUTSState, r: np.ndarray, eps: float, depth: int) -> _Tree:
+    """A subtree of ``2**depth`` leapfrog steps from ``(s, r)`` in the direction of ``eps``."""
+    if depth == 0:
+        return _leaf(traj, s, r, eps)
+    t1 = _build_tree(traj, s, r, eps, depth - 1)
+    if t1.turning or t1.diverging:
+        return t1
+    edge, r_edge = (t1.right, t1.r_right) if eps > 0 else (t1.left, t1.r_left)
+    t2 = _build_tree(traj, edge, r_edge, eps, depth - 1)
+    n_leap = t1.n_leapfrog + t2.n_leapfrog
+    acc = t1.sum_accept + t2.sum_accept
+    if t2.turning or t2.diverging:
+        return t1._replace(
+            turning=t2.turning, diverging=t2.diverging, sum_accept=acc, n_leapfrog=n_leap
+        )
+    log_w = float(np.logaddexp(t1.log_weight, t2.log_weight))
+    take_new = math.log(traj.rng.uniform()) < t2.log_weight - log_w
+    proposal = t2.proposal if take_new else t1.proposal
+    if eps > 0:
+        left, r_left, right, r_right = t1.left, t1.r_left, t2.right, t2.r_right
+    else:
+        left, r_left, right, r_right = t2.left, t2.r_left, t1.right, t1.r_right
+    rho = t1.rho + t2.rho
+    inv_metric = traj.inv_metric
+    turning = _uturn(rho, inv_metric * r_left, inv_metric * r_right)
+    return _Tree(left, r_left, right, r_right, proposal, log_w, rho, turning, False, acc, n_leap)
 
 
 def nuts_step(
@@ -116,46 +179,29 @@ def nuts_step(
     sqrt_m = 1.0 / np.sqrt(inv_metric)
     r0 = rng.normal(size=state.x.shape) * sqrt_m
     h0 = state.logp - 0.5 * float(r0 @ (inv_metric * r0))
+    traj = _Trajectory(density, inv_metric, h0, rng)
+    proposal, n_leap, sum_accept, depth, diverging = _grow_trajectory(
+        traj, state, r0, step_size, max_depth
+    )
+    info = NUTSInfo(
+        accept_prob=sum_accept / max(n_leap, 1),
+        n_leapfrog=n_leap,
+        depth=depth,
+        diverging=diverging,
+        energy=-h0,
+    )
+    return proposal, info
 
-    def leaf(s: NUTSState, r: np.ndarray, eps: float) -> _Tree:
-        r_half = r + 0.5 * eps * s.grad
-        x_new = s.x + eps * inv_metric * r_half
-        new = _logp_grad(density, x_new)
-        r_new = r_half + 0.5 * eps * new.grad
-        h = new.logp - 0.5 * float(r_new @ (inv_metric * r_new))
-        if not math.isfinite(h):
-            h = -math.inf
-        diverging = (h0 - h) > 1000.0
-        accept = min(1.0, math.exp(h - h0)) if math.isfinite(h) else 0.0
-        return _Tree(new, r_new, new, r_new, new, h - h0, r_new, False, diverging, accept, 1)
 
-    def build(s: NUTSState, r: np.ndarray, eps: float, depth: int) -> _Tree:
-        if depth == 0:
-            return leaf(s, r, eps)
-        t1 = build(s, r, eps, depth - 1)
-        if t1.turning or t1.diverging:
-            return t1
-        edge, r_edge = (t1.right, t1.r_right) if eps > 0 else (t1.left, t1.r_left)
-        t2 = build(edge, r_edge, eps, depth - 1)
-        n_leap = t1.n_leapfrog + t2.n_leapfrog
-        acc = t1.sum_accept + t2.sum_accept
-        if t2.turning or t2.diverging:
-            return t1._replace(
-                turning=t2.turning, diverging=t2.diverging, sum_accept=acc, n_leapfrog=n_leap
-            )
-        log_w = float(np.logaddexp(t1.log_weight, t2.log_weight))
-        take_new = math.log(rng.uniform()) < t2.log_weight - log_w
-        proposal = t2.proposal if take_new else t1.proposal
-        if eps > 0:
-            left, r_left, right, r_right = t1.left, t1.r_left, t2.right, t2.r_right
-        else:
-            left, r_left, right, r_right = t2.left, t2.r_left, t1.right, t1.r_right
-        rho = t1.rho + t2.rho
-        turning = _uturn(rho, inv_metric * r_left, inv_metric * r_right)
-        return _Tree(
-            left, r_left, right, r_right, proposal, log_w, rho, turning, False, acc, n_leap
-        )
+def _grow_trajectory(
+    traj: _Trajectory, state: NUTSState, r0: np.ndarray, step_size: float, max_depth: int
+) -> tuple[NUTSState, int, float, int, bool]:
+    """Double the trajectory in random directions until it turns, diverges or hits ``max_depth``.
 
+    Returns the proposal, the number of leapfrog steps, the summed acceptance
+    probabilities, the depth reached and whether it diverged.
+    """
+    inv_metric, rng = traj.inv_metric, traj.rng
     left = right = state
     r_left = r_right = r0
     rho = r0.copy()
@@ -165,9 +211,9 @@ def nuts_step(
     while depth < max_depth:
         direction = 1.0 if rng.uniform() < 0.5 else -1.0
         if direction > 0:
-            sub = build(right, r_right, step_size, depth)
+            sub = _build_tree(traj, right, r_right, step_size, depth)
         else:
-            sub = build(left, r_left, -step_size, depth)
+            sub = _build_tree(traj, left, r_left, -step_size, depth)
         n_leap += sub.n_leapfrog
         sum_accept += sub.sum_accept
         depth += 1
@@ -187,41 +233,12 @@ def nuts_step(
         rho = rho + sub.rho
         if _uturn(rho, inv_metric * r_left, inv_metric * r_right):
             break
-    info = NUTSInfo(
-        accept_prob=sum_accept / max(n_leap, 1),
-        n_leapfrog=n_leap,
-        depth=depth,
-        diverging=diverging,
-        energy=-h0,
-    )
-    return proposal, info
+    return proposal, n_leap, sum_accept, depth, diverging
 
 
-class _DualAveraging:
-    """Stan's step-size adaptation (Nesterov dual averaging)."""
-
-    def __init__(self, step_size: float, target: float = 0.8) -> None:
-        self.mu = math.log(10.0 * step_size)
-        self.target = target
-        self.h_bar = 0.0
-        self.log_eps_bar = 0.0
-        self.t = 0
-
-    def update(self, accept: float) -> float:
-        self.t += 1
-        eta = 1.0 / (self.t + 10.0)
-        self.h_bar = (1 - eta) * self.h_bar + eta * (self.target - accept)
-        log_eps = self.mu - math.sqrt(self.t) / 0.05 * self.h_bar
-        w = self.t**-0.75
-        self.log_eps_bar = w * log_eps + (1 - w) * self.log_eps_bar
-        return math.exp(log_eps)
-
-    @property
-    def final(self) -> float:
-        return math.exp(self.log_eps_bar)
-
-
-def _find_step_size(density, state, inv_metric, rng) -> float:
+def _find_step_size(
+    density: LogDensity, state: NUTSState, inv_metric: np.ndarray, rng: np.random.Generator
+) -> float:
     eps = 1.0
     for _ in range(50):
         r = rng.normal(size=state.x.shape) / np.sqrt(inv_metric)
@@ -260,6 +277,117 @@ def _windows(num_warmup: int) -> list[int]:
     if not ends or ends[-1] != num_warmup - term:
         ends.append(num_warmup - term)
     return ends
+
+
+class _ChainSettings(NamedTuple):
+    """What the warmup and sampling of every chain share."""
+
+    density: LogDensity
+    rng: np.random.Generator
+    target_accept: float
+    max_depth: int
+    max_abs: float | None
+    bar: ProgressBar
+
+
+def _initial_state(
+    density: LogDensity, x0: np.ndarray | None, rng: np.random.Generator
+) -> NUTSState:
+    """The given start, else the first of 100 uniform draws on (-2, 2) with a finite density."""
+    state = None
+    for _ in range(100):
+        x = rng.uniform(-2, 2, size=density.dim) if x0 is None else x0
+        state = _logp_grad(density, x)
+        if math.isfinite(state.logp):
+            return state
+        x0 = None
+    raise FloatingPointError("No finite log density at 100 random initial points in (-2, 2).")
+
+
+def _restart_adaptation(
+    run: _ChainSettings, state: NUTSState, inv_metric: np.ndarray
+) -> tuple[float, DualAveragingState]:
+    """A fresh step size for ``inv_metric``, and dual averaging started from it."""
+    eps = _find_step_size(run.density, state, inv_metric, run.rng)
+    return eps, dual_averaging_init(eps)
+
+
+def _windowed_variance(window: list[np.ndarray]) -> np.ndarray:
+    """Stan's regularised variance estimate of one metric window."""
+    w = np.asarray(window)
+    n = w.shape[0]
+    var = w.var(axis=0, ddof=1)
+    return (n / (n + 5.0)) * var + 1e-3 * (5.0 / (n + 5.0))
+
+
+def _warmup(
+    run: _ChainSettings, state: NUTSState, num_warmup: int
+) -> tuple[NUTSState, float, np.ndarray]:
+    """Adapt step size and diagonal metric; return the state, step size and inverse metric."""
+    inv_metric = np.ones(run.density.dim)
+    eps, da = _restart_adaptation(run, state, inv_metric)
+    ends = _windows(num_warmup)
+    window: list[np.ndarray] = []
+    init_buffer = min(75, int(0.15 * num_warmup)) if num_warmup < 150 else 75
+    for it in range(num_warmup):
+        state, info = nuts_step(run.density, state, eps, inv_metric, run.rng, run.max_depth)
+        _check_runaway(state.x, run.max_abs)
+        da = dual_averaging_update(da, info.accept_prob, run.target_accept)
+        eps = math.exp(da.log_step)
+        if it >= init_buffer and ends and it < ends[-1]:
+            window.append(state.x)
+        if ends and it + 1 == ends[0]:
+            ends.pop(0)
+            if len(window) >= 10:
+                inv_metric = _windowed_variance(window)
+                eps, da = _restart_adaptation(run, state, inv_metric)
+            window = []
+        run.bar.update()
+    if num_warmup > 0:
+        # Stan starts its iterate average at log(1) and the block at log(step); the first
+        # update has weight 1, so the two give the same bits.
+        eps = math.exp(da.log_step_avg)
+    return state, eps, inv_metric
+
+
+def _sample_chain(
+    run: _ChainSettings,
+    state: NUTSState,
+    eps: float,
+    inv_metric: np.ndarray,
+    out: np.ndarray,
+    stats: dict[str, np.ndarray],
+    chain: int,
+    thin: int,
+) -> None:
+    """Run chain ``chain``'s sampling iterations, filling ``out`` and its row of ``stats``."""
+    stats["step_size"][chain] = eps
+    stats["inv_metric"][chain] = inv_metric
+    for it in range(stats["n_leapfrog"].shape[1]):
+        state, info = nuts_step(run.density, state, eps, inv_metric, run.rng, run.max_depth)
+        _check_runaway(state.x, run.max_abs)
+        stats["n_leapfrog"][chain, it] = info.n_leapfrog
+        stats["diverging"][chain, it] = info.diverging
+        stats["accept_prob"][chain, it] = info.accept_prob
+        stats["depth"][chain, it] = info.depth
+        if (it + 1) % thin == 0:
+            out[(it + 1) // thin - 1] = state.x
+        run.bar.update()
+
+
+def _empty_stats(chains: int, n_iter: int, dim: int) -> dict[str, np.ndarray]:
+    stats = {
+        k: np.zeros((chains, n_iter), dtype=t)
+        for k, t in (
+            ("n_leapfrog", np.int64),
+            ("diverging", bool),
+            ("accept_prob", float),
+            ("depth", np.int64),
+        )
+    }
+    stats["step_size"] = np.zeros(chains)
+    stats["inv_metric"] = np.zeros((chains, dim))
+    return stats
 
 
 def sample_nuts(
@@ -328,80 +456,15 @@ def sample_nuts(
     True
     """
     rng = np.random.default_rng(random_seed)
-    dim = density.dim
     num_draws, thin, num_warmup = int(num_draws), max(int(thin), 1), int(num_warmup)
     n_iter = num_draws * thin
-    out = np.empty((chains, num_draws, dim))
-    stats = {
-        k: np.zeros((chains, n_iter), dtype=t)
-        for k, t in (
-            ("n_leapfrog", np.int64),
-            ("diverging", bool),
-            ("accept_prob", float),
-            ("depth", np.int64),
-        )
-    }
-    stats["step_size"] = np.zeros(chains)
-    stats["inv_metric"] = np.zeros((chains, dim))
-    bar = None
-    if progressbar:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=chains * (num_warmup + n_iter), desc=desc)
-    try:
+    out = np.empty((chains, num_draws, density.dim))
+    stats = _empty_stats(chains, n_iter, density.dim)
+    with ProgressBar(chains * (num_warmup + n_iter), desc, show=progressbar) as bar:
+        run = _ChainSettings(density, rng, target_accept, max_depth, max_abs, bar)
         for c in range(chains):
             x0 = None if init is None else np.asarray(init[c], dtype=float)
-            state = None
-            for _ in range(100):
-                x = rng.uniform(-2, 2, size=dim) if x0 is None else x0
-                state = _logp_grad(density, x)
-                if math.isfinite(state.logp):
-                    break
-                x0 = None
-            if state is None or not math.isfinite(state.logp):
-                raise FloatingPointError(
-                    "No finite log density at 100 random initial points in (-2, 2)."
-                )
-            inv_metric = np.ones(dim)
-            eps = _find_step_size(density, state, inv_metric, rng)
-            da = _DualAveraging(eps, target_accept)
-            ends = _windows(num_warmup)
-            window: list[np.ndarray] = []
-            init_buffer = min(75, int(0.15 * num_warmup)) if num_warmup < 150 else 75
-            for it in range(num_warmup):
-                state, info = nuts_step(density, state, eps, inv_metric, rng, max_depth)
-                _check_runaway(state.x, max_abs)
-                eps = da.update(info.accept_prob)
-                if it >= init_buffer and ends and it < ends[-1]:
-                    window.append(state.x)
-                if ends and it + 1 == ends[0]:
-                    ends.pop(0)
-                    if len(window) >= 10:
-                        w = np.asarray(window)
-                        n = w.shape[0]
-                        var = w.var(axis=0, ddof=1)
-                        inv_metric = (n / (n + 5.0)) * var + 1e-3 * (5.0 / (n + 5.0))
-                        eps = _find_step_size(density, state, inv_metric, rng)
-                        da = _DualAveraging(eps, target_accept)
-                    window = []
-                if bar is not None:
-                    bar.update(1)
-            if num_warmup > 0:
-                eps = da.final
-            stats["step_size"][c] = eps
-            stats["inv_metric"][c] = inv_metric
-            for it in range(n_iter):
-                state, info = nuts_step(density, state, eps, inv_metric, rng, max_depth)
-                _check_runaway(state.x, max_abs)
-                stats["n_leapfrog"][c, it] = info.n_leapfrog
-                stats["diverging"][c, it] = info.diverging
-                stats["accept_prob"][c, it] = info.accept_prob
-                stats["depth"][c, it] = info.depth
-                if (it + 1) % thin == 0:
-                    out[c, (it + 1) // thin - 1] = state.x
-                if bar is not None:
-                    bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+            state = _initial_state(density, x0, rng)
+            state, eps, inv_metric = _warmup(run, state, num_warmup)
+            _sample_chain(run, state, eps, inv_metric, out[c], stats, c, thin)
     return out, stats

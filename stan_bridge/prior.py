@@ -24,10 +24,13 @@ for any MCMC, non-centred parameterisations sample better.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from stan_bridge.nuts import RunawayChainError, sample_nuts
 
 if TYPE_CHECKING:  # pragma: no cover
     from stan_bridge.model import StanModel
@@ -217,63 +220,75 @@ def prior_predictive(
     rng = np.random.default_rng(random_seed)
     mcmc_seed, gq_seed = (int(s) for s in rng.integers(0, 2**31 - 1, size=2))
     chains = max(1, min(int(chains), n))
-    per_chain = -(-n // chains)
-    from stan_bridge.nuts import RunawayChainError
+    params, stats = _sample_prior(
+        prior_model, n, chains, warmup, thin, mcmc_seed, progressbar, flag, suffix
+    )
+    gq = prior_model.generated_quantities(params, seed=gq_seed)
+    simulated = {name: _simulated(model, gq, name, flag, suffix) for name in observed}
+    if return_info:
+        return params, simulated, _mcmc_info(stats, chains, thin, warmup)
+    return params, simulated
 
+
+def _simulated(model: StanModel, gq: dict, name: str, flag: str, suffix: str) -> np.ndarray:
+    """The simulated values of data variable ``name``, checked against its shape and type."""
+    sim = gq[name + suffix]
+    want = model.data[name].shape
+    if sim.shape[1:] != want:
+        raise PriorPredictiveError(
+            f"`{name}{suffix}` has shape {sim.shape[1:]} but `{name}` has shape {want}; "
+            "the simulating generated quantity must have the shape of the data.\n"
+            + _convention_help(flag, suffix)
+        )
+    if model.info["inputs"][name]["type"] == "int":
+        sim = np.asarray(np.round(sim), dtype=np.int64)
+    return sim
+
+
+def _mcmc_info(stats: dict, chains: int, thin: int, warmup: int) -> dict[str, Any]:
+    return {
+        "divergences": int(stats["diverging"].sum()),
+        "mean_accept_prob": float(stats["accept_prob"].mean()),
+        "step_size": stats["step_size"].tolist(),
+        "grad_evals": int(stats["n_leapfrog"].sum()),
+        "chains": chains,
+        "thin": thin,
+        "warmup": warmup,
+    }
+
+
+def _sample_prior(
+    prior_model: StanModel,
+    n: int,
+    chains: int,
+    warmup: int,
+    thin: int,
+    seed: int,
+    progressbar: bool,
+    flag: str,
+    suffix: str,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``n`` NUTS draws from the prior-only density (rows), and the sampler's statistics.
+
+    An improper prior raises :class:`PriorPredictiveError`.
+    """
     try:
-        draws, stats = _sample_prior(
-            prior_model, per_chain, chains, warmup, thin, mcmc_seed, progressbar
+        draws, stats = sample_nuts(
+            prior_model,
+            -(-n // chains),
+            chains=chains,
+            num_warmup=warmup,
+            thin=thin,
+            random_seed=seed,
+            progressbar=progressbar,
+            desc="Prior draws (NUTS, prior_only=1)",
+            max_abs=1e8,
         )
     except RunawayChainError as err:
         raise PriorPredictiveError(
             f"The prior-only density looks improper: {err} Give every parameter a proper "
             "prior (a flat prior has no prior predictive).\n" + _convention_help(flag, suffix)
         ) from None
-    params = draws.reshape(-1, model.dim)[:n]
-    gq = prior_model.generated_quantities(params, seed=gq_seed)
-    simulated = {}
-    for name in observed:
-        sim = gq[name + suffix]
-        want = model.data[name].shape
-        if sim.shape[1:] != want:
-            raise PriorPredictiveError(
-                f"`{name}{suffix}` has shape {sim.shape[1:]} but `{name}` has shape {want}; "
-                "the simulating generated quantity must have the shape of the data.\n"
-                + _convention_help(flag, suffix)
-            )
-        if model.info["inputs"][name]["type"] == "int":
-            sim = np.asarray(np.round(sim), dtype=np.int64)
-        simulated[name] = sim
-    if return_info:
-        info: dict[str, Any] = {
-            "divergences": int(stats["diverging"].sum()),
-            "mean_accept_prob": float(stats["accept_prob"].mean()),
-            "step_size": stats["step_size"].tolist(),
-            "grad_evals": int(stats["n_leapfrog"].sum()),
-            "chains": chains,
-            "thin": thin,
-            "warmup": warmup,
-        }
-        return params, simulated, info
-    return params, simulated
-
-
-def _sample_prior(prior_model, per_chain, chains, warmup, thin, seed, progressbar):
-    import warnings
-
-    from stan_bridge.nuts import sample_nuts
-
-    draws, stats = sample_nuts(
-        prior_model,
-        per_chain,
-        chains=chains,
-        num_warmup=warmup,
-        thin=thin,
-        random_seed=seed,
-        progressbar=progressbar,
-        desc="Prior draws (NUTS, prior_only=1)",
-        max_abs=1e8,
-    )
     n_div = int(stats["diverging"].sum())
     if n_div > 0.01 * stats["diverging"].size:
         warnings.warn(
@@ -281,4 +296,4 @@ def _sample_prior(prior_model, per_chain, chains, warmup, thin, seed, progressba
             "may be biased. A non-centred parameterisation usually fixes this.",
             stacklevel=3,
         )
-    return draws, stats
+    return draws.reshape(-1, prior_model.dim)[:n], stats

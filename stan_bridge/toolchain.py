@@ -23,9 +23,10 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
-__all__ = ["Toolchain", "ToolchainNotFoundError", "find_toolchain", "SHIM_DIR"]
+__all__ = ["Toolchain", "ToolchainKind", "ToolchainNotFoundError", "find_toolchain", "SHIM_DIR"]
 
 #: Directory holding the C++ shim sources.
 SHIM_DIR = Path(__file__).resolve().parent / "shim"
@@ -41,6 +42,20 @@ _HOW_TO_GET_ONE = (
 )
 
 
+class ToolchainKind(StrEnum):
+    """Which kind of Stan installation a :class:`Toolchain` is.
+
+    Examples
+    --------
+    >>> from stan_bridge.toolchain import ToolchainKind
+    >>> ToolchainKind.CMDSTAN == "cmdstan"
+    True
+    """
+
+    CMDSTAN = "cmdstan"
+    HTTPSTAN = "httpstan"
+
+
 class ToolchainNotFoundError(RuntimeError):
     """No usable Stan toolchain (or no C++ compiler) was found."""
 
@@ -51,8 +66,8 @@ class Toolchain:
 
     Attributes
     ----------
-    kind : {"cmdstan", "httpstan"}
-        Which kind of installation.
+    kind : ToolchainKind
+        Which kind of installation (``"cmdstan"`` or ``"httpstan"``).
     root : Path
         Its root directory.
     stanc : Path
@@ -74,7 +89,7 @@ class Toolchain:
     True
     """
 
-    kind: str
+    kind: ToolchainKind
     root: Path
     stanc: Path
     stanc_version: str
@@ -190,7 +205,7 @@ def _cmdstan_toolchain(root: Path) -> Toolchain:
     sundials_libs = _sundials_libs(_glob_one(lib, "sundials_*/lib"))
     cxx = _find_cxx()
     return Toolchain(
-        kind="cmdstan",
+        kind=ToolchainKind.CMDSTAN,
         root=root,
         stanc=stanc,
         stanc_version=_stanc_version(stanc),
@@ -237,7 +252,7 @@ def _httpstan_toolchain() -> Toolchain:
     sundials_libs = _sundials_libs(lib)
     cxx = _find_cxx()
     return Toolchain(
-        kind="httpstan",
+        kind=ToolchainKind.HTTPSTAN,
         root=root,
         stanc=stanc,
         stanc_version=_stanc_version(stanc),

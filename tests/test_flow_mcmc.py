@@ -18,7 +18,6 @@ from toy_densities import (
 
 from pymc_ext.flow_sampler import (
     FlowMCMCWarning,
-    _restart_stuck_walkers,
     coverage_check,
     default_num_draws,
     default_num_rounds,
@@ -29,6 +28,7 @@ from pymc_ext.flow_sampler import (
     hmc_step,
     local_init,
     mala_step,
+    restart_stuck_walkers,
     reverse_kl_reason,
 )
 from pymc_ext.flows import SeedResult, build_flow, fit_forward_kl
@@ -118,7 +118,7 @@ def test_distinct_modes_merges_centres_on_one_curved_mode_and_keeps_separated_mo
     the two-mode mixture keeps its two modes."""
     from toy_densities import _batched
 
-    from pymc_ext.flow_sampler import _distinct_modes
+    from pymc_ext.flow_sampler import distinct_modes
 
     b, s2 = 1.0, 0.5  # x2 = b * x1^2 with sd s2 across the curve, x1 ~ N(0, 1.5^2)
 
@@ -133,11 +133,11 @@ def test_distinct_modes_merges_centres_on_one_curved_mode_and_keeps_separated_mo
     arms = np.array([[-1.7, 2.9], [1.7, 2.9]])  # not maxima: off the top, on the curve
     mid = 0.5 * (arms[0] + arms[1])
     assert lp(mid[None])[0] < lp(arms).min() - 10  # the segment test alone splits them
-    assert _distinct_modes(banana, arms).shape[0] == 1
+    assert distinct_modes(banana, arms).shape[0] == 1
 
     d = mixture_density(2, [0.3, 0.7], [[-3.0, -3.0], [3.0, 3.0]], [1.0, 1.0])
     centres = np.array([[-2.6, -3.3], [3.2, 2.7], [2.8, 3.1]])
-    modes = _distinct_modes(d, centres)
+    modes = distinct_modes(d, centres)
     assert modes.shape[0] == 2
     assert sorted(np.sign(modes[:, 0]).tolist()) == [-1.0, 1.0]
 
@@ -331,12 +331,12 @@ def test_walkers_the_flow_could_never_move_restart_at_flow_draws():
     # far out in p's tail, where the (slightly too narrow) q has much less: p / q is about
     # e^14 above its average there
     assert cov["walker_log_ratio"][-1] > 10 and np.all(cov["walker_log_ratio"][:-1] < 6)
-    new, n = _restart_stuck_walkers(d, state, cov, rng, 6.0)
+    new, n = restart_stuck_walkers(d, state, cov, rng, 6.0)
     assert n == 1
     assert np.array_equal(new.position[:-1], walkers[:-1])
     assert np.linalg.norm(new.position[-1]) < 3.0
     assert np.allclose(new.logp, d.logp_batch(new.position))
-    same, n0 = _restart_stuck_walkers(d, state, cov, rng, None)
+    same, n0 = restart_stuck_walkers(d, state, cov, rng, None)
     assert n0 == 0 and same is state
 
 

@@ -9,7 +9,7 @@ import pytest
 from toy_densities import funnel_density, gaussian_density, mixture_density, share_and_se
 
 from pymc_ext.density import FunctionLogDensity
-from pymc_ext.flow_sampler import _distinct_modes, flow_mcmc, flow_mcmc_adapt
+from pymc_ext.flow_sampler import distinct_modes, flow_mcmc, flow_mcmc_adapt
 from pymc_ext.flows import pathfinder_seed
 from pymc_ext.mode_search import add_modes_to_seed, laplace_log_mass, search_modes
 
@@ -72,7 +72,7 @@ def test_search_takes_no_point_of_a_funnels_neck_for_a_mode():
     """Climbs in a funnel end deep in the neck: high density, no volume. Not a mode."""
     d = funnel_density(10)
     seed = pathfinder_seed(d, num_paths=16, random_seed=1)
-    known = _distinct_modes(d, seed.centers)
+    known = distinct_modes(d, seed.centers)
     found = search_modes(d, seed, known, num_climbs=128, rng=np.random.default_rng(1))
     assert found.tops.shape[0] == 0
     assert np.isfinite(found.reference_log_mass)

@@ -52,6 +52,9 @@ def test_step_in_pm_sample(model, chains, cores):
         idata = pm.sample(
             draws=150, step=step, chains=chains, cores=cores, random_seed=2, **SAMPLE_KW
         )
+    # plain pm.sample keeps the figures per draw; pymc_ext.sample lifts them (no patching)
+    assert int(idata.sample_stats["warmstart_grad_evals"].max()) == step.warmstart_grad_evals
+    idata = lift_warmstart_attrs(idata)
     _check_result(idata, chains, 150)
     # pm.sample asked the step for its tune: the short warmup.
     assert idata.posterior.attrs["tuning_steps"] == DEFAULT_WARMUP == step.warmup
@@ -71,6 +74,7 @@ def test_remaining_tuning_iterations_are_free(model):
             discard_tuned_samples=False,
             **SAMPLE_KW,
         )
+    idata = lift_warmstart_attrs(idata)  # what pymc_ext.sample does
     warm = idata.warmup_sample_stats
     idle = warm["warmup_idle"].values
     assert idle.shape == (2, 200)
@@ -103,9 +107,10 @@ def test_random_seed_reproducible_across_cores(model):
         with model, warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             step = WarmStartNUTS(random_seed=11)
-            return pm.sample(
+            idata = pm.sample(
                 draws=100, step=step, chains=2, cores=cores, random_seed=12, **SAMPLE_KW
             )
+        return lift_warmstart_attrs(idata)  # what pymc_ext.sample does
 
     a, b, c = run(1), run(1), run(2)
     np.testing.assert_array_equal(a.posterior["mu"].values, b.posterior["mu"].values)
@@ -189,6 +194,15 @@ def test_bad_input_is_rejected(model):
             WarmStartNUTS(scaling=np.ones(2))
         with pytest.raises(ValueError, match="Unknown warm start"):
             WarmStartNUTS(init="laplace")
+
+
+def test_building_the_step_patches_nothing(model):
+    import pymc.backends.arviz
+
+    original = pm.to_inference_data
+    with model:
+        WarmStartNUTS(random_seed=1, warmup=10)
+    assert pm.to_inference_data is original is pymc.backends.arviz.to_inference_data
 
 
 def test_lift_attrs():

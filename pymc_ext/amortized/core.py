@@ -1,0 +1,537 @@
+"""The :class:`Amortizer`: a slim front that delegates to the modules of :mod:`pymc_ext.amortized`.
+
+Construction picks the summary network and data layout
+(:mod:`~pymc_ext.amortized.networks`); :meth:`Amortizer.fit` simulates and
+trains (:mod:`~pymc_ext.amortized.training`, on the package's one training
+loop); :meth:`Amortizer.sample` / :meth:`Amortizer.sample_many` draw and check
+against the true density (:mod:`~pymc_ext.amortized.sampling`);
+:meth:`Amortizer.save` / :meth:`Amortizer.load` are in
+:mod:`~pymc_ext.amortized.serialization`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pymc_ext.amortized import sampling, serialization
+from pymc_ext.amortized.calibration import CalibrationResult
+from pymc_ext.amortized.networks import build_summary, choose_summary, with_threads
+from pymc_ext.amortized.networks import data_layout as layout_for
+from pymc_ext.amortized.results import (
+    AmortizedDraws,
+    AmortizerNotFittedError,
+    TrainingHistory,
+)
+from pymc_ext.amortized.targets import make_target
+from pymc_ext.amortized.training import FitConfig, fit_amortizer, fit_config
+from pymc_ext.blocks.torch_settings import torch_device
+from pymc_ext.flows.conditional import ConditionalFlow
+
+__all__ = ["Amortizer"]
+
+# frames between a public method's caller and sampling.posterior_draws: the method, with_threads
+_PUBLIC_STACKLEVEL = 3
+
+
+class Amortizer:
+    """Amortized posterior estimation for a PyMC model or a Stan program.
+
+    Parameters
+    ----------
+    model : pm.Model or LogDensity
+        A PyMC model (the one in context by default), or a log density that
+        follows the prior-predictive convention, such as
+        ``stan_bridge.StanModel`` (``prior_predictive(n, seed)`` and
+        ``with_data(data)``).
+    observed : list of str, optional
+        Observed variables to condition on (all by default).
+    summary : str or torch.nn.Module
+        ``"auto"`` (default), ``"identity"``, ``"mlp"``, ``"deepset"``
+        (exchangeable rows, any ``N``), ``"gru"`` or ``"conv"`` (series), or
+        your own module with ``forward(x, mask=None)`` and ``output_dim``
+        (then say its input with ``data_layout``). ``"auto"`` picks
+        ``"deepset"`` when a ``covariate_sampler`` varies the data, else
+        ``"identity"`` for up to 32 data values and ``"mlp"`` beyond.
+    covariates : list of str, optional
+        PyMC only: ``pm.Data`` variables that change between datasets and
+        are conditioned on (for example regressors).
+    covariate_sampler : callable, optional
+        PyMC only: ``rng -> {covariate: array}``, new covariates (and so new
+        ``N``) for each block of simulations. See
+        :class:`~pymc_ext.amortized.targets.PyMCTarget`.
+    summary_kwargs : dict, optional
+        Sizes of the built-in summary network (``output_dim``, ``hidden``).
+    flow_kwargs : dict, optional
+        Sizes of the flow (``transforms``, ``hidden_features``, ``bins``,
+        ``autoregressive``); see :class:`~pymc_ext.flows.conditional.ConditionalFlow`.
+    data_layout : {"vector", "set", "series"}, optional
+        Only for a custom summary module: how data reach it.
+    device : str or torch.device, optional
+        Where the networks run; the GPU when torch sees one, else the CPU.
+    num_threads : int or None
+        Torch CPU threads while the amortizer trains or draws (restored
+        afterwards). 1 by default: the networks are small, and extra threads
+        slow them down on a busy machine. ``None`` leaves torch's setting.
+
+    Examples
+    --------
+    >>> import numpy as np, pymc as pm, pymc_ext
+    >>> with pm.Model() as model:
+    ...     mu = pm.Normal("mu", 0, 1)
+    ...     y = pm.Normal("y", mu, 1, observed=np.zeros(5))
+    >>> amortizer = pymc_ext.Amortizer(model).fit(
+    ...     num_simulations=500, epochs=3, random_seed=1, progressbar=False)
+    >>> idata = amortizer.sample({"y": np.ones(5)}, draws=200, random_seed=2)
+    >>> idata.posterior["mu"].shape
+    (1, 200)
+    >>> "pareto_k" in idata.posterior.attrs
+    True
+    """
+
+    def __init__(
+        self,
+        model: Any = None,
+        observed: Sequence[str] | None = None,
+        summary: str | nn.Module = "auto",
+        *,
+        covariates: Sequence[str] | None = None,
+        covariate_sampler: Callable[[np.random.Generator], Mapping[str, Any]] | None = None,
+        summary_kwargs: Mapping[str, Any] | None = None,
+        flow_kwargs: Mapping[str, Any] | None = None,
+        data_layout: str | None = None,
+        device: str | torch.device | None = None,
+        num_threads: int | None = 1,
+    ) -> None:
+        self.num_threads = num_threads
+        self.target = make_target(
+            model, observed=observed, covariates=covariates, covariate_sampler=covariate_sampler
+        )
+        self.density = self.target.density
+        self.dim = int(self.target.dim)
+        self.device = torch.device(device) if device is not None else torch_device()
+        current = self.target.current_data()
+        self.summary_kwargs = dict(summary_kwargs or {})
+        self.flow_kwargs = dict(flow_kwargs or {})
+        self.summary_kind, layout_kind = choose_summary(
+            summary, current, self.target.data_names(), covariate_sampler is not None, data_layout
+        )
+        self.layout = layout_for(layout_kind, self.target.data_names(), current)
+        if isinstance(summary, nn.Module):
+            self.summary_net = summary
+        else:
+            self.summary_net = build_summary(self.summary_kind, self.summary_kwargs, self.layout)
+        self.flow = ConditionalFlow(self.dim, self.summary_net.output_dim, **self.flow_kwargs)
+        self.summary_net.to(self.device)
+        self.flow.to(self.device)
+        self.history: TrainingHistory | None = None
+        self.summary_range: np.ndarray | None = None  # (2, output_dim): low, high
+        self.fitted = False
+
+    def __repr__(self) -> str:
+        state = "fitted" if self.fitted else "not fitted"
+        return (
+            f"Amortizer({self.target.kind}, dim={self.dim}, data={self.layout.names} "
+            f"({self.layout.kind}), summary={self.summary_kind}, {state})"
+        )
+
+    # -- training ------------------------------------------------------------------------------
+    @with_threads
+    def fit(
+        self,
+        num_simulations: int | None = None,
+        epochs: int | None = None,
+        batch_size: int | None = None,
+        validation_fraction: float | None = None,
+        random_seed: int | np.random.Generator | None = None,
+        progressbar: bool = True,
+        *,
+        learning_rate: float | None = None,
+        patience: int | None = None,
+        simulations_per_epoch: int | None = None,
+        max_seconds: float | None = None,
+        config: FitConfig | None = None,
+    ) -> Amortizer:
+        """Train on simulations from the model's prior predictive.
+
+        Parameters
+        ----------
+        num_simulations : int
+            Stored simulation budget (training plus validation); 10 000 by default.
+        epochs : int
+            Most passes over the training set (200).
+        batch_size : int
+            Simulations per gradient step (256).
+        validation_fraction : float
+            Share of simulations held out for early stopping (0.1).
+        random_seed : int or Generator, optional
+            Seeds the simulations, the split, the initial weights and the batches.
+        progressbar : bool
+            Show progress bars (simulation, epochs).
+        learning_rate : float
+            Adam's initial learning rate (cosine-annealed over ``epochs``; 1e-3).
+        patience : int
+            Stop when the validation loss has not improved for this many epochs;
+            the best weights are kept (20).
+        simulations_per_epoch : int
+            Simulate this many fresh pairs every epoch, replacing the oldest
+            training pairs (on-the-fly simulation beyond the stored budget;
+            cheap simulators make the flow less prone to over-fitting).
+        max_seconds : float, optional
+            Stop training after this long (the best weights so far are kept).
+        config : FitConfig, optional
+            All of the settings above at once
+            (:class:`~pymc_ext.amortized.training.FitConfig`); the arguments
+            that are given override it.
+
+        Returns
+        -------
+        Amortizer
+            ``self``, so ``Amortizer(model).fit(...)`` chains.
+
+        Examples
+        --------
+        >>> import numpy as np, pymc as pm, pymc_ext
+        >>> with pm.Model() as model:
+        ...     y = pm.Normal("y", pm.Normal("mu"), 1, observed=np.zeros(3))
+        >>> a = pymc_ext.Amortizer(model).fit(300, epochs=3, random_seed=0, progressbar=False)
+        >>> a.fitted, a.history.epochs_run
+        (True, 3)
+        """
+        config = fit_config(
+            config, num_simulations=num_simulations, epochs=epochs, batch_size=batch_size,
+            validation_fraction=validation_fraction, learning_rate=learning_rate,
+            patience=patience, simulations_per_epoch=simulations_per_epoch,
+            max_seconds=max_seconds,
+        )
+        self.history = fit_amortizer(self, config, random_seed, progressbar)
+        self.fitted = True
+        return self
+
+    def check_fitted(self) -> None:
+        """Raise :class:`AmortizerNotFittedError` unless trained or loaded.
+
+        Examples
+        --------
+        >>> import numpy as np, pymc as pm, pymc_ext
+        >>> with pm.Model() as model:
+        ...     y = pm.Normal("y", pm.Normal("mu"), 1, observed=np.zeros(3))
+        >>> pymc_ext.Amortizer(model).check_fitted()
+        Traceback (most recent call last):
+        ...
+        pymc_ext.amortized.results.AmortizerNotFittedError: This amortizer is not trained yet: call .fit(num_simulations=...) first, or Amortizer.load(path, model) for saved weights.
+        """  # noqa: E501
+        if not self.fitted:
+            raise AmortizerNotFittedError(
+                "This amortizer is not trained yet: call .fit(num_simulations=...) first, or "
+                "Amortizer.load(path, model) for saved weights."
+            )
+
+    def prepare(self, datasets: Sequence[Mapping[str, Any]]) -> tuple[list[dict], torch.Tensor]:
+        """Checked datasets and their summary-network contexts ``(len(datasets), context_dim)``.
+
+        Warns (:class:`~pymc_ext.amortized.diagnostics.AmortizedDataWarning`)
+        when data are unlike the training simulations.
+
+        Examples
+        --------
+        >>> import numpy as np, pymc as pm, pymc_ext
+        >>> with pm.Model() as model:
+        ...     y = pm.Normal("y", pm.Normal("mu"), 1, observed=np.zeros(3))
+        >>> a = pymc_ext.Amortizer(model).fit(300, epochs=2, random_seed=0, progressbar=False)
+        >>> checked, ctx = a.prepare([{"y": np.ones(3)}])
+        >>> tuple(ctx.shape)
+        (1, 3)
+        """
+        return sampling.prepare(self, datasets, stacklevel=2)
+
+    # -- drawing ---------------------------------------------------------------------------------
+    @with_threads
+    def log_q(self, theta: np.ndarray, data: Mapping[str, Any] | None = None) -> np.ndarray:
+        """``log q(theta_i | y)`` of the amortized posterior at one dataset.
+
+        Parameters
+        ----------
+        theta : ndarray, shape (n, dim)
+            Points on the unconstrained space.
+        data : dict, optional
+            The dataset (the model's own observed data by default).
+
+        Returns
+        -------
+        ndarray, shape (n,)
+
+        Examples
+        --------
+        >>> import numpy as np, pymc as pm, pymc_ext
+        >>> with pm.Model() as model:
+        ...     y = pm.Normal("y", pm.Normal("mu"), 1, observed=np.zeros(3))
+        >>> a = pymc_ext.Amortizer(model).fit(300, epochs=2, random_seed=0, progressbar=False)
+        >>> a.log_q(np.zeros((4, 1)), {"y": np.ones(3)}).shape
+        (4,)
+        """
+        self.check_fitted()
+        data = self.target.current_data() if data is None else data
+        _, ctx = sampling.prepare(self, [data], stacklevel=_PUBLIC_STACKLEVEL)
+        theta_t = torch.as_tensor(np.atleast_2d(theta), dtype=torch.float32, device=self.device)
+        with torch.no_grad():
+            out = self.flow.log_prob(theta_t, ctx.expand(theta_t.shape[0], -1))
+        return out.double().cpu().numpy()
+
+    @with_threads
+    def sample(
+        self,
+        data: Mapping[str, Any] | None = None,
+        draws: int = 1000,
+        random_seed: int | np.random.Generator | None = None,
+        correct: str | None = None,
+        diagnostics: bool = True,
+        return_inferencedata: bool = True,
+    ) -> Any:
+        """Amortized posterior draws for one dataset, as ArviZ data.
+
+        Parameters
+        ----------
+        data : dict, optional
+            ``name -> array`` with the observed values (and covariates), named
+            as in the model; the model's own observed data by default.
+        draws : int
+            Number of draws.
+        random_seed : int or Generator, optional
+            Seed.
+        correct : {None, "psis"}
+            ``"psis"``: importance-resample the draws with Pareto-smoothed
+            weights against the true density (a warning when k > 0.7).
+        diagnostics : bool
+            Evaluate the true density and the Pareto k (costs ``draws``
+            density evaluations; ``False`` is the fastest path).
+        return_inferencedata : bool
+            ``False``: skip building the DataTree (a few ms) and return an
+            :class:`AmortizedDraws` of plain NumPy arrays.
+
+        Returns
+        -------
+        xarray.DataTree or AmortizedDraws
+            ``posterior`` (1 chain) with the model's names, dims and coords;
+            ``sample_stats`` with ``log_q`` (and ``log_p``, ``log_weight``);
+            ``observed_data``; ``posterior.attrs["pareto_k"]``.
+
+        Examples
+        --------
+        >>> import numpy as np, pymc as pm, pymc_ext
+        >>> with pm.Model() as model:
+        ...     y = pm.Normal("y", pm.Normal("mu"), 1, observed=np.zeros(3))
+        >>> a = pymc_ext.Amortizer(model).fit(300, epochs=2, random_seed=0, progressbar=False)
+        >>> idata = a.sample({"y": np.ones(3)}, draws=100, random_seed=1, correct="psis")
+        >>> idata.posterior["mu"].shape, idata.posterior.attrs["correct"]
+        ((1, 100), 'psis')
+        """
+        data = self.target.current_data() if data is None else data
+        checked, theta, stats, diag = sampling.posterior_draws(
+            self, [data], draws, random_seed, correct, diagnostics, stacklevel=_PUBLIC_STACKLEVEL
+        )
+        theta = theta[0]
+        stats = {key: v[0] for key, v in stats.items()}
+        attrs: dict[str, Any] = {"inference_library": "pymc_ext.Amortizer", "correct": str(correct)}
+        attrs.update({key: float(v[0]) for key, v in diag.items()})
+        if not return_inferencedata:
+            return AmortizedDraws(self.density.constrain_batch(theta), stats, attrs)
+        from pymc_ext.pymc_adapter.datatree import to_datatree
+
+        return to_datatree(
+            self.density,
+            theta[None],
+            sample_stats={key: v[None] for key, v in stats.items()},
+            observed_data=checked[0],
+            attrs=attrs,
+        )
+
+    @with_threads
+    def sample_many(
+        self,
+        datasets: Sequence[Mapping[str, Any]],
+        draws: int = 1000,
+        random_seed: int | np.random.Generator | None = None,
+        correct: str | None = None,
+        diagnostics: bool = True,
+        return_inferencedata: bool = True,
+        cores: int | None = None,
+    ) -> Any:
+        """Amortized posteriors for many datasets in one batched call.
+
+        Parameters
+        ----------
+        datasets : list of dict
+            Each like ``data`` in :meth:`sample`.
+        draws, random_seed, correct, diagnostics, return_inferencedata
+            As in :meth:`sample`.
+        cores : int, optional
+            CPU threads that draw batches of datasets at once (every core by
+            default). The draws are the same for any ``cores``.
+
+        Returns
+        -------
+        xarray.DataTree or AmortizedDraws
+            ``posterior`` with dims ``(dataset, draw, ...)``; ``sample_stats``
+            likewise; group ``amortized_diagnostics`` with ``pareto_k``
+            ``(dataset,)`` (and ``num_rows`` for set data).
+
+        Examples
+        --------
+        >>> import numpy as np, pymc as pm, pymc_ext
+        >>> with pm.Model() as model:
+        ...     y = pm.Normal("y", pm.Normal("mu"), 1, observed=np.zeros(3))
+        >>> a = pymc_ext.Amortizer(model).fit(300, epochs=2, random_seed=0, progressbar=False)
+        >>> dt = a.sample_many([{"y": np.ones(3)}, {"y": -np.ones(3)}], draws=50, random_seed=1)
+        >>> dt.posterior["mu"].shape, dt["amortized_diagnostics"]["pareto_k"].shape
+        ((2, 50), (2,))
+        """
+        if isinstance(datasets, Mapping) or len(datasets) == 0:
+            raise ValueError("datasets must be a non-empty list of dicts (one per dataset).")
+        checked, theta, stats, diag = sampling.posterior_draws(
+            self, list(datasets), draws, random_seed, correct, diagnostics, cores=cores,
+            stacklevel=_PUBLIC_STACKLEVEL,
+        )
+        if self.layout.has_rows:
+            diag["num_rows"] = np.array([np.shape(d[self.layout.names[0]])[0] for d in checked])
+        if not return_inferencedata:
+            flat = self.density.constrain_batch(theta.reshape(-1, self.dim))
+            posterior = {
+                k: np.asarray(v).reshape(*theta.shape[:2], *np.shape(v)[1:])
+                for k, v in flat.items()
+            }
+            return AmortizedDraws(posterior, stats, diag)
+        return sampling.many_to_datatree(self, theta, stats, diag, correct)
+
+    # -- calibration -----------------------------------------------------------------------------
+    @with_threads
+    def check_calibration(
+        self,
+        num_datasets: int = 200,
+        draws: int = 100,
+        random_seed: int | np.random.Generator | None = None,
+        alpha: float = 0.01,
+        progressbar: bool = False,
+    ) -> CalibrationResult:
+        """Simulation-based calibration on fresh prior-predictive datasets.
+
+        Parameters
+        ----------
+        num_datasets : int
+            Simulated datasets (at least 20; a few hundred give a sharp test).
+        draws : int
+            Posterior draws per dataset (ranks run from 0 to ``draws``).
+        random_seed : int or Generator, optional
+            Seed.
+        alpha : float
+            Level of the band test over all parameters.
+        progressbar : bool
+            Show the simulation progress bar.
+
+        Returns
+        -------
+        CalibrationResult
+            ``.passed``, ``.ranks``, ``.plot()``, contraction and z-scores, on
+            the unconstrained parameters (ranks do not change under the
+            monotone transforms, so this also checks each constrained scalar).
+
+        Examples
+        --------
+        >>> import numpy as np, pymc as pm, pymc_ext
+        >>> with pm.Model() as model:
+        ...     y = pm.Normal("y", pm.Normal("mu"), 1, observed=np.zeros(3))
+        >>> a = pymc_ext.Amortizer(model).fit(300, epochs=2, random_seed=0, progressbar=False)
+        >>> sbc = a.check_calibration(num_datasets=30, draws=20, random_seed=1)
+        >>> sbc.ranks.shape
+        (30, 1)
+        """
+        return sampling.calibrate(self, num_datasets, draws, random_seed, alpha, progressbar)
+
+    # -- save / load -------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Save weights and configuration to one file (atomically; no pickled code).
+
+        The file is a ``torch.save`` archive of tensors and one JSON string,
+        readable with ``torch.load(weights_only=True)``. It is written to a
+        temporary file beside ``path`` and moved into place, so an interrupted
+        save never leaves a corrupt file.
+
+        Examples
+        --------
+        >>> import os, tempfile, numpy as np, pymc as pm, pymc_ext
+        >>> with pm.Model() as model:
+        ...     mu = pm.Normal("mu")
+        ...     y = pm.Normal("y", mu, 1, observed=np.zeros(3))
+        >>> a = pymc_ext.Amortizer(model).fit(300, epochs=2, random_seed=0, progressbar=False)
+        >>> path = os.path.join(tempfile.mkdtemp(), "amortizer.pt")
+        >>> a.save(path)
+        >>> pymc_ext.Amortizer.load(path, model).fitted
+        True
+        """
+        self.check_fitted()
+        serialization.save_amortizer(self, path)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        model: Any = None,
+        *,
+        summary: nn.Module | None = None,
+        covariate_sampler: Callable[[np.random.Generator], Mapping[str, Any]] | None = None,
+        device: str | torch.device | None = None,
+        num_threads: int | None = 1,
+    ) -> Amortizer:
+        """Load a saved amortizer into ``model``, checking that it is the same model.
+
+        Parameters
+        ----------
+        path : str
+            A file written by :meth:`save`.
+        model : pm.Model or LogDensity
+            The model to attach it to (the one in context by default).
+        summary : torch.nn.Module, optional
+            Needed only when the saved amortizer used a custom summary module:
+            a fresh instance of the same architecture.
+        covariate_sampler : callable, optional
+            For further training or calibration with new covariates.
+        device : str or torch.device, optional
+            Where to run.
+        num_threads : int or None
+            As in :class:`Amortizer`.
+
+        Raises
+        ------
+        AmortizerMismatchError
+            If the model's variables, shapes or transforms differ from the
+            ones the weights were trained on (the message lists them).
+        ValueError
+            If the file is not an amortizer or has an unknown format version.
+
+        Examples
+        --------
+        >>> import numpy as np, pymc as pm, pymc_ext
+        >>> with pm.Model() as model:
+        ...     y = pm.Normal("y", pm.Normal("mu"), 1, observed=np.zeros(3))
+        >>> a = pymc_ext.Amortizer(model).fit(300, epochs=2, random_seed=0, progressbar=False)
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "amortizer.pt")
+        >>> a.save(path)
+        >>> with pm.Model() as other:
+        ...     y = pm.Normal("y", pm.Normal("tau"), 1, observed=np.zeros(3))
+        >>> try:
+        ...     pymc_ext.Amortizer.load(path, other)
+        ... except pymc_ext.amortized.AmortizerMismatchError:
+        ...     print("refused")
+        refused
+        """
+        return serialization.load_amortizer(
+            cls, path, model, summary=summary, covariate_sampler=covariate_sampler,
+            device=device, num_threads=num_threads,
+        )
+

@@ -1,0 +1,396 @@
+"""A PyMC model as an amortization target (see :mod:`pymc_ext.amortized.targets`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from pymc_ext.amortized.target_base import Simulations, chunk_sizes, flat_parameter_names
+from pymc_ext.pymc_adapter.prior import PriorPredictiveSampler, root_rvs
+
+__all__ = ["PyMCTarget", "SizedPriorPredictive", "pymc_fingerprint", "rebuild_graph"]
+
+
+def rebuild_graph(outputs: list, replacements: dict) -> list:
+    """Rebuild a graph with some variables replaced, letting static shapes change.
+
+    ``graph_replace`` keeps every static shape by inserting ``SpecifyShape``;
+    here the observed data must take any shape, so nodes are re-made from
+    their ops, and the ``SpecifyShape`` that PyMC puts on observed values is
+    dropped.
+    """
+    from pytensor.graph.traversal import graph_inputs, io_toposort
+    from pytensor.tensor.shape import SpecifyShape
+
+    memo = dict(replacements)
+    for node in io_toposort(list(graph_inputs(outputs)), outputs):
+        if any(o in memo for o in node.outputs):
+            continue
+        new_inputs = [memo.get(i, i) for i in node.inputs]
+        if all(a is b for a, b in zip(new_inputs, node.inputs, strict=True)):
+            continue
+        if isinstance(node.op, SpecifyShape):
+            memo[node.outputs[0]] = new_inputs[0]
+            continue
+        new_node = node.clone_with_new_inputs(new_inputs, strict=False)
+        memo.update(zip(node.outputs, new_node.outputs, strict=True))
+    return [memo.get(o, o) for o in outputs]
+
+
+class SizedPriorPredictive(PriorPredictiveSampler):
+    """Vectorised prior-predictive sampler that also handles RVs with a symbolic size.
+
+    Same construction as :func:`pymc_ext.prior_predictive` (root RVs get a
+    leading axis ``n``, the rest of the graph is vectorised), plus one fix:
+    the size inputs of non-root RVs (such as ``shape=x.shape``) are kept as
+    they are while vectorising, so PyTensor extends them by the new batch axis
+    instead of failing with "Size length is incompatible with batched
+    dimensions". Used only when :func:`pymc_ext.prior_predictive` fails.
+    Drawing (``__call__``) is the parent's.
+    """
+
+    def __init__(self, model: Any, observed: Sequence[str]) -> None:
+        import pytensor.tensor as pt
+        from pymc.distributions.shape_utils import change_dist_size
+        from pymc.pytensorf import compile as pm_compile
+        from pytensor.graph.replace import vectorize_graph
+        from pytensor.tensor.type_other import NoneTypeT
+
+        self.model = model
+        self.observed = list(observed)
+        free = list(model.free_RVs)
+        outs = free + [model[o] for o in self.observed]
+        all_rvs = set(model.free_RVs) | set(model.observed_RVs)
+        n = pt.iscalar("n")
+        replace: dict = {}
+        roots = root_rvs(outs, all_rvs)
+        for rv in outs:
+            size = rv.owner.op.size_param(rv.owner)
+            if rv in roots:
+                replace[rv] = change_dist_size(rv, new_size=(n,), expand=True)
+            elif not isinstance(size.type, NoneTypeT):
+                replace[size] = size
+        vectorized = vectorize_graph(outs, replace=replace)
+        self.free_names = [rv.name for rv in free]
+        with model:
+            self.fn = pm_compile([n], vectorized, random_seed=False)
+
+
+class PyMCTarget:
+    """A PyMC model as an amortization target.
+
+    Parameters
+    ----------
+    model : pm.Model
+        The model.
+    observed : list of str, optional
+        Observed variables to condition on (all by default).
+    covariates : list of str, optional
+        ``pm.Data`` variables to condition on as well (for example the
+        regressors ``x`` of a regression). They enter the summary network
+        next to the observations.
+    covariate_sampler : callable, optional
+        ``rng -> {covariate name: array}``: new covariate values for each
+        block of simulations, so that training covers the covariates (and
+        dataset sizes ``N``) you will see. Without it, training uses the
+        covariates in the model. Changing ``N`` needs a model whose
+        observed variable's size follows the data, e.g. ``shape=x.shape``.
+    simulation_block : int
+        Simulations per covariate draw.
+
+    Examples
+    --------
+    >>> import numpy as np, pymc as pm
+    >>> from pymc_ext.amortized.targets import PyMCTarget
+    >>> with pm.Model() as model:
+    ...     mu = pm.Normal("mu")
+    ...     y = pm.Normal("y", mu, 1, observed=np.zeros(3))
+    >>> target = PyMCTarget(model)
+    >>> [(theta.shape, data["y"].shape)
+    ...  for theta, data in target.simulate(4, np.random.default_rng(0))]
+    [((4, 1), (4, 3))]
+    >>> target.joint_logp(np.zeros((2, 1)), {"y": np.zeros(3)}).shape
+    (2,)
+    """
+
+    kind = "pymc"
+    simulation_chunk = 2000
+
+    def __init__(
+        self,
+        model: Any,
+        observed: Sequence[str] | None = None,
+        covariates: Sequence[str] | None = None,
+        covariate_sampler: Callable[[np.random.Generator], Mapping[str, Any]] | None = None,
+        simulation_block: int = 32,
+    ) -> None:
+        import pymc as pm
+        from pytensor.compile.sharedvalue import SharedVariable
+
+        from pymc_ext.pymc_adapter.logdensity import log_density
+
+        self.model = pm.modelcontext(model)
+        self.density = log_density(self.model)
+        self.dim = self.density.dim
+        obs_names = [rv.name for rv in self.model.observed_RVs]
+        if not obs_names:
+            raise ValueError(
+                "The model has no observed variables, so there is nothing to condition on. "
+                "Give the likelihood `observed=` data (any placeholder values of the right shape)."
+            )
+        self.observed = list(obs_names if observed is None else observed)
+        unknown = [o for o in self.observed if o not in obs_names]
+        if unknown:
+            raise ValueError(
+                f"observed={unknown} are not observed variables of the model; its observed "
+                f"variables are {obs_names}."
+            )
+        self.covariates = list(covariates or [])
+        for c in self.covariates:
+            var = self.model.named_vars.get(c)
+            if not isinstance(var, SharedVariable):
+                data_names = [v.name for v in self.model.data_vars]
+                raise ValueError(
+                    f"covariates: {c!r} is not a pm.Data variable of the model (pm.Data "
+                    f"variables: {data_names}). Declare it with pm.Data({c!r}, values)."
+                )
+        if covariate_sampler is not None and not callable(covariate_sampler):
+            raise TypeError("covariate_sampler must be a function rng -> {name: array}.")
+        self.covariate_sampler = covariate_sampler
+        self.simulation_block = int(simulation_block)
+        initial = self.model.initial_point()
+        self.value_shapes = {
+            v.name: tuple(np.shape(initial[v.name])) for v in self.density.value_vars
+        }
+        self.param_names = flat_parameter_names(
+            [(v.name, self.value_shapes[v.name]) for v in self.density.value_vars]
+        )
+        self._logp_fn = None
+        self._logp_many_fn = None
+        self._fallback_sampler: SizedPriorPredictive | None = None
+        self._batched_ok = False
+
+    def data_names(self) -> list[str]:
+        """Observed names, then covariate names."""
+        return self.observed + self.covariates
+
+    # -- data ---------------------------------------------------------------------------------
+    def _obs_value_var(self, name: str) -> Any:
+        return self.model.rvs_to_values[self.model[name]]
+
+    def current_data(self) -> dict[str, np.ndarray]:
+        """The observed values and covariates now in the model."""
+        from pymc.pytensorf import extract_obs_data
+
+        out = {n: np.asarray(extract_obs_data(self._obs_value_var(n))) for n in self.observed}
+        for c in self.covariates:
+            out[c] = np.asarray(self.model[c].get_value())
+        return out
+
+    # -- simulation -----------------------------------------------------------------------------
+    def _prior_predictive(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+        from pymc_ext.pymc_adapter.prior import prior_predictive
+
+        if self._fallback_sampler is None:
+            try:
+                return prior_predictive(self.model, n, random_seed=rng, observed=self.observed)
+            except ValueError as err:
+                if "Size length is incompatible" not in str(err):
+                    raise
+                self._fallback_sampler = SizedPriorPredictive(self.model, self.observed)
+        free, obs = self._fallback_sampler(n, rng)
+        return self.density.unconstrain_batch(free), {k: np.asarray(v) for k, v in obs.items()}
+
+    def simulate(self, n: int, rng: np.random.Generator) -> Simulations:
+        """``n`` prior-predictive pairs as blocks ``[(params (k, dim), data {name: (k, ...)})]``."""
+        import pymc as pm
+
+        if self.covariate_sampler is None:
+            params, obs = self._prior_predictive(int(n), rng)
+            current = self.current_data()
+            for c in self.covariates:
+                obs[c] = np.broadcast_to(current[c], (int(n), *current[c].shape))
+            return [(params, obs)]
+        original = {c: self.model[c].get_value() for c in self.covariates}
+        blocks: Simulations = []
+        try:
+            for k in chunk_sizes(int(n), self.simulation_block):
+                new = self.covariate_sampler(rng)
+                extra = set(new) - set(self.covariates)
+                if extra:
+                    raise ValueError(
+                        f"covariate_sampler returned {sorted(extra)}, which are not among "
+                        f"covariates={self.covariates}."
+                    )
+                if new:
+                    pm.set_data(dict(new), model=self.model)
+                try:
+                    params, obs = self._prior_predictive(k, rng)
+                except ValueError as err:
+                    raise ValueError(
+                        f"Simulating with the covariates from covariate_sampler failed ({err}). "
+                        "If they change the number of observations, the likelihood's size has to "
+                        "follow them: declare it with e.g. "
+                        "`pm.Normal('y', mu, sigma, observed=y, shape=x.shape)`."
+                    ) from err
+                for c in self.covariates:
+                    value = np.asarray(self.model[c].get_value())
+                    obs[c] = np.broadcast_to(value, (k, *value.shape))
+                blocks.append((params, obs))
+        finally:
+            pm.set_data(original, model=self.model)
+        return blocks
+
+    # -- the true joint density at any data ----------------------------------------------------
+    def _build_logp(self) -> None:
+        import pytensor.tensor as pt
+        from pymc.pytensorf import compile as pm_compile
+        from pytensor.graph.replace import vectorize_graph
+
+        model, density = self.model, self.density
+        theta = pt.vector("theta")
+        replace = {}
+        for v in density.value_vars:
+            shape = self.value_shapes[v.name]
+            replace[v] = theta[density.slices[v.name]].reshape(shape).astype(v.dtype)
+        data_inputs = []
+        data_vars = [self._obs_value_var(n) for n in self.observed]
+        data_vars += [model[n] for n in self.covariates]
+        for name, var in zip(self.data_names(), data_vars, strict=True):
+            inp = pt.tensor(f"{name}_data", dtype=var.dtype, shape=(None,) * var.ndim)
+            replace[var] = inp
+            data_inputs.append(inp)
+        [logp] = rebuild_graph([model.logp(jacobian=True, sum=True)], replace)
+        Theta = pt.matrix("Theta")
+        logp_vec = vectorize_graph(logp, {theta: Theta})
+        self._data_dtypes = [inp.dtype for inp in data_inputs]
+        with model:
+            self._logp_fn = pm_compile(
+                [Theta, *data_inputs], logp_vec, random_seed=False, on_unused_input="ignore"
+            )
+        self._data_inputs = data_inputs
+        self._logp_vec = logp_vec
+        self._Theta = Theta
+
+    def _build_logp_many(self) -> None:
+        import pytensor.tensor as pt
+        from pymc.pytensorf import compile as pm_compile
+        from pytensor.graph.replace import vectorize_graph
+
+        if self._logp_fn is None:
+            self._build_logp()
+        Theta_b = pt.tensor3("Theta_batch")
+        batched = {
+            inp: pt.tensor(f"{inp.name}_batch", dtype=inp.dtype, shape=(None,) * (inp.ndim + 1))
+            for inp in self._data_inputs
+        }
+        out = vectorize_graph(self._logp_vec, {self._Theta: Theta_b, **batched})
+        from pytensor.tensor.blockwise import Blockwise
+
+        with self.model:
+            self._logp_many_fn = pm_compile(
+                [Theta_b, *batched.values()], out, random_seed=False, on_unused_input="ignore"
+            )
+        # ops PyTensor could not vectorise natively fall back to a slow Blockwise loop;
+        # a loop over datasets is faster then
+        self._batched_ok = not any(
+            isinstance(node.op, Blockwise) for node in self._logp_many_fn.maker.fgraph.apply_nodes
+        )
+
+    def _data_args(self, data: Mapping[str, np.ndarray], batched: bool = False) -> list:
+        args = []
+        for name, dtype in zip(self.data_names(), self._data_dtypes, strict=True):
+            args.append(np.ascontiguousarray(np.asarray(data[name]).astype(dtype)))
+        return args
+
+    def joint_logp(self, theta: np.ndarray, data: Mapping[str, np.ndarray]) -> np.ndarray:
+        """``log p(theta_i, y)`` for each row of ``theta`` at one dataset ``data``."""
+        if self._logp_fn is None:
+            self._build_logp()
+        theta = np.ascontiguousarray(np.atleast_2d(np.asarray(theta, dtype=float)))
+        try:
+            out = self._logp_fn(theta, *self._data_args(data))
+        except (AssertionError, ValueError) as err:
+            raise ValueError(
+                f"The model's log density could not be evaluated at data of this shape "
+                f"({ {k: np.shape(v) for k, v in data.items()} }): {err}. If the number of "
+                "observations changes, declare the likelihood with a size that follows the "
+                "data, for example `pm.Normal('y', mu, sigma, observed=y, shape=x.shape)`."
+            ) from err
+        return np.asarray(out, dtype=float).reshape(theta.shape[0])
+
+    def joint_logp_many(
+        self, theta: np.ndarray, datasets: Sequence[Mapping[str, np.ndarray]]
+    ) -> np.ndarray:
+        """``log p(theta[b, i], y_b)`` for ``theta`` ``(B, m, dim)``.
+
+        Datasets of one shape go through one call of a graph vectorised over
+        datasets too, where PyTensor can vectorise the model's graph fully;
+        otherwise one call per dataset.
+        """
+        theta = np.asarray(theta, dtype=float)
+        out = np.empty(theta.shape[:2])
+        groups: dict[tuple, list[int]] = {}
+        for b, d in enumerate(datasets):
+            key = tuple(np.shape(d[n]) for n in self.data_names())
+            groups.setdefault(key, []).append(b)
+        if self._logp_many_fn is None and any(len(idx) > 1 for idx in groups.values()):
+            self._build_logp_many()
+        for idx in groups.values():
+            if len(idx) == 1 or not self._batched_ok:
+                for b in idx:
+                    out[b] = self.joint_logp(theta[b], datasets[b])
+                continue
+            stacked = {
+                n: np.stack([np.asarray(datasets[b][n]) for b in idx]) for n in self.data_names()
+            }
+            out[idx] = self._logp_many_fn(
+                np.ascontiguousarray(theta[idx]), *self._data_args(stacked)
+            )
+        return out
+
+    # -- identity ------------------------------------------------------------------------------
+    def fingerprint(self) -> dict[str, Any]:
+        """Variables, shapes and transforms of the model (compared on ``Amortizer.load``)."""
+        return pymc_fingerprint(self.model, self.observed, self.covariates)
+
+
+def pymc_fingerprint(
+    model: Any, observed: Sequence[str], covariates: Sequence[str] = ()
+) -> dict[str, Any]:
+    """A readable fingerprint of a PyMC model, computed without compiling anything.
+
+    Examples
+    --------
+    >>> import numpy as np, pymc as pm
+    >>> from pymc_ext.amortized.targets import pymc_fingerprint
+    >>> with pm.Model() as model:
+    ...     s = pm.HalfNormal("s")
+    ...     y = pm.Normal("y", 0, s, observed=np.zeros(3))
+    >>> pymc_fingerprint(model, ["y"])["params"]
+    [['s', 's_log__', [], 'LogTransform']]
+    """
+    from pymc.pytensorf import extract_obs_data
+
+    from pymc_ext.pymc_adapter.logdensity import model_fingerprint
+
+    ip = model.initial_point()
+    params = []
+    for v in model.value_vars:
+        rv = model.values_to_rvs[v]
+        transform = model.rvs_to_transforms.get(rv)
+        params.append([rv.name, v.name, list(np.shape(ip[v.name])), type(transform).__name__])
+    missing = [o for o in observed if o not in model.named_vars]
+    if missing:
+        raise ValueError(f"{missing} are not variables of the model.")
+    return {
+        "kind": "pymc",
+        "model_hash": model_fingerprint(model),
+        "params": params,
+        "observed": {
+            o: list(np.shape(extract_obs_data(model.rvs_to_values[model[o]]))) for o in observed
+        },
+        "covariates": {c: list(np.shape(model[c].get_value())) for c in covariates},
+    }

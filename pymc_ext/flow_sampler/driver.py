@@ -1,0 +1,311 @@
+"""The public sampler: :func:`flow_mcmc` adapts (or reuses an adaptation), then runs production.
+
+Production draws come from the fixed kernel of
+:mod:`pymc_ext.flow_sampler.kernel` (local moves, then one flow independence
+proposal), which leaves the posterior invariant: each walker is an exact
+MCMC chain, reported as one ArviZ chain.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from pymc_ext.blocks.progress import ProgressBar
+from pymc_ext.density import LogDensity
+from pymc_ext.flow_sampler.adaptation import default_num_draws, flow_mcmc_adapt
+from pymc_ext.flow_sampler.config import FlowMCMCConfig, make_config
+from pymc_ext.flow_sampler.kernel import (
+    FlowMCMCInfo,
+    FlowMCMCState,
+    flow_mcmc_init,
+    flow_mcmc_step,
+)
+from pymc_ext.flow_sampler.result import FlowMCMCAdaptation, FlowMCMCWarning
+from pymc_ext.flow_sampler.rounds import HISTORY_KEYS
+from pymc_ext.pymc_adapter.datatree import to_datatree
+
+__all__ = ["flow_mcmc", "resolve_density"]
+
+Callback = Callable[[int, FlowMCMCState, FlowMCMCInfo], None]
+
+
+def resolve_density(model_or_density: Any) -> LogDensity:
+    """The :class:`~pymc_ext.density.LogDensity` to sample: given, or of a PyMC model.
+
+    Parameters
+    ----------
+    model_or_density : pm.Model, LogDensity or None
+        None: the model in context.
+
+    Returns
+    -------
+    LogDensity
+
+    Examples
+    --------
+    >>> from pymc_ext.density import FunctionLogDensity
+    >>> from pymc_ext.flow_sampler.driver import resolve_density
+    >>> d = FunctionLogDensity(1, lambda x: -0.5 * x @ x)
+    >>> resolve_density(d) is d
+    True
+    """
+    if model_or_density is None or type(model_or_density).__name__ == "Model":
+        import pymc as pm
+
+        from pymc_ext.pymc_adapter.logdensity import log_density
+
+        return log_density(pm.modelcontext(model_or_density))
+    if isinstance(model_or_density, LogDensity):
+        return model_or_density
+    raise TypeError(
+        "flow_mcmc needs a PyMC model or a LogDensity (or to be called inside `with model:`); "
+        f"got {type(model_or_density).__name__}."
+    )
+
+
+@dataclass
+class _Tally:
+    """Running totals over the production iterations."""
+
+    hops: int = 0
+    hops_flow: int = 0
+    global_sum: float = 0.0
+    local_sum: float = 0.0
+    n_iter: int = 0
+    seconds: float = 0.0
+
+    @property
+    def global_acceptance(self) -> float:
+        return self.global_sum / max(1, self.n_iter)
+
+    @property
+    def local_acceptance(self) -> float:
+        return self.local_sum / max(1, self.n_iter)
+
+
+def _empty_stats(n_walkers: int, n_keep: int) -> dict[str, np.ndarray]:
+    return {
+        "lp": np.empty((n_walkers, n_keep)),
+        "flow_accepted": np.zeros((n_walkers, n_keep), dtype=bool),
+        "flow_acceptance": np.empty((n_walkers, n_keep)),
+        "local_acceptance": np.empty((n_walkers, n_keep)),
+        "diverging": np.zeros((n_walkers, n_keep), dtype=bool),
+        "mode": np.empty((n_walkers, n_keep), dtype=np.int64),
+    }
+
+
+def _production(
+    density: LogDensity,
+    adaptation: FlowMCMCAdaptation,
+    cfg: FlowMCMCConfig,
+    draws: int,
+    rng: np.random.Generator,
+    callback: Callback | None,
+) -> tuple[np.ndarray, dict[str, np.ndarray], _Tally]:
+    """Run the frozen kernel: ``draws`` kept iterations per walker, every ``thin``-th."""
+    kernel, thin = adaptation.kernel, cfg.thin
+    state = flow_mcmc_init(density, adaptation.state.position, kernel)
+    n_walkers, dim = state.local.position.shape
+    out = np.empty((n_walkers, draws, dim))
+    stats = _empty_stats(n_walkers, draws)
+    tally = _Tally()
+    labels = adaptation.labels(state.local.position)
+    t_sample = time.perf_counter()
+    with ProgressBar(draws * thin, "flow MCMC sampling", show=cfg.progressbar) as bar:
+        for k in range(draws):
+            acc_flow = np.zeros(n_walkers, dtype=bool)
+            facc, lacc = np.zeros(n_walkers), np.zeros(n_walkers)
+            div = np.zeros(n_walkers, dtype=bool)
+            for _ in range(thin):
+                state, info = flow_mcmc_step(rng, state, density, kernel)
+                new_labels = adaptation.labels(state.local.position)
+                changed = new_labels != labels
+                tally.hops += int(changed.sum())
+                tally.hops_flow += int((changed & info.flow_accepted).sum())
+                labels = new_labels
+                acc_flow |= info.flow_accepted
+                facc += info.flow_acceptance / thin
+                lacc += info.local_acceptance / thin
+                div |= info.local_divergent
+                tally.global_sum += float(info.flow_acceptance.mean())
+                tally.local_sum += float(info.local_acceptance.mean())
+                tally.n_iter += 1
+                if callback is not None:
+                    callback(tally.n_iter, state, info)
+                bar.update()
+            out[:, k] = state.local.position
+            for name, value in (
+                ("lp", state.local.logp), ("flow_accepted", acc_flow), ("flow_acceptance", facc),
+                ("local_acceptance", lacc), ("diverging", div), ("mode", labels),
+            ):
+                stats[name][:, k] = value
+            if (k + 1) % 20 == 0:
+                bar.update(0, global_acc=f"{tally.global_acceptance:.2f}", hops=tally.hops)
+    tally.seconds = time.perf_counter() - t_sample
+    return out, stats, tally
+
+
+def _low_acceptance_warning(global_acc: float, threshold: float) -> list[str]:
+    if global_acc >= threshold:
+        return []
+    msg = (
+        f"The flow's global acceptance in production was {global_acc:.3f} "
+        f"(< {threshold}): the flow is a poor proposal, so walkers rarely move "
+        "between modes and mode weights may be off, though each move is still exact. What "
+        "to try: more adaptation rounds (n_rounds), more training (train_steps), more "
+        "walkers (chains), a larger flow (flow_kwargs={'transforms': ..., "
+        "'hidden_features': ...}), or fit='both'; for a funnel or a curved hierarchical "
+        "posterior with a single mode, fit='reverse'."
+    )
+    warnings.warn(msg, FlowMCMCWarning, stacklevel=3)
+    return [msg]
+
+
+def _sample_stats_attrs(
+    adaptation: FlowMCMCAdaptation,
+    tally: _Tally,
+    stats: dict[str, np.ndarray],
+    evals: dict[str, int],
+    warn_list: list[str],
+) -> dict[str, Any]:
+    """The run's figures for ``sample_stats.attrs``.
+
+    ``evals``: gradient evaluations ``total`` and ``adaptation`` (counted on the
+    density during this call) and ``logp``."""
+    kernel, history, coverage = adaptation.kernel, adaptation.history, adaptation.coverage
+    search = adaptation.mode_search
+    grad_total, grad_adapt = evals["total"], evals["adaptation"]
+    return {
+        "sampler": "pymc_ext.flow_mcmc",
+        "global_acceptance": float(tally.global_acceptance),
+        "local_acceptance": float(tally.local_acceptance),
+        "mode_hops": int(tally.hops),
+        "mode_hops_flow": int(tally.hops_flow),
+        "n_modes": int(adaptation.modes.shape[0]),
+        "restarted_walkers": int(adaptation.restarted_walkers),
+        "modes_from_search": int(search.tops.shape[0] if search is not None else 0),
+        "divergences": int(stats["diverging"].sum()),
+        "grad_evals": grad_total + (adaptation.grad_evals if grad_adapt == 0 else 0),
+        "grad_evals_production": grad_total - grad_adapt,
+        "grad_evals_adaptation": int(adaptation.grad_evals),
+        "logp_evals": evals["logp"],
+        "global_acceptance_per_round": [float(v) for v in history["global_acceptance"]],
+        "local_acceptance_per_round": [float(v) for v in history["local_acceptance"]],
+        "mode_hops_per_round": [int(v) for v in history["mode_hops"]],
+        "step_size": float(kernel.step_size),
+        "local_kernel": str(kernel.local_kernel),
+        "adaptation_seconds": float(adaptation.seconds),
+        "sampling_seconds": float(tally.seconds),
+        "seed_method": adaptation.seed.method,
+        "fit": str(adaptation.fit),
+        "fit_reason": adaptation.fit_reason,
+        "flow_pareto_k": float(coverage["pareto_k"]),
+        "flow_config": json.dumps(
+            kernel.flow.config.to_dict() if kernel.flow.config is not None else {}
+        ),
+        "flow_share_per_mode": [float(v) for v in coverage["flow_share"]],
+        "walker_share_per_mode": [float(v) for v in coverage["walker_share"]],
+        "warnings": json.dumps(warn_list),
+    }
+
+
+def flow_mcmc(
+    model_or_density: Any = None,
+    config: FlowMCMCConfig | None = None,
+    *,
+    random_seed: int | np.random.Generator | None = None,
+    adaptation: FlowMCMCAdaptation | None = None,
+    callback: Callback | None = None,
+    **overrides: Any,
+) -> xr.DataTree:
+    """Sample a posterior with flow MCMC: many walkers, local moves plus exact flow proposals.
+
+    For posteriors NUTS cannot mix across (separated modes, a funnel); on easy
+    unimodal ones it works but costs more (the flow has to be fitted).
+
+    Parameters
+    ----------
+    model_or_density : pm.Model or LogDensity, optional
+        The target; the model in context by default.
+    config : FlowMCMCConfig, optional
+        Every option (draws, chains, n_rounds, local_kernel, metric, fit,
+        flow_kwargs, ...; see :class:`~pymc_ext.flow_sampler.config.FlowMCMCConfig`).
+    random_seed : int or Generator, optional
+        Makes the whole run reproducible (walkers, flow weights, proposals).
+    adaptation : FlowMCMCAdaptation, optional
+        Reuse an earlier adaptation (skips straight to production).
+    callback : callable, optional
+        ``callback(iteration, state, info)`` after every production iteration.
+    **overrides
+        Any ``FlowMCMCConfig`` field (``draws=1000, fit="reverse"``), over ``config``.
+
+    Returns
+    -------
+    xarray.DataTree
+        ``posterior`` (walkers as chains); ``sample_stats`` with per-draw ``lp``,
+        ``flow_accepted``, ``flow_acceptance``, ``local_acceptance``,
+        ``diverging`` and ``mode``, and the run's figures as attributes
+        (``global_acceptance``, ``mode_hops``, ``grad_evals``, ``n_modes``,
+        ``fit``, ``fit_reason``, warnings, ...); ``flow_adaptation``: the rounds.
+
+    Warns
+    -----
+    FlowMCMCWarning
+        Low global acceptance, a dimension beyond a few hundred, or a flow with
+        no mass near a mode the walkers found. Each says what to try.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pymc_ext.density import FunctionLogDensity
+    >>> from pymc_ext.flow_sampler import flow_mcmc
+    >>> def logp(X):  # two separated modes, weights 0.3 and 0.7
+    ...     a = -0.5 * ((X + 3) ** 2).sum(-1) + np.log(0.3)
+    ...     b = -0.5 * ((X - 3) ** 2).sum(-1) + np.log(0.7)
+    ...     return np.logaddexp(a, b)
+    >>> def grad(X):
+    ...     a = -0.5 * ((X + 3) ** 2).sum(-1) + np.log(0.3)
+    ...     b = -0.5 * ((X - 3) ** 2).sum(-1) + np.log(0.7)
+    ...     wa = np.exp(a - np.logaddexp(a, b))[:, None]
+    ...     return wa * -(X + 3) + (1 - wa) * -(X - 3)
+    >>> d = FunctionLogDensity(2, lambda x: logp(x[None])[0], lambda x: grad(x[None])[0],
+    ...                        logp, grad)
+    >>> idata = flow_mcmc(d, draws=100, chains=64, n_rounds=4, random_seed=1,
+    ...                   progressbar=False, flow_kwargs={"hidden_features": (32, 32)})
+    >>> x = idata.posterior["x"].values
+    >>> bool(abs((x.mean(-1) > 0).mean() - 0.7) < 0.1)
+    True
+    """
+    density = resolve_density(model_or_density)
+    cfg = make_config(config, overrides)
+    draws = int(cfg.draws) if cfg.draws is not None else default_num_draws(int(density.dim))
+    rng = np.random.default_rng(random_seed)
+    grad_before, logp_before = int(density.grad_evals), int(density.logp_evals)
+    if adaptation is None:
+        adaptation = flow_mcmc_adapt(density, cfg, random_seed=rng)
+    grad_adapt = int(density.grad_evals) - grad_before
+    out, stats, tally = _production(density, adaptation, cfg, draws, rng, callback)
+    warn_list = list(adaptation.warnings)
+    warn_list += _low_acceptance_warning(tally.global_acceptance, cfg.min_global_acceptance)
+    evals = {
+        "total": int(density.grad_evals) - grad_before,
+        "adaptation": grad_adapt,
+        "logp": int(density.logp_evals) - logp_before,
+    }
+    history = adaptation.history
+    return to_datatree(
+        density,
+        out,
+        sample_stats=stats,
+        sample_stats_attrs=_sample_stats_attrs(adaptation, tally, stats, evals, warn_list),
+        attrs={"sampler": "pymc_ext.flow_mcmc"},
+        extra_groups={"flow_adaptation": {k: history[k] for k in HISTORY_KEYS}},
+    )

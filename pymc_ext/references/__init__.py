@@ -1,0 +1,9 @@
+"""The models and reference posteriors used as examples, tests and benchmarks.
+
+- :mod:`pymc_ext.references.models`: the eight reference posteriors written as PyMC
+  models (:func:`eight_schools`, :func:`reference_model`);
+- :mod:`pymc_ext.references.posteriors`: loading the posteriordb reference draws and
+  data, and the one way results are compared with them (:func:`compare_to_reference`).
+
+Import from the submodules (the models need PyMC, the posteriors do not).
+"""

@@ -1,0 +1,500 @@
+"""``WarmStartNUTS``: PyMC's NUTS, started from Pathfinder (or a flow) with its mass matrix.
+
+What it does, per chain:
+
+1. Before sampling (in the constructor, once for all chains) it runs
+   multi-path Pathfinder on the model (:func:`~pymc_ext.vi.multipath.multipath_pathfinder`),
+   or another warm start (``init="flow"``, or any object with ``draws``,
+   ``mean``, ``covariance``, ``inverse_metric_diag``, ``grad_evals`` and
+   ``pareto_k``; see :mod:`pymc_ext.step_methods.warmstart_init`).
+2. Each chain starts from its own Pathfinder draw, and the inverse mass
+   matrix starts from the Pathfinder covariance (diagonal by default; dense
+   or low-rank on request; see :mod:`pymc_ext.step_methods.warmstart_potential`).
+3. A short adaptation (``warmup`` iterations, default
+   :data:`DEFAULT_WARMUP`) refines step size and mass matrix: the metric is
+   re-estimated from the chain's draws at a couple of points, blended with
+   the Pathfinder estimate, and dual averaging restarts after each update.
+4. When ``pm.sample``'s ``tune`` is longer than that, the remaining tuning
+   iterations do nothing at all: they return the current point, cost no
+   gradient evaluation and are marked ``warmup_idle`` in the stats. Tuning
+   draws are discarded, so this changes nothing but the cost. When the user
+   leaves ``tune`` unset, ``pm.sample`` asks the step (``default_tune_steps``)
+   and tunes for exactly ``warmup`` iterations.
+
+The warm-start cost travels with the result: every draw carries the
+per-draw stats ``warmstart_grad_evals`` and ``warmstart_pareto_k`` (the channel
+PyMC gives step methods, which works across processes). PyMC has no hook for a
+step method to set attributes of the result, so :func:`pymc_ext.sample` lifts
+them into ``sample_stats.attrs`` (:func:`~pymc_ext.sampling.lift_warmstart_attrs`); after a plain
+``pm.sample(step=WarmStartNUTS())`` they stay per-draw variables of
+``sample_stats``. The PyMC internals the step needs are all reached through
+:mod:`pymc_ext.step_methods.pymc_internals`.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+from pymc.blocking import RaveledVars
+from pymc.model import modelcontext
+from pymc.step_methods.hmc.nuts import NUTS, NUTSState
+from pymc.step_methods.state import dataclass_state
+
+from pymc_ext.pymc_adapter.logdensity import PyMCLogDensity
+from pymc_ext.step_methods.pymc_internals import NUTSInternals, check_pymc_version
+from pymc_ext.step_methods.warmstart_init import (
+    AUTO_DENSE_MAX_DIM,
+    DEFAULT_WARMUP,
+    TRUSTED_PARETO_K,
+    WARMSTART_PATHFINDER_DEFAULTS,
+    StepLogDensity,
+    WarmStart,
+    run_warmstart,
+)
+from pymc_ext.step_methods.warmstart_potential import WarmStartPotential
+
+__all__ = [
+    "WarmStartNUTS",
+    "WarmStartNUTSState",
+    "WARMSTART_STATS",
+]
+
+#: The per-draw statistics that carry the warm start's figures (constant over draws).
+WARMSTART_STATS = ("warmstart_grad_evals", "warmstart_pareto_k")
+
+_METRICS = ("auto", "diag", "dense", "lowrank")
+
+
+def _trusted(pareto_k: float) -> bool:
+    return bool(not np.isnan(pareto_k) and pareto_k <= TRUSTED_PARETO_K)
+
+
+def _default_prior_weight(pareto_k: float) -> float:
+    """Weight (in draws) of the warm-start covariance against the chain's draws."""
+    if not np.isfinite(pareto_k) and pareto_k < 0:  # exact approximation
+        return 50.0
+    if pareto_k <= 0.5:
+        return 50.0
+    if pareto_k <= TRUSTED_PARETO_K:
+        return 20.0
+    return 5.0
+
+
+def _check_arguments(
+    metric: str, warmup: int | None, metric_windows: tuple[float, ...], nuts_kwargs: Mapping
+) -> None:
+    if "potential" in nuts_kwargs or "scaling" in nuts_kwargs:
+        raise ValueError(
+            "WarmStartNUTS sets the mass matrix from the warm start; do not pass "
+            "`potential` or `scaling` (use pm.NUTS for that)."
+        )
+    if metric not in _METRICS:
+        raise ValueError(f"metric must be 'auto', 'diag', 'dense' or 'lowrank'; got {metric!r}.")
+    if warmup is not None and int(warmup) < 0:
+        raise ValueError(f"warmup must be >= 0; got {warmup}.")
+    if any(not 0 < f < 1 for f in metric_windows):
+        raise ValueError(f"metric_windows must be fractions in (0, 1); got {metric_windows}.")
+
+
+def _warn_lift_attrs() -> None:
+    warnings.warn(
+        "WarmStartNUTS(lift_attrs=...) is deprecated and ignored: building a step no "
+        "longer changes pymc.to_inference_data. Use pymc_ext.sample, or "
+        "pymc_ext.sampling.lift_warmstart_attrs(idata) after pm.sample.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+
+
+def _value_var_slices(model: Any, ip: Mapping[str, Any]) -> dict[str, slice]:
+    """``value variable name -> slice`` in model.value_vars order (log_density's ordering)."""
+    out, start = {}, 0
+    for v in model.value_vars:
+        size = int(np.prod(np.shape(ip[v.name]), dtype=int))
+        out[v.name] = slice(start, start + size)
+        start += size
+    return out
+
+
+def _check_covers_model(names: list[str], model_slices: Mapping[str, slice]) -> None:
+    """The step must cover the whole (continuous) model: Pathfinder fits all of it."""
+    if sorted(names) != sorted(model_slices) or any(n not in model_slices for n in names):
+        raise ValueError(
+            "WarmStartNUTS samples all free variables of the model together (Pathfinder "
+            f"fits the joint density); it was given {names} of {sorted(model_slices)}. "
+            "Models with discrete variables are not supported."
+        )
+
+
+def _starting_points(ws: WarmStart, perm: np.ndarray, random_seed: Any) -> np.ndarray:
+    """The warm start's distinct finite draws (step ordering), shuffled reproducibly."""
+    draws = np.asarray(ws.draws, dtype=float)[:, perm]
+    draws = draws[np.all(np.isfinite(draws), axis=1)]
+    if draws.shape[0] == 0:
+        raise ValueError("The warm start gave no finite draws to start chains from.")
+    uniq = np.unique(draws, axis=0)
+    rng = np.random.default_rng(random_seed)
+    return uniq[rng.permutation(uniq.shape[0])]
+
+
+def _initial_covariance(ws: WarmStart, perm: np.ndarray, metric: str) -> np.ndarray:
+    """The warm start's covariance on the step's ordering (its diagonal for ``diag``)."""
+    cov = np.asarray(ws.covariance, dtype=float)[np.ix_(perm, perm)]
+    if metric == "diag":
+        diag = np.asarray(ws.inverse_metric_diag, dtype=float)[perm]
+        cov = np.diag(np.where(np.isfinite(diag) & (diag > 0), diag, np.diag(cov)))
+    return cov
+
+
+# ---------------------------------------------------------------------------
+# The step
+# ---------------------------------------------------------------------------
+@dataclass_state
+class WarmStartNUTSState(NUTSState):
+    """Sampling state of :class:`WarmStartNUTS` (PyMC's state protocol)."""
+
+    warmup: int
+    _chain_tune: int
+    _chain_iter: int
+    _warm_iter: int
+    _start_pending: bool
+    _chain_start: np.ndarray | None
+    _last_logp: float
+    _window_ends: list
+
+
+class WarmStartNUTS(NUTS):
+    """NUTS started from Pathfinder draws, with the Pathfinder covariance as mass matrix.
+
+    Use it as ``pm.sample(step=WarmStartNUTS())`` inside a model context.
+    Pathfinder runs once, when the step is built; every chain then starts
+    from its own Pathfinder draw.
+
+    Parameters
+    ----------
+    vars : list, optional
+        Must be all of the model's (continuous) free variables; the default.
+    init : {"pathfinder", "flow"}, WarmStart or callable
+        The warm start. ``"flow"`` uses ``pymc_ext.flows.flow_init``; a
+        finished result (anything with ``draws``, ``mean``, ``covariance``,
+        ``inverse_metric_diag``, ``grad_evals``, ``pareto_k`` on the model's
+        unconstrained space, for example a
+        :class:`~pymc_ext.vi.result.PathfinderResult`) is used as is.
+    metric : {"auto", "diag", "dense", "lowrank"}
+        Mass-matrix structure. ``auto`` (default): ``dense`` up to
+        :data:`AUTO_DENSE_MAX_DIM` parameters, ``lowrank`` above. ``diag`` is
+        the cheapest and what PyMC uses; ``dense`` pays off on correlated
+        posteriors (regressions, time series); ``lowrank`` keeps the ``rank``
+        directions whose variance differs most from the diagonal.
+    warmup : int, optional
+        Adaptation iterations after the warm start (default
+        :data:`DEFAULT_WARMUP`). Also the ``tune`` that ``pm.sample`` uses
+        when it is not given. Tuning iterations beyond it are free no-ops.
+    metric_windows : sequence of float
+        Fractions of ``warmup`` at which the metric is re-estimated from the
+        chain's draws, each followed by a dual-averaging restart. The draws
+        before the first are dropped; later estimates use all draws since.
+        The rest of the warmup adapts the step size only.
+    prior_weight : float, optional
+        Weight of the warm-start covariance in the re-estimates, in draws:
+        50 for Pareto k <= 0.5, 20 up to 0.7, 5 above (by default).
+    use_grads : bool
+        Estimate a diagonal metric from draws and gradients (nutpie's rule).
+    rank : int
+        Rank for ``metric="lowrank"``.
+    random_seed : int or Generator, optional
+        Seed for the warm start (PyMC's ``random_seed`` seeds the chains).
+    init_kwargs : dict, optional
+        Passed to the warm start (e.g. ``{"num_paths": 8}``).
+    density : LogDensity, optional
+        The density the warm start runs on. By default Pathfinder reuses the
+        logp-and-gradient function this NUTS compiles anyway (no second
+        compilation; ``logp_batch`` loops over it), and ``init="flow"`` uses
+        :func:`pymc_ext.log_density`. A finished warm-start result passed as
+        ``init`` must be on :func:`pymc_ext.log_density`'s ordering.
+    initial_point : dict, optional
+        The model's initial point (only its shapes are used); computed once
+        if not given.
+    step_scale : float
+        Initial step size times ``dim**0.25`` (adapted from there).
+    lift_attrs : bool, optional
+        Deprecated and ignored: building a step no longer changes
+        ``pymc.to_inference_data``. The figures are per-draw statistics;
+        :func:`pymc_ext.sample` (or :func:`~pymc_ext.sampling.lift_warmstart_attrs`) moves them
+        into ``sample_stats.attrs``.
+    progressbar : bool
+        Progress bar for the warm start.
+    model : pm.Model, optional
+    **nuts_kwargs
+        PyMC NUTS keywords (``target_accept``, ``max_treedepth``, ...).
+
+    Attributes
+    ----------
+    warmstart : WarmStart
+        The warm-start result (Pathfinder's, with per-path diagnostics).
+    warmstart_grad_evals : int
+    warmstart_pareto_k : float
+
+    Notes
+    -----
+    ``sample_stats`` gets the usual NUTS statistics (``n_steps`` included),
+    ``warmup_idle`` (tuning iterations that cost nothing), and the per-draw
+    statistics ``warmstart_grad_evals`` and ``warmstart_pareto_k`` (the same
+    at every draw: the channel PyMC gives step methods). :func:`pymc_ext.sample`
+    and :func:`~pymc_ext.sampling.lift_warmstart_attrs` turn them into attributes of
+    ``sample_stats``. Total gradient evaluations are
+    ``warmstart_grad_evals + n_steps.sum()`` over warmup and draws (keep the
+    warmup with ``discard_tuned_samples=False``).
+
+    Examples
+    --------
+    >>> import pymc as pm
+    >>> from pymc_ext.sampling import lift_warmstart_attrs
+    >>> from pymc_ext.step_methods.warmstart import WarmStartNUTS
+    >>> with pm.Model() as model:
+    ...     mu = pm.Normal("mu", 0, 1)
+    ...     sigma = pm.HalfNormal("sigma", 1)
+    ...     y = pm.Normal("y", mu, sigma, observed=[0.1, -0.3, 0.5, 0.2])
+    ...     step = WarmStartNUTS(random_seed=1)
+    ...     idata = pm.sample(draws=200, step=step, chains=2, cores=1, random_seed=2,
+    ...                       progressbar=False, compute_convergence_checks=False)
+    >>> int(idata.sample_stats["warmstart_grad_evals"].max()) == step.warmstart_grad_evals > 0
+    True
+    >>> idata = lift_warmstart_attrs(idata)  # what pymc_ext.sample does
+    >>> idata.sample_stats.attrs["warmstart_grad_evals"] == step.warmstart_grad_evals
+    True
+    >>> int(idata.posterior.attrs["tuning_steps"]) == step.warmup
+    True
+    """
+
+    name = "warmstart_nuts"
+    _state_class = WarmStartNUTSState
+
+    stats_dtypes_shapes = {
+        **NUTS.stats_dtypes_shapes,
+        "warmup_idle": (bool, []),
+        "warmstart_grad_evals": (np.int64, []),
+        "warmstart_pareto_k": (np.float64, []),
+    }
+
+    def __init__(
+        self,
+        vars: Any = None,
+        *,
+        init: str | WarmStart | Callable[..., WarmStart] = "pathfinder",
+        metric: str = "auto",
+        warmup: int | None = None,
+        metric_windows: tuple[float, ...] = (0.25, 0.5, 0.75),
+        prior_weight: float | None = None,
+        use_grads: bool = False,
+        rank: int = 8,
+        random_seed: int | np.random.Generator | None = None,
+        init_kwargs: Mapping[str, Any] | None = None,
+        density: Any = None,
+        model: Any = None,
+        initial_point: Mapping[str, Any] | None = None,
+        step_scale: float = 0.8,
+        lift_attrs: bool | None = None,
+        progressbar: bool = False,
+        **nuts_kwargs: Any,
+    ) -> None:
+        _check_arguments(metric, warmup, metric_windows, nuts_kwargs)
+        check_pymc_version()  # before compiling anything: the internals used below
+        if lift_attrs is not None:
+            _warn_lift_attrs()
+        model = modelcontext(model)
+        value_vars = list(model.continuous_value_vars if vars is None else vars)
+        names = [v.name for v in value_vars]
+        if initial_point is None:
+            initial_point = model.initial_point()  # computed once, also given to NUTS
+        model_slices = _value_var_slices(model, initial_point)
+        _check_covers_model(names, model_slices)
+        n = sum(s.stop - s.start for s in model_slices.values())
+
+        # NUTS first, with a placeholder metric: this compiles the model's logp and
+        # gradient once, and the warm start reuses that compiled function.
+        placeholder = WarmStartPotential(np.eye(n), kind="diag", rng=0)
+        super().__init__(
+            value_vars,
+            potential=placeholder,
+            model=model,
+            step_scale=step_scale,
+            initial_point=initial_point,
+            **nuts_kwargs,
+        )
+
+        t0 = time.perf_counter()
+        density, slices = self._warmstart_density(init, density, model_slices, initial_point)
+        perm = np.concatenate([np.arange(slices[k].start, slices[k].stop) for k in names])
+        init_kwargs = dict(init_kwargs or {})
+        if isinstance(init, str) and init == "pathfinder":
+            for key, value in WARMSTART_PATHFINDER_DEFAULTS.items():
+                init_kwargs.setdefault(key, value)
+            init_kwargs.setdefault("progressbar", progressbar)
+        ws = run_warmstart(density, init, random_seed=random_seed, **init_kwargs)
+        self._record_warmstart(ws, time.perf_counter() - t0, prior_weight)
+
+        if metric == "auto":
+            metric = "dense" if n <= AUTO_DENSE_MAX_DIM else "lowrank"
+        self._init_points = _starting_points(ws, perm, random_seed)
+        potential = WarmStartPotential(
+            _initial_covariance(ws, perm, metric),
+            kind=metric,
+            prior_weight=self.prior_weight,
+            rank=rank,
+            use_grads=use_grads,
+            rng=self.rng.spawn(1)[0],
+        )
+        self._pymc.replace_potential(potential)
+        self.metric = metric
+        self.metric_windows = tuple(float(f) for f in metric_windows)
+        self.warmup = DEFAULT_WARMUP if warmup is None else int(warmup)
+        self.default_tune_steps = self.warmup
+        self._reset_chain(self.warmup)
+        self._chain_start = None
+        self._last_logp = np.nan
+
+    @property
+    def _pymc(self) -> NUTSInternals:
+        """The PyMC internals of this step (version checked in the constructor)."""
+        return NUTSInternals(self)
+
+    def _warmstart_density(
+        self,
+        init: Any,
+        density: Any,
+        model_slices: dict[str, slice],
+        initial_point: Mapping[str, Any],
+    ) -> tuple[Any, dict[str, slice]]:
+        """The density the warm start runs on, and the ordering of its results."""
+        is_flow = isinstance(init, str) and init == "flow"
+        if density is None and not is_flow:
+            density = StepLogDensity(self, initial_point)
+            # A finished result is on log_density's ordering; a fresh one on the step's.
+            precomputed = not isinstance(init, str) and isinstance(init, WarmStart)
+            return density, (model_slices if precomputed else density.slices)
+        if density is None:
+            from pymc_ext.pymc_adapter.logdensity import log_density
+
+            density = log_density(self._pymc.model)
+        if isinstance(density, PyMCLogDensity | StepLogDensity):
+            return density, density.slices
+        return density, model_slices  # any other density: log_density's ordering
+
+    def _record_warmstart(self, ws: WarmStart, seconds: float, prior_weight: float | None) -> None:
+        self.warmstart = ws
+        self.warmstart_seconds = seconds
+        self.warmstart_grad_evals = int(ws.grad_evals)
+        self.warmstart_pareto_k = float(ws.pareto_k)
+        self.warmstart_trusted = _trusted(self.warmstart_pareto_k)
+        if prior_weight is None:
+            prior_weight = _default_prior_weight(self.warmstart_pareto_k)
+        self.prior_weight = float(prior_weight)
+
+    # -- schedule -------------------------------------------------------------
+    def _schedule(self, n_adapt: int) -> list[int]:
+        """Iterations (0-based) after which the metric is re-estimated."""
+        ends = sorted({int(round(f * n_adapt)) for f in self.metric_windows})
+        return [e for e in ends if 10 <= e < n_adapt - 10]
+
+    def _reset_chain(self, tune: int) -> None:
+        self._chain_tune = int(tune)
+        self._chain_iter = 0
+        self._warm_iter = 0
+        self._start_pending = True
+        self._window_ends = self._schedule(min(self.warmup, int(tune)))
+
+    # -- chain set-up ---------------------------------------------------------------
+    def setup_chain(self, rng: Any, tune: int, draws: int) -> None:
+        """Per-chain set-up: counters, metric schedule and this chain's starting draw."""
+        super().setup_chain(rng, tune, draws)
+        self._reset_chain(tune)
+        self._chain_start = self._init_points[self._chain_index(self.rng)]
+
+    def _chain_index(self, rng: np.random.Generator) -> int:
+        """Index of this chain's starting draw.
+
+        ``pm.sample`` gives chain ``i`` a generator spawned as the ``i``-th child
+        of one seed sequence (also across processes), so its ``spawn_key`` tells
+        the chain apart: chains get distinct draws. Without one, the chain's own
+        generator picks a draw.
+        """
+        n = self._init_points.shape[0]
+        seed_seq = rng.bit_generator.seed_seq
+        key = seed_seq.spawn_key if isinstance(seed_seq, np.random.SeedSequence) else ()
+        if key:
+            return int(key[-1]) % n
+        return int(rng.integers(n))
+
+    def reset_tuning(self, start: Any = None) -> None:
+        """PyMC's reset: the step size and the mass matrix start again."""
+        super().reset_tuning(start)
+        self.potential.reset()
+
+    # -- one iteration ---------------------------------------------------------------
+    def astep(self, q0: RaveledVars) -> tuple[RaveledVars, list[dict[str, Any]]]:
+        """One NUTS transition (with metric updates in the warmup), or an idle tuning step."""
+        if self._start_pending:
+            self._start_pending = False
+            if self._chain_start is not None:
+                q0 = RaveledVars(
+                    np.asarray(self._chain_start, dtype=q0.data.dtype).copy(), q0.point_map_info
+                )
+        in_tuning = self.tune and self._chain_iter < self._chain_tune
+        self._chain_iter += 1
+        n_adapt = min(self.warmup, self._chain_tune)
+        if in_tuning and self._warm_iter >= n_adapt:
+            return q0, [self._idle_stats()]
+        q, stats = super().astep(q0)
+        st = stats[0]
+        self._last_logp = float(st.get("model_logp", np.nan))
+        if in_tuning:
+            self.potential.collect(q.data, self._last_grad(q))
+            if self._warm_iter in self._window_ends and self.potential.refresh(
+                restart=self._warm_iter == self._window_ends[0]
+            ):
+                self._pymc.restart_step_size_adaptation()
+            self._warm_iter += 1
+        st["warmup_idle"] = False
+        st["warmstart_grad_evals"] = self.warmstart_grad_evals
+        st["warmstart_pareto_k"] = self.warmstart_pareto_k
+        return q, stats
+
+    def _last_grad(self, q: RaveledVars) -> np.ndarray:
+        if not self.potential.use_grads:
+            return np.zeros_like(q.data)
+        _, grad = self._pymc.logp_dlogp(q)
+        return np.asarray(grad)
+
+    def _idle_stats(self) -> dict[str, Any]:
+        t = time.perf_counter()
+        step_size = self._pymc.averaged_step_size()
+        st: dict[str, Any] = {
+            "depth": 0,
+            "step_size": step_size,
+            "mean_tree_accept": np.nan,
+            "step_size_bar": step_size,
+            "tree_size": 0.0,
+            "diverging": False,
+            "divergences": self.divergences,
+            "energy_error": np.nan,
+            "energy": np.nan,
+            "max_energy_error": np.nan,
+            "model_logp": self._last_logp,
+            "process_time_diff": 0.0,
+            "perf_counter_diff": time.perf_counter() - t,
+            "perf_counter_start": t,
+            "largest_eigval": np.nan,
+            "smallest_eigval": np.nan,
+            "index_in_trajectory": 0,
+            "reached_max_treedepth": False,
+            "warning": None,
+            "warmup_idle": True,
+            "warmstart_grad_evals": self.warmstart_grad_evals,
+            "warmstart_pareto_k": self.warmstart_pareto_k,
+        }
+        return st

@@ -1,0 +1,228 @@
+"""Warm starts for :class:`~pymc_ext.step_methods.warmstart.WarmStartNUTS`.
+
+What a warm start has to provide (:class:`WarmStart`), the named ones
+(:data:`WARMSTART_INITS`: Pathfinder and the flow), :func:`run_warmstart`, and
+:class:`StepLogDensity`, the density Pathfinder runs on by default: the
+logp-and-gradient function NUTS compiles anyway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from pymc_ext.density import BaseLogDensity
+from pymc_ext.step_methods.pymc_internals import nuts_internals
+
+__all__ = [
+    "DEFAULT_WARMUP",
+    "TRUSTED_PARETO_K",
+    "AUTO_DENSE_MAX_DIM",
+    "WARMSTART_PATHFINDER_DEFAULTS",
+    "WarmStart",
+    "WARMSTART_INITS",
+    "run_warmstart",
+    "StepLogDensity",
+]
+
+#: Default number of adaptation iterations after a warm start (chosen from
+#: ``benchmarks/warmstart.py``; see docs/warmstart.md).
+DEFAULT_WARMUP = 75
+
+#: Pareto k up to which the warm start's covariance gets a large weight in
+#: the mass-matrix estimates.
+TRUSTED_PARETO_K = 0.7
+
+#: ``metric="auto"`` uses a dense mass matrix up to this many parameters, and
+#: the low-rank-plus-diagonal one above.
+AUTO_DENSE_MAX_DIM = 50
+
+#: Pathfinder settings for a warm start: fewer draws than a stand-alone fit and
+#: a looser L-BFGS tolerance (a warm start needs start points in the typical set
+#: and a covariance, which the short adaptation then refines; not a posterior
+#: sample).
+WARMSTART_PATHFINDER_DEFAULTS: dict[str, Any] = {
+    "num_paths": 4,
+    "num_draws": 250,
+    "num_draws_per_path": 250,
+    "num_elbo_draws": 10,
+    "ftol": 1e-5,
+}
+
+
+# ---------------------------------------------------------------------------
+# Warm starts: what an init has to provide, and the registry of named inits
+# ---------------------------------------------------------------------------
+@runtime_checkable
+class WarmStart(Protocol):
+    """What a warm start provides (Pathfinder's and the flow's results both do).
+
+    All arrays live on the density's unconstrained space.
+    """
+
+    draws: np.ndarray  # (n, dim)
+    mean: np.ndarray  # (dim,)
+    covariance: np.ndarray  # (dim, dim)
+    inverse_metric_diag: np.ndarray  # (dim,)
+    grad_evals: int
+    pareto_k: float
+
+
+def _pathfinder_init(density: Any, random_seed: Any = None, **kwargs: Any) -> WarmStart:
+    from pymc_ext.vi.multipath import multipath_pathfinder
+
+    return multipath_pathfinder(density, random_seed=random_seed, **kwargs)
+
+
+def _flow_init(density: Any, random_seed: Any = None, **kwargs: Any) -> WarmStart:
+    try:
+        from pymc_ext.flows import flow_init
+    except ImportError as err:  # pragma: no cover - depends on the flows module
+        raise ImportError(
+            "init='flow' needs pymc_ext.flows.flow_init (and torch, zuko); it is not "
+            f"available here: {err}. Use init='pathfinder' instead."
+        ) from err
+    return flow_init(density, random_seed=random_seed, **kwargs)
+
+
+#: Named warm starts: ``name -> callable(density, random_seed=..., **init_kwargs)``.
+WARMSTART_INITS: dict[str, Callable[..., WarmStart]] = {
+    "pathfinder": _pathfinder_init,
+    "flow": _flow_init,
+}
+
+
+def run_warmstart(
+    density: Any,
+    init: str | WarmStart | Callable[..., WarmStart] = "pathfinder",
+    random_seed: int | np.random.Generator | None = None,
+    **init_kwargs: Any,
+) -> WarmStart:
+    """Run (or check) a warm start on a density.
+
+    Parameters
+    ----------
+    density : LogDensity
+        The target.
+    init : str, WarmStart or callable
+        ``"pathfinder"`` or ``"flow"`` (see :data:`WARMSTART_INITS`), a
+        finished warm start (returned as is after checks), or a callable
+        ``(density, random_seed=..., **init_kwargs) -> WarmStart``.
+    random_seed : int or Generator, optional
+        Seed for the warm start.
+    **init_kwargs
+        Passed to the warm start (for Pathfinder: ``num_paths``,
+        ``num_draws``, ...).
+
+    Returns
+    -------
+    WarmStart
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pymc_ext.density import FunctionLogDensity
+    >>> from pymc_ext.step_methods.warmstart_init import run_warmstart
+    >>> d = FunctionLogDensity(2, lambda x: -0.5 * x @ x, lambda x: -x,
+    ...                        lambda X: -0.5 * (X * X).sum(1))
+    >>> ws = run_warmstart(d, "pathfinder", random_seed=0, num_draws=100)
+    >>> ws.draws.shape
+    (100, 2)
+    """
+    if isinstance(init, str):
+        if init not in WARMSTART_INITS:
+            raise ValueError(
+                f"Unknown warm start init={init!r}; use one of {sorted(WARMSTART_INITS)}, a "
+                "finished warm-start result, or a callable (density, random_seed) -> result."
+            )
+        result = WARMSTART_INITS[init](density, random_seed=random_seed, **init_kwargs)
+    elif callable(init) and not isinstance(init, WarmStart):
+        result = init(density, random_seed=random_seed, **init_kwargs)
+    else:
+        result = init
+    _check_warmstart(result, density.dim)
+    return result
+
+
+def _check_warmstart(result: Any, dim: int) -> None:
+    missing = [
+        a
+        for a in ("draws", "mean", "covariance", "inverse_metric_diag", "grad_evals", "pareto_k")
+        if not hasattr(result, a)
+    ]
+    if missing:
+        raise TypeError(
+            f"The warm start {type(result).__name__} lacks {missing}; it needs draws, mean, "
+            "covariance, inverse_metric_diag, grad_evals and pareto_k."
+        )
+    draws = np.asarray(result.draws)
+    if draws.ndim != 2 or draws.shape[1] != dim or draws.shape[0] < 1:
+        raise ValueError(f"Warm-start draws must have shape (n, {dim}); got {draws.shape}.")
+    if np.asarray(result.covariance).shape != (dim, dim):
+        raise ValueError(
+            f"Warm-start covariance must be ({dim}, {dim}); got {np.shape(result.covariance)}."
+        )
+
+
+# ---------------------------------------------------------------------------
+# The density the warm start runs on: NUTS's own compiled function
+# ---------------------------------------------------------------------------
+class StepLogDensity(BaseLogDensity):
+    """A :class:`~pymc_ext.density.LogDensity` over a PyMC NUTS step's compiled function.
+
+    Reuses the logp-and-gradient function the step compiled (on the step's
+    own flat ordering of the value variables), so a warm start costs no
+    extra compilation. ``logp_batch`` loops over it.
+
+    Parameters
+    ----------
+    step : pm.step_methods.hmc.base_hmc.BaseHMC
+        A blocked HMC/NUTS step over all of the model's value variables.
+
+    Examples
+    --------
+    >>> import numpy as np, pymc as pm
+    >>> from pymc_ext.step_methods.warmstart_init import StepLogDensity
+    >>> with pm.Model():
+    ...     x = pm.Normal("x", 0, 1, shape=2)
+    ...     step = pm.NUTS()
+    >>> d = StepLogDensity(step)
+    >>> d.logp_and_grad(np.zeros(2))[1].tolist()
+    [-0.0, -0.0]
+    """
+
+    def __init__(self, step: Any, initial_point: Mapping[str, Any] | None = None) -> None:
+        internals = nuts_internals(step)
+        self._fn, self._dtype = internals.compiled_logp_dlogp()
+        names = [v.name for v in step.vars]
+        ip = internals.model.initial_point() if initial_point is None else initial_point
+        shapes = {k: tuple(np.shape(ip[k])) for k in names}
+        sizes = [int(np.prod(shapes[k], dtype=int)) for k in names]
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+        #: ``name -> slice`` of the flat vector (the step's ordering)
+        self.slices = {k: slice(int(offsets[i]), int(offsets[i + 1])) for i, k in enumerate(names)}
+        self._x0 = np.concatenate(
+            [np.asarray(ip[k], dtype=float).ravel() for k in names] or [np.zeros(0)]
+        )
+        super().__init__(int(offsets[-1]), names=names, shapes=shapes)
+
+    def initial_point(self) -> np.ndarray:
+        """The model's initial point, flat, in the step's ordering."""
+        return self._x0.copy()
+
+    def _logp_and_grad(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        lp, grad = self._fn(np.ascontiguousarray(x, dtype=self._dtype))
+        return float(lp), np.array(grad, dtype=float, copy=True)
+
+    def _logp(self, x: np.ndarray) -> float:
+        return self._logp_and_grad(x)[0]
+
+    def constrain(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        out, start = {}, 0
+        for k in self.names:
+            size = int(np.prod(self.shapes[k], dtype=int))
+            out[k] = np.asarray(x[start : start + size]).reshape(self.shapes[k])
+            start += size
+        return out
