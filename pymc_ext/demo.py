@@ -101,7 +101,7 @@ def run_demo(draws: int = 1000, chains: int = 4, seed: int = 2026) -> dict[str, 
     import pymc as pm
 
     import pymc_ext
-    from pymc_ext.models import eight_schools
+    from pymc_ext.references.models import eight_schools
 
     model = eight_schools()
     rows: dict[str, dict[str, Any]] = {}

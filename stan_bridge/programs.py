@@ -211,7 +211,7 @@ def reference_data(name: str) -> dict[str, Any]:
     >>> reference_data("eight_schools")["prior_only"]
     0
     """
-    from pymc_ext.reference import load_reference_data
+    from pymc_ext.references.posteriors import load_reference_data
 
     if name not in PROGRAMS:
         raise KeyError(f"Unknown program {name!r}; known: {sorted(PROGRAMS)}")

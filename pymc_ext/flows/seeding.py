@@ -19,7 +19,8 @@ from pymc_ext.blocks.covariance import pooled_covariance
 from pymc_ext.blocks.lbfgs import dense_inverse_hessian, lbfgs
 from pymc_ext.density import LogDensity
 from pymc_ext.flows.fit_info import FlowFitError
-from pymc_ext.pathfinder_core import PathfinderError, PathfinderResult, multipath_pathfinder
+from pymc_ext.vi.multipath import multipath_pathfinder
+from pymc_ext.vi.result import PathfinderError, PathfinderResult
 
 __all__ = [
     "SeedMethod",
@@ -214,7 +215,7 @@ def path_draws_from_result(result: PathfinderResult) -> list[np.ndarray] | None:
     --------
     >>> import numpy as np
     >>> from pymc_ext.density import FunctionLogDensity
-    >>> from pymc_ext.pathfinder_core import multipath_pathfinder
+    >>> from pymc_ext.vi.multipath import multipath_pathfinder
     >>> from pymc_ext.flows.seeding import path_draws_from_result
     >>> d = FunctionLogDensity(2, lambda x: -0.5 * x @ x, grad_fn=lambda x: -x)
     >>> res = multipath_pathfinder(d, num_paths=2, num_draws=40, random_seed=0)
@@ -299,8 +300,8 @@ def pathfinder_seed(
     same number from every path: unlike Pathfinder's importance resampling,
     this keeps every mode that any path found (the MCMC corrects the weights).
 
-    Uses :func:`pymc_ext.pathfinder_core.multipath_pathfinder`; when every
-    path fails (:class:`~pymc_ext.pathfinder_core.PathfinderError`), L-BFGS
+    Uses :func:`pymc_ext.vi.multipath.multipath_pathfinder`; when every
+    path fails (:class:`~pymc_ext.vi.result.PathfinderError`), L-BFGS
     from the same starts with a normal from the L-BFGS inverse Hessian
     (``method="lbfgs_laplace"``, with a warning).
 
