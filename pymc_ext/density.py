@@ -57,15 +57,12 @@ class LogDensity(Protocol):
         ``observed name -> ndarray`` for ArviZ's ``observed_data`` group, where
         the backend knows it (``None`` otherwise).
 
-    Methods
-    -------
-    initial_point()
-        A sensible unconstrained starting point (the model's own initial point
-        where it has one; zeros otherwise). Algorithms start from it and
-        overdisperse around it.
-
     Notes
     -----
+    ``initial_point()`` returns a sensible unconstrained starting point (the
+    model's own initial point where it has one; zeros otherwise). Algorithms
+    start from it and overdisperse around it.
+
     Densities written by hand only need ``dim``, ``logp_and_grad`` and
     ``logp``; subclass :class:`BaseLogDensity` to get the rest.
 
