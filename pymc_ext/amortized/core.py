@@ -11,7 +11,6 @@ against the true density (:mod:`~pymc_ext.amortized.sampling`);
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -39,7 +38,7 @@ __all__ = ["Amortizer"]
 _PUBLIC_STACKLEVEL = 3
 
 
-class Amortizer:
+class Amortizer(serialization.PersistenceMixin):
     """Amortized posterior estimation for a PyMC model or a Stan program.
 
     Parameters
@@ -453,85 +452,3 @@ class Amortizer:
         return sampling.calibrate(self, num_datasets, draws, random_seed, alpha, progressbar)
 
     # -- save / load -------------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> None:
-        """Save weights and configuration to one file (atomically; no pickled code).
-
-        The file is a ``torch.save`` archive of tensors and one JSON string,
-        readable with ``torch.load(weights_only=True)``. It is written to a
-        temporary file beside ``path`` and moved into place, so an interrupted
-        save never leaves a corrupt file.
-
-        Examples
-        --------
-        >>> import os, tempfile, numpy as np, pymc as pm, pymc_ext
-        >>> with pm.Model() as model:
-        ...     mu = pm.Normal("mu")
-        ...     y = pm.Normal("y", mu, 1, observed=np.zeros(3))
-        >>> a = pymc_ext.Amortizer(model).fit(300, epochs=2, random_seed=0, progressbar=False)
-        >>> path = os.path.join(tempfile.mkdtemp(), "amortizer.pt")
-        >>> a.save(path)
-        >>> pymc_ext.Amortizer.load(path, model).fitted
-        True
-        """
-        self.check_fitted()
-        serialization.save_amortizer(self, path)
-
-    @classmethod
-    def load(
-        cls,
-        path: str | os.PathLike,
-        model: Any = None,
-        *,
-        summary: nn.Module | None = None,
-        covariate_sampler: Callable[[np.random.Generator], Mapping[str, Any]] | None = None,
-        device: str | torch.device | None = None,
-        num_threads: int | None = 1,
-    ) -> Amortizer:
-        """Load a saved amortizer into ``model``, checking that it is the same model.
-
-        Parameters
-        ----------
-        path : str
-            A file written by :meth:`save`.
-        model : pm.Model or LogDensity
-            The model to attach it to (the one in context by default).
-        summary : torch.nn.Module, optional
-            Needed only when the saved amortizer used a custom summary module:
-            a fresh instance of the same architecture.
-        covariate_sampler : callable, optional
-            For further training or calibration with new covariates.
-        device : str or torch.device, optional
-            Where to run.
-        num_threads : int or None
-            As in :class:`Amortizer`.
-
-        Raises
-        ------
-        AmortizerMismatchError
-            If the model's variables, shapes or transforms differ from the
-            ones the weights were trained on (the message lists them).
-        ValueError
-            If the file is not an amortizer or has an unknown format version.
-
-        Examples
-        --------
-        >>> import numpy as np, pymc as pm, pymc_ext
-        >>> with pm.Model() as model:
-        ...     y = pm.Normal("y", pm.Normal("mu"), 1, observed=np.zeros(3))
-        >>> a = pymc_ext.Amortizer(model).fit(300, epochs=2, random_seed=0, progressbar=False)
-        >>> import os, tempfile
-        >>> path = os.path.join(tempfile.mkdtemp(), "amortizer.pt")
-        >>> a.save(path)
-        >>> with pm.Model() as other:
-        ...     y = pm.Normal("y", pm.Normal("tau"), 1, observed=np.zeros(3))
-        >>> try:
-        ...     pymc_ext.Amortizer.load(path, other)
-        ... except pymc_ext.amortized.AmortizerMismatchError:
-        ...     print("refused")
-        refused
-        """
-        return serialization.load_amortizer(
-            cls, path, model, summary=summary, covariate_sampler=covariate_sampler,
-            device=device, num_threads=num_threads,
-        )
-

@@ -18,6 +18,8 @@ import numpy as np
 from pymc_ext.density import LogDensity
 
 __all__ = [
+    "CLIMB_FTOL",
+    "CLIMB_GTOL",
     "LBFGSInfo",
     "LBFGSState",
     "LBFGSStatus",
@@ -25,6 +27,13 @@ __all__ = [
     "lbfgs",
     "lbfgs_maximize",
 ]
+
+
+#: Tolerances for a climb to a mode: scipy's L-BFGS-B defaults (relative change in ``log p``
+#: ``2.2e-9``, largest gradient entry ``1e-5``), which the mode search and the Laplace
+#: seeding used before they moved onto this L-BFGS.
+CLIMB_FTOL = 2.220446049250313e-09
+CLIMB_GTOL = 1e-5
 
 
 class LBFGSStatus(StrEnum):
@@ -349,7 +358,7 @@ def lbfgs_maximize(
     3.0
     """
     trace, info = lbfgs(
-        density, np.asarray(x0, dtype=float), history_size, maxiter, 2.220446049250313e-09, 1e-5
+        density, np.asarray(x0, dtype=float), history_size, maxiter, CLIMB_FTOL, CLIMB_GTOL
     )
     if info.status != LBFGSStatus.CONVERGED or not trace:
         return None, info

@@ -18,7 +18,7 @@ import numpy as np
 from scipy.special import logsumexp
 
 from pymc_ext.blocks.importance import psis_log_weights
-from pymc_ext.blocks.lbfgs import LBFGSStatus, lbfgs, lbfgs_maximize
+from pymc_ext.blocks.lbfgs import CLIMB_FTOL, CLIMB_GTOL, LBFGSStatus, lbfgs, lbfgs_maximize
 from pymc_ext.density import LogDensity
 from pymc_ext.flows import StandardizedFlow
 
@@ -67,10 +67,6 @@ def same_mode(density: LogDensity, a: np.ndarray, b: np.ndarray, tol: float = 2.
     return bool(np.all(np.isfinite(lp_seg)) and lp_seg.min() >= lp_ends.min() - tol)
 
 
-#: the tolerances of :func:`~pymc_ext.blocks.lbfgs.lbfgs_maximize` (scipy's L-BFGS-B defaults)
-_FTOL, _GTOL = 2.220446049250313e-09, 1e-5
-
-
 def _climb(density: LogDensity, x0: np.ndarray) -> np.ndarray | None:
     """The top of ``x0``'s mode by L-BFGS, or None when the climb does not converge."""
     return lbfgs_maximize(density, x0, maxiter=200)[0]
@@ -80,7 +76,7 @@ def _climb_end(density: LogDensity, x0: np.ndarray) -> np.ndarray | None:
     """Where an L-BFGS climb from ``x0`` ends: its top, or its last iterate when it was still
     climbing after 200 iterations (down a funnel's neck, where there is no top); None when
     it failed. For merging centres only: two climbs that end together share a mode."""
-    trace, info = lbfgs(density, np.asarray(x0, dtype=float), 10, 200, _FTOL, _GTOL)
+    trace, info = lbfgs(density, np.asarray(x0, dtype=float), 10, 200, CLIMB_FTOL, CLIMB_GTOL)
     ended = info.status in (LBFGSStatus.CONVERGED, LBFGSStatus.MAXITER)
     return trace[-1].x if trace and ended else None
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from pymc_ext.blocks.covariance import pooled_covariance
-from pymc_ext.blocks.lbfgs import dense_inverse_hessian, lbfgs
+from pymc_ext.blocks.lbfgs import CLIMB_FTOL, CLIMB_GTOL, dense_inverse_hessian, lbfgs
 from pymc_ext.density import LogDensity
 from pymc_ext.flows.fit_info import FlowFitError
 from pymc_ext.vi.multipath import multipath_pathfinder
@@ -34,8 +34,6 @@ __all__ = [
 #: scipy's L-BFGS-B defaults, which the fallback used before it moved onto the one L-BFGS.
 LAPLACE_MAXITER = 500
 LAPLACE_HISTORY = 10
-LAPLACE_FTOL = 2.220446049250313e-09
-LAPLACE_GTOL = 1e-5
 
 
 class SeedMethod(StrEnum):
@@ -188,7 +186,7 @@ def lbfgs_laplace_paths(
     dim = density.dim
     for x0 in inits:
         trace, info = lbfgs(
-            density, x0, LAPLACE_HISTORY, LAPLACE_MAXITER, LAPLACE_FTOL, LAPLACE_GTOL
+            density, x0, LAPLACE_HISTORY, LAPLACE_MAXITER, CLIMB_FTOL, CLIMB_GTOL
         )
         x_opt = np.asarray(trace[-1].x if trace else x0, dtype=float)
         cov = dense_inverse_hessian(info.s_history, info.y_history, dim)
