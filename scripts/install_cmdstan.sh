@@ -11,6 +11,7 @@ VERSION=2.27.0
 ROOT="${CMDSTAN_HOME:-$HOME/.cmdstan}"
 DEST="$ROOT/cmdstan-$VERSION"
 PY="${PYTHON:-python3}"
+HERE=$(cd "$(dirname "$0")" && pwd)
 
 if [ -x "$DEST/bin/stanc" ] && [ -f "$DEST/bin/stansummary" ] && [ -f "$DEST/.build-ok" ]; then
     echo "CmdStan $VERSION already built at $DEST"
@@ -38,11 +39,13 @@ cp "$DEST.partial/bin/linux-stanc" "$DEST.partial/bin/stanc"
 chmod +x "$DEST.partial/bin/stanc" "$DEST.partial/bin/linux-stanc"
 find "$DEST.partial" -name "*.sh" -exec chmod +x {} +
 
-echo "Building CmdStan $VERSION (a few minutes on 2 cores) ..."
 rm -rf "$DEST"
 mv "$DEST.partial" "$DEST"
 cd "$DEST"
-make clean-all >/dev/null 2>&1 || true
-make -j"${CMDSTAN_JOBS:-2}" build
+# The compiler output (thousands of lines of warnings) goes to a log file; the terminal
+# gets one progress line, and the log's last lines if the build fails.
+bash "$HERE/quiet_build.sh" "$DEST/build.log" \
+    "Building CmdStan $VERSION (about 3 minutes on 2 cores)" \
+    bash -c "make clean-all >/dev/null 2>&1; make -j${CMDSTAN_JOBS:-2} build"
 touch "$DEST/.build-ok"
 echo "CmdStan $VERSION built at $DEST"

@@ -37,6 +37,7 @@ from stan_bridge.cxx import (
     precompiled_header,
     run_compiler,
 )
+from stan_bridge.sundials import needs_pic_sundials, pic_sundials_built, pic_sundials_ldflags
 from stan_bridge.toolchain import SHIM_DIR, Toolchain
 
 __all__ = [
@@ -291,6 +292,7 @@ def _compile_library(
     tmp: Path,
     display_name: str,
     t0: float,
+    ldflags: Sequence[str] | None = None,
 ) -> None:
     """The C++ compile of stanc's output and the shim into ``tmp/model.so``."""
     (tmp / "build.cpp").write_text(
@@ -306,7 +308,7 @@ def _compile_library(
         "-o",
         str(tmp / "model.so"),
         str(tmp / "build.cpp"),
-        *toolchain.ldflags,
+        *(toolchain.ldflags if ldflags is None else ldflags),
     ]
     run_compiler(cmd, tmp, f"the C++ code stanc generated for {display_name}")
     record = {
@@ -317,6 +319,25 @@ def _compile_library(
     }
     (tmp / "build.json").write_text(json.dumps(record, indent=1))
     (tmp / "ok").write_text("")
+
+
+def _compile_linking_sundials(job: _BuildJob, pch: Path | None, tmp: Path) -> None:
+    """:func:`_compile_library`, again with position-independent SUNDIALS where the linker
+    refused the toolchain's archives (CmdStan's, for programs with ODE/DAE/algebra solvers).
+
+    Once those are built, every later build links against them directly.
+    """
+    args = (job.cxxflags, pch, tmp, job.display_name, job.t0)
+    if pic_sundials_built(job.toolchain, job.root):
+        ldflags = pic_sundials_ldflags(job.toolchain, job.root)
+        return _compile_library(job.toolchain, *args, ldflags=ldflags)
+    try:
+        _compile_library(job.toolchain, *args)
+    except StanBuildError as err:
+        if not needs_pic_sundials(str(err)):
+            raise
+        ldflags = pic_sundials_ldflags(job.toolchain, job.root)
+        _compile_library(job.toolchain, *args, ldflags=ldflags)
 
 
 def _publish(tmp: Path, final: Path) -> None:
@@ -451,7 +472,7 @@ def _build_fresh(
                     return found
                 pch = precompiled_header(job.toolchain, job.cxxflags, job.root)
                 bar.update(step="C++ compile (tens of seconds; cached afterwards)")
-                _compile_library(job.toolchain, job.cxxflags, pch, tmp, job.display_name, job.t0)
+                _compile_linking_sundials(job, pch, tmp)
                 _publish(tmp, final)
                 bar.update(step="done")
         finally:

@@ -21,7 +21,14 @@ from pathlib import Path
 
 from stan_bridge.toolchain import SHIM_DIR, Toolchain
 
-__all__ = ["StanBuildError", "compile_flags", "file_lock", "precompiled_header", "run_compiler"]
+__all__ = [
+    "StanBuildError",
+    "compile_flags",
+    "compiler_complaint",
+    "file_lock",
+    "precompiled_header",
+    "run_compiler",
+]
 
 _COMMON_FLAGS = (
     "-O3",
@@ -81,6 +88,52 @@ def compile_flags(toolchain: Toolchain, extra: Sequence[str]) -> list[str]:
     return [*toolchain.cxxflags, *_COMMON_FLAGS, *extra]
 
 
+#: What a compiler or linker line says when it is the reason for a failure. ``collect2: error:
+#: ld returned 1 exit status`` alone says nothing: the linker's own lines before it
+#: (``undefined reference to ...``, ``cannot find -l...``, ``relocation ... recompile with
+#: -fPIC``) name the symbol or library.
+_COMPLAINTS = (
+    "error",
+    "undefined reference",
+    "cannot find",
+    "relocation",
+    "recompile with",
+    "multiple definition",
+    "/ld:",
+    "ld: ",
+)
+
+
+def compiler_complaint(stderr: str, max_lines: int = 30) -> str:
+    r"""The lines of a compiler's or linker's output that say why it failed.
+
+    Parameters
+    ----------
+    stderr : str
+        Its standard error.
+    max_lines : int
+        Most lines kept (the first ones: later errors often follow from them).
+
+    Returns
+    -------
+    str
+        Those lines, or the end of ``stderr`` when none matches.
+
+    Examples
+    --------
+    >>> from stan_bridge.cxx import compiler_complaint
+    >>> print(compiler_complaint(
+    ...     "/usr/bin/ld: model.o: in function `f':\n"
+    ...     "model.cpp:(.text+0x5): undefined reference to `CVodeCreate'\n"
+    ...     "collect2: error: ld returned 1 exit status"))
+    /usr/bin/ld: model.o: in function `f':
+    model.cpp:(.text+0x5): undefined reference to `CVodeCreate'
+    collect2: error: ld returned 1 exit status
+    """
+    lines = [ln for ln in stderr.splitlines() if any(c in ln.lower() for c in _COMPLAINTS)]
+    return "\n".join(lines[:max_lines]) or stderr[-4000:]
+
+
 def run_compiler(cmd: list[str], cwd: Path, what: str) -> None:
     """Run one compiler command; on failure raise :class:`StanBuildError` with its errors.
 
@@ -105,8 +158,7 @@ def run_compiler(cmd: list[str], cwd: Path, what: str) -> None:
     """
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
     if proc.returncode != 0:
-        lines = [ln for ln in proc.stderr.splitlines() if "error" in ln.lower()]
-        detail = "\n".join(lines[:20]) or proc.stderr[-4000:]
+        detail = compiler_complaint(proc.stderr)
         raise StanBuildError(
             f"The C++ compiler failed on {what}. This is a problem of the toolchain or of "
             f"stan_bridge, not of the Stan program.\nCommand: {' '.join(cmd)}\n{detail}"

@@ -304,8 +304,11 @@ def load_amortizer(
     covariate_sampler: Callable[[np.random.Generator], Mapping[str, Any]] | None = None,
     device: str | torch.device | None = None,
     num_threads: int | None = 1,
+    source: str | None = None,
 ) -> Any:
     """The body of :meth:`Amortizer.load` (``cls`` is the class to build).
+
+    ``source`` names the weights in the mismatch error (default: the file).
 
     Examples
     --------
@@ -336,7 +339,7 @@ def load_amortizer(
     diffs = fingerprint_differences(config["fingerprint"], current)
     if diffs:
         raise AmortizerMismatchError(
-            f"The amortizer in {path} was trained on a different model: "
+            f"{source or f'The amortizer in {path}'} was trained on a different model: "
             + "; ".join(diffs)
             + ". Load it into the model it was trained on, or train a new amortizer for "
             "this model."
@@ -354,7 +357,66 @@ def load_amortizer(
 
 
 class PersistenceMixin:
-    """``save`` and ``load`` for :class:`~pymc_ext.amortized.core.Amortizer` (this module's job)."""
+    """``save``, ``load`` and ``attach`` for :class:`~pymc_ext.amortized.core.Amortizer`."""
+
+    def attach(self, model: Any = None) -> Any:
+        """The trained amortizer for another model of the same structure (a new dataset).
+
+        A new dataset usually comes in a new model built by the same model
+        function. This returns an amortizer for that model, with a copy of
+        the trained weights, conditioned on the new model's own data:
+        ``attach(new).sample()``, ``pm.sample(step=AmortizedMH(...))`` in the
+        new model (which attaches by itself), ``check_calibration`` and so on
+        work as on the original. It is the in-memory form of
+        ``save(path); Amortizer.load(path, new_model)``, with the same check.
+
+        Parameters
+        ----------
+        model : pm.Model or LogDensity, optional
+            The other model (the one in context by default).
+
+        Returns
+        -------
+        Amortizer
+
+        Raises
+        ------
+        AmortizerMismatchError
+            When ``model``'s parameters, shapes, transforms, data shapes or
+            distributions differ from the ones the amortizer was trained on;
+            the message names each difference.
+
+        Examples
+        --------
+        >>> import numpy as np, pymc as pm, pymc_ext
+        >>> def build(y):
+        ...     with pm.Model() as m:
+        ...         pm.Normal("y", pm.Normal("mu"), 1, observed=y)
+        ...     return m
+        >>> a = pymc_ext.Amortizer(build(np.zeros(3))).fit(300, epochs=2, random_seed=0,
+        ...                                                progressbar=False)
+        >>> b = a.attach(build(np.ones(3)))
+        >>> b.target.current_data()["y"].tolist()
+        [1.0, 1.0, 1.0]
+        """
+        import copy
+        import tempfile
+
+        self.check_fitted()
+        custom = amortizer_config(self)["summary"]["kind"] == "custom"
+        with tempfile.TemporaryDirectory(prefix="pymc_ext_attach_") as tmp:
+            path = os.path.join(tmp, "amortizer.pt")
+            save_amortizer(self, path)
+            return load_amortizer(
+                type(self),
+                path,
+                model,
+                summary=copy.deepcopy(self.summary_net) if custom else None,
+                covariate_sampler=getattr(self.target, "covariate_sampler", None),
+                device=self.device,
+                num_threads=self.num_threads,
+                source="This amortizer",
+            )
 
     def save(self, path: str | os.PathLike) -> None:
         """Save weights and configuration to one file (atomically; no pickled code).

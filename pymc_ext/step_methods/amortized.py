@@ -82,6 +82,15 @@ def _pymc_model(amortizer: Any) -> Any:
     return amortizer.target.model if isinstance(amortizer.target, PyMCTarget) else None
 
 
+def _sampled_model(amortizer: Any) -> Any:
+    """The model in context (``with build(y_new): pm.sample(step=AmortizedMH(a))``), else the
+    amortizer's own."""
+    import pymc as pm
+
+    context = pm.Model.get_context(error_if_none=False)
+    return context if context is not None else _pymc_model(amortizer)
+
+
 def _apply_scale(scale: np.ndarray, u: np.ndarray) -> np.ndarray:
     """``scale u`` for a vector or the rows of ``u``: ``scale`` is per coordinate or a matrix."""
     return u * scale if scale.ndim == 1 else u @ scale.T
@@ -116,7 +125,11 @@ class AmortizedMH(BlockedStep):
         Must be all of the model's continuous free variables (the default):
         the proposal is joint over all of them.
     model : pm.Model, optional
-        The amortizer's model (the default).
+        The model to sample: the one in context, else the amortizer's own. A
+        model other than the amortizer's own, built by the same model
+        function (a new dataset), gets the trained weights through
+        :meth:`Amortizer.attach <pymc_ext.Amortizer.attach>`; one of another
+        structure raises ``AmortizerMismatchError`` naming what differs.
     proposal_batch : int
         Proposals drawn (and evaluated) per vectorised batch.
     adapt : bool or {"dense", "diag"}
@@ -173,7 +186,7 @@ class AmortizedMH(BlockedStep):
             args = args[1:]
         amortizer = kwargs.get("amortizer")
         if amortizer is not None and kwargs.get("model") is None:
-            kwargs["model"] = _pymc_model(amortizer)
+            kwargs["model"] = _sampled_model(amortizer)
         return super().__new__(cls, *args, **kwargs)
 
     def __init__(
@@ -204,12 +217,11 @@ class AmortizedMH(BlockedStep):
                 "AmortizedMH is a pm.sample step and needs an amortizer of a PyMC model; "
                 f"this one was built on a {amortizer.target.kind} target."
             )
-        model = pm.modelcontext(model) if model is not None else target_model
+        model = pm.modelcontext(model) if model is not None else _sampled_model(amortizer)
         if model is not target_model:
-            raise ValueError(
-                "The amortizer was built for a different model object than the one being sampled; "
-                "use the amortizer's model (Amortizer.load(path, model) attaches saved weights)."
-            )
+            # a new dataset in a new model of the same structure: the trained weights,
+            # conditioned on this model's data (AmortizerMismatchError names what differs)
+            amortizer = amortizer.attach(model)
         density = amortizer.density
         expected = [v.name for v in density.value_vars]
         if vars is not None:
