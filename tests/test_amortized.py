@@ -588,3 +588,22 @@ def test_amortized_mh_in_a_model_of_another_structure_names_the_difference(small
         pm.Normal("y", mu, tau, observed=np.zeros(6))
         with pytest.raises(AmortizerMismatchError, match=r"trained on a different model.*tau"):
             pymc_ext.AmortizedMH(amortizer)
+
+
+def test_sample_correct_mh_is_exact_on_a_new_dataset(small_amortizer):
+    _, amortizer = small_amortizer  # briefly trained: the raw draws are rough
+    y_new = np.array([-0.4, 0.3, -1.2, 0.1, -0.7, 0.5])
+    idata = amortizer.sample({"y": y_new}, draws=1000, chains=2, random_seed=4, correct="mh")
+    assert idata.posterior["mu"].shape == (2, 1000)
+    assert idata.posterior.attrs["correct"] == "mh"
+    assert idata.posterior.attrs["acceptance_rate"] > 0.2
+    np.testing.assert_array_equal(idata.observed_data["y"].values, y_new)
+    exact = _grid_posterior_means(y_new)
+    for name in ("mu", "sigma"):
+        draws = idata.posterior[name].values
+        se = draws.std() / np.sqrt(draws.size * 0.25)  # ESS >= a quarter of the draws
+        assert abs(draws.mean() - exact[name]) < 4 * se, (name, draws.mean(), exact[name])
+    again = amortizer.sample({"y": y_new}, draws=1000, chains=2, random_seed=4, correct="mh")
+    np.testing.assert_array_equal(again.posterior["mu"].values, idata.posterior["mu"].values)
+    with pytest.raises(ValueError, match="one dataset"):
+        amortizer.sample_many([{"y": y_new}], correct="mh")

@@ -25,6 +25,7 @@ from pymc_ext.amortized.networks import data_layout as layout_for
 from pymc_ext.amortized.results import (
     AmortizedDraws,
     AmortizerNotFittedError,
+    Correction,
     TrainingHistory,
 )
 from pymc_ext.amortized.targets import make_target
@@ -291,6 +292,7 @@ class Amortizer(serialization.PersistenceMixin):
         correct: str | None = None,
         diagnostics: bool = True,
         return_inferencedata: bool = True,
+        chains: int = 4,
     ) -> Any:
         """Amortized posterior draws for one dataset, as ArviZ data.
 
@@ -303,15 +305,21 @@ class Amortizer(serialization.PersistenceMixin):
             Number of draws.
         random_seed : int or Generator, optional
             Seed.
-        correct : {None, "psis"}
+        correct : {None, "psis", "mh"}
             ``"psis"``: importance-resample the draws with Pareto-smoothed
             weights against the true density (a warning when k > 0.7).
+            ``"mh"``: exact draws, from ``chains`` independence
+            Metropolis-Hastings chains of ``draws`` each, with the amortized
+            posterior (moment-matched to pilot draws) as proposal; a warning
+            when the acceptance rate is too low to be useful.
         diagnostics : bool
             Evaluate the true density and the Pareto k (costs ``draws``
             density evaluations; ``False`` is the fastest path).
         return_inferencedata : bool
             ``False``: skip building the DataTree (a few ms) and return an
-            :class:`AmortizedDraws` of plain NumPy arrays.
+            :class:`AmortizedDraws` of plain NumPy arrays (not with ``"mh"``).
+        chains : int
+            Chains for ``correct="mh"``.
 
         Returns
         -------
@@ -331,6 +339,10 @@ class Amortizer(serialization.PersistenceMixin):
         ((1, 100), 'psis')
         """
         data = self.target.current_data() if data is None else data
+        if Correction.parse(correct) is Correction.MH:
+            return sampling.exact_draws(
+                self, data, draws, chains, random_seed, stacklevel=_PUBLIC_STACKLEVEL
+            )
         checked, theta, stats, diag = sampling.posterior_draws(
             self, [data], draws, random_seed, correct, diagnostics, stacklevel=_PUBLIC_STACKLEVEL
         )

@@ -42,7 +42,8 @@ class Correction(StrEnum):
     """How amortized draws are corrected against the true density (``correct=``).
 
     ``NONE`` (``correct=None``) keeps the raw draws; ``PSIS`` importance-resamples
-    them with Pareto-smoothed weights.
+    them with Pareto-smoothed weights; ``MH`` runs independence
+    Metropolis-Hastings chains with the amortized posterior as proposal (exact).
 
     Examples
     --------
@@ -53,15 +54,17 @@ class Correction(StrEnum):
 
     NONE = "None"
     PSIS = "psis"
+    MH = "mh"
 
     @classmethod
     def parse(cls, correct: str | None) -> Correction:
-        """The member for ``correct`` (``None`` or ``"psis"``); ValueError otherwise."""
+        """The member for ``correct`` (``None``, ``"psis"`` or ``"mh"``); ValueError otherwise."""
         if correct is None:
             return cls.NONE
-        if correct == cls.PSIS:
-            return cls.PSIS
-        raise ValueError(f"correct must be None or 'psis', got {correct!r}.")
+        for member in (cls.PSIS, cls.MH):
+            if correct == member:
+                return member
+        raise ValueError(f"correct must be None, 'psis' or 'mh', got {correct!r}.")
 
 
 class AmortizedDraws(NamedTuple):

@@ -42,6 +42,7 @@ __all__ = [
     "posterior_draws",
     "prepare",
     "psis_correct",
+    "exact_draws",
     "warn_many_high_k",
 ]
 
@@ -233,6 +234,11 @@ def posterior_draws(
     """
     amortizer.check_fitted()
     correction = Correction.parse(correct)
+    if correction is Correction.MH:
+        raise ValueError(
+            "correct='mh' runs Metropolis-Hastings chains for one dataset: use "
+            "Amortizer.sample(data, correct='mh')."
+        )
     rng = np.random.default_rng(random_seed)
     checked, ctx = prepare(amortizer, datasets, stacklevel=stacklevel + 1)
     theta, log_q = draw(amortizer, ctx, int(draws), seed_int(rng), cores=cores)
@@ -338,3 +344,82 @@ def calibrate(
     )
     result.info.update(seconds=time.perf_counter() - t0, num_dropped=sims.dropped)
     return result
+
+
+#: Below this acceptance rate the exact chains mix too slowly to be worth having.
+LOW_MH_ACCEPTANCE = 0.05
+
+
+def exact_draws(
+    amortizer: Any,
+    data: Mapping[str, Any],
+    draws: int,
+    chains: int,
+    random_seed: int | np.random.Generator | None,
+    stacklevel: int = 2,
+    **mh_options: Any,
+) -> Any:
+    """Exact posterior draws for one dataset: independence MH with the adapted amortized proposal.
+
+    The body of ``Amortizer.sample(data, correct="mh")``; ``mh_options`` go to
+    :class:`~pymc_ext.amortized.mh.AmortizedProposal`. Works for any target
+    (PyMC model or Stan program): the true density comes from the target's
+    joint log density at ``data``.
+
+    Returns
+    -------
+    xarray.DataTree
+        ``posterior`` (``chains`` x ``draws``) with the model's names, dims and
+        coords; ``sample_stats`` with ``accept``, ``accepted``, ``log_weight``;
+        ``posterior.attrs["acceptance_rate"]``.
+
+    Examples
+    --------
+    >>> import numpy as np, pymc as pm, pymc_ext
+    >>> with pm.Model() as model:
+    ...     y = pm.Normal("y", pm.Normal("mu"), 1, observed=np.zeros(3))
+    >>> a = pymc_ext.Amortizer(model).fit(300, epochs=2, random_seed=0, progressbar=False)
+    >>> from pymc_ext.amortized.sampling import exact_draws
+    >>> idata = exact_draws(a, {"y": np.ones(3)}, draws=100, chains=2, random_seed=1)
+    >>> idata.posterior["mu"].shape
+    (2, 100)
+    """
+    import warnings
+
+    from pymc_ext.amortized.mh import AmortizedProposal, independence_mh
+    from pymc_ext.pymc_adapter.datatree import to_datatree
+
+    amortizer.check_fitted()
+    checked, ctx = prepare(amortizer, [data], stacklevel=stacklevel + 1)
+
+    def log_p_batch(theta: np.ndarray) -> np.ndarray:
+        return amortizer.target.joint_logp_many(theta[None], checked)[0]
+
+    proposal = AmortizedProposal(
+        amortizer.flow, ctx[0], log_p_batch, amortizer.dim, amortizer.num_threads, **mh_options
+    )
+    rng = np.random.default_rng(random_seed)
+    if proposal.mode:
+        proposal.adapt(rng)
+    out = independence_mh(proposal, rng, int(chains), int(draws))
+    rate = float(out.accepted.mean())
+    if rate < LOW_MH_ACCEPTANCE:
+        warnings.warn(
+            f"The exact amortized chains accepted {rate:.1%} of their proposals: the amortized "
+            "posterior is far from this dataset's, so the chains mix slowly (check the ESS). "
+            "Sample this dataset with NUTS (pm.sample) instead.",
+            UserWarning,
+            stacklevel=stacklevel + 1,
+        )
+    attrs = {
+        "inference_library": "pymc_ext.Amortizer",
+        "correct": "mh",
+        "acceptance_rate": rate,
+    }
+    return to_datatree(
+        amortizer.density,
+        out.theta,
+        sample_stats={"accept": out.accept, "accepted": out.accepted, "log_weight": out.log_weight},
+        observed_data=checked[0],
+        attrs=attrs,
+    )

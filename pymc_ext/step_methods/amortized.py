@@ -51,11 +51,8 @@ from pymc.step_methods.compound import BlockedStep, Competence, StepMethodState
 from pymc.step_methods.state import dataclass_state
 from pymc.util import get_random_generator
 from pytensor.graph.basic import Variable
-from scipy.linalg import solve_triangular
-from scipy.special import logsumexp
 
-from pymc_ext.amortized.diagnostics import PARETO_K_THRESHOLD
-from pymc_ext.blocks.importance import importance_ess, psis_log_weights
+from pymc_ext.amortized.mh import AmortizedProposal
 
 __all__ = ["AmortizedMH", "AmortizedMHState"]
 
@@ -89,29 +86,6 @@ def _sampled_model(amortizer: Any) -> Any:
 
     context = pm.Model.get_context(error_if_none=False)
     return context if context is not None else _pymc_model(amortizer)
-
-
-def _apply_scale(scale: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """``scale u`` for a vector or the rows of ``u``: ``scale`` is per coordinate or a matrix."""
-    return u * scale if scale.ndim == 1 else u @ scale.T
-
-
-def _tempered_log_weights(log_w: np.ndarray, min_ess: float) -> np.ndarray:
-    """Normalised ``beta * log_w`` with the largest ``beta`` in [0, 1] whose ESS >= ``min_ess``."""
-
-    def normalised(beta: float) -> np.ndarray:
-        x = beta * log_w
-        x = x - x.max()
-        return x - logsumexp(x)
-
-    lo, hi = 0.0, 1.0
-    for _ in range(30):
-        mid = 0.5 * (lo + hi)
-        if 1.0 / np.exp(2 * normalised(mid)).sum() >= min_ess:
-            lo = mid
-        else:
-            hi = mid
-    return normalised(lo)
 
 
 class AmortizedMH(BlockedStep):
@@ -237,26 +211,44 @@ class AmortizedMH(BlockedStep):
         vars = list(density.value_vars)
         self.vars = vars
         self.density = density
-        self.flow = amortizer.flow
-        data = amortizer.target.current_data()
-        _, ctx = amortizer.prepare([data])
-        self.context = ctx[0].detach().cpu().clone()
+        _, ctx = amortizer.prepare([amortizer.target.current_data()])
+        self.proposal = AmortizedProposal(
+            amortizer.flow,
+            ctx[0],
+            density.logp_batch,
+            density.dim,
+            num_threads=amortizer.num_threads,
+            adapt=adapt,
+            pilot_draws=pilot_draws,
+            widen=widen,
+            adapt_rounds=adapt_rounds,
+            widen_search=widen_search,
+        )
+        self.adapt = self.proposal.mode
         self.proposal_batch = int(proposal_batch)
-        if adapt not in (True, False, "dense", "diag"):
-            raise ValueError(f"adapt must be True, False, 'dense' or 'diag', got {adapt!r}.")
-        self.adapt = "dense" if adapt is True else adapt
-        self.pilot_draws = int(pilot_draws)
-        self.widen = float(widen)
-        self.adapt_rounds = int(adapt_rounds)
-        self.widen_search = tuple(float(f) for f in widen_search)
-        if any(not (f > 0 and np.isfinite(f)) for f in self.widen_search):
-            raise ValueError(f"widen_search factors must be positive, got {widen_search!r}.")
-        self.num_threads = amortizer.num_threads
         self.rng = get_random_generator(rng)
         self.tune = True
         self._reset()
 
-    # -- state -------------------------------------------------------------------------------
+    # -- state (the proposal's map is part of it, for multiprocess chains) -------------------
+    @property
+    def shift(self) -> np.ndarray:
+        """The proposal map's shift."""
+        return self.proposal.shift
+
+    @shift.setter
+    def shift(self, value: np.ndarray) -> None:
+        self.proposal.shift = value
+
+    @property
+    def scale(self) -> np.ndarray:
+        """The proposal map's scale: per coordinate, or lower triangular."""
+        return self.proposal.scale
+
+    @scale.setter
+    def scale(self, value: np.ndarray) -> None:
+        self.proposal.scale = value
+
     def _reset(self) -> None:
         self.proposals = np.zeros((0, self.density.dim))
         self.proposal_log_weights = np.zeros(0)
@@ -264,8 +256,7 @@ class AmortizedMH(BlockedStep):
         self.current_x = None
         self.current_log_weight = -np.inf
         self.started = False
-        self.shift = np.zeros(self.density.dim)
-        self.scale = np.ones(self.density.dim)
+        self.proposal.reset()
 
     def setup_chain(self, rng: Any, tune: int, draws: int) -> None:
         """Fresh generator and proposal pool for each chain."""
@@ -274,121 +265,24 @@ class AmortizedMH(BlockedStep):
 
     def _propose(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """``n`` proposals from the (moved) proposal and their log weights ``log p - log q'``."""
-        import torch
-
-        from pymc_ext.flows.conditional import torch_threads
-
-        seed = int(self.rng.integers(2**31 - 1))
-        flow = self.flow.cpu() if next(self.flow.parameters()).device.type != "cpu" else self.flow
-        with torch.no_grad(), torch.random.fork_rng(devices=[]), torch_threads(self.num_threads):
-            torch.manual_seed(seed)
-            theta, log_q = flow.sample(int(n), self.context)
-        theta = self._forward(theta.double().numpy())
-        log_q = log_q.double().numpy() - self._log_det()
-        log_p = self.density.logp_batch(theta)
-        log_w = log_p - log_q
-        log_w[~np.isfinite(log_w)] = -np.inf
-        return theta, log_w
+        return self.proposal.propose(n, self.rng)
 
     def _forward(self, u: np.ndarray) -> np.ndarray:
-        """``shift + scale u`` for rows ``u``."""
-        return self.shift + _apply_scale(self.scale, u)
+        return self.proposal.forward(u)
 
     def _inverse(self, x: np.ndarray) -> np.ndarray:
-        """``u`` with ``_forward(u) = x``."""
-        if self.scale.ndim == 1:
-            return (x - self.shift) / self.scale
-        return solve_triangular(self.scale, (x - self.shift).T, lower=True).T
-
-    def _log_det(self) -> float:
-        diag = self.scale if self.scale.ndim == 1 else np.diag(self.scale)
-        return float(np.log(np.abs(diag)).sum())
+        return self.proposal.inverse(x)
 
     def _refill(self) -> None:
         self.proposals, self.proposal_log_weights = self._propose(self.proposal_batch)
         self.next_proposal = 0
 
     def _adapt(self) -> None:
-        """Moment-match the proposal to pilot batches (kept only if the pilot ESS rises)."""
-        raw = None
-        best_ess, best = -1.0, (self.shift.copy(), self.scale.copy())
-        for _ in range(self.adapt_rounds):
-            theta, log_w = self._propose(self.pilot_draws)
-            ok = np.isfinite(log_w)
-            if ok.sum() < 20:
-                break
-            theta, log_w = theta[ok], log_w[ok]
-            lw, k = psis_log_weights(log_w)
-            ess = float(importance_ess(lw))
-            if ess > best_ess:
-                best_ess, best = ess, (self.shift.copy(), self.scale.copy())
-            # theta = shift + scale u with u ~ q: the q-moments of u give the map
-            if raw is None:  # mean, sd and covariance of u under q, fixed from the first pilot
-                u = self._inverse(theta)
-                raw = (u.mean(axis=0), np.maximum(u.std(axis=0), 1e-12), np.atleast_2d(np.cov(u.T)))
-            if not (np.isfinite(k) and k < PARETO_K_THRESHOLD):
-                # too few effective draws for p's moments: match those of the tempered
-                # target p^beta q^(1 - beta), beta as large as leaves a quarter of the draws
-                lw = _tempered_log_weights(log_w, len(log_w) / 4)
-            self._match_moments(theta, np.exp(lw), raw)
-        if best_ess > 0 and raw is not None:
-            best_ess, best = self._search_spread(best_ess, best, raw)
-        self.shift, self.scale = best
-
-    def _match_moments(self, theta: np.ndarray, w: np.ndarray, raw: tuple) -> None:
-        """Move the proposal so that its mean and (co)variance are the weighted ones."""
-        mean = w @ theta
-        centred = theta - mean
-        dense = self.adapt == "dense" and 1.0 / (w @ w) >= 10 * theta.shape[1]
-        if dense:
-            cov = centred.T @ (centred * w[:, None])
-            cov_u = raw[2]
-            jitter = 1e-10 * np.eye(len(mean))
-            try:
-                chol_p = np.linalg.cholesky(cov + jitter * max(np.trace(cov), 1e-12))
-                chol_q = np.linalg.cholesky(cov_u + jitter * max(np.trace(cov_u), 1e-12))
-            except np.linalg.LinAlgError:
-                dense = False
-        if dense:
-            # B = L_p L_q^{-1} (lower triangular), so that B cov_u B^T = cov
-            self.scale = self.widen * solve_triangular(chol_q.T, chol_p.T, lower=False).T
-        else:
-            sd = np.sqrt(np.maximum(w @ centred**2, 1e-24))
-            self.scale = self.widen * sd / raw[1]
-        self.shift = mean - _apply_scale(self.scale, raw[0])
-
-    def _search_spread(
-        self, best_ess: float, best: tuple[np.ndarray, np.ndarray], raw: tuple
-    ) -> tuple[float, tuple[np.ndarray, np.ndarray]]:
-        """A last check of the final map; then the best map widened or narrowed about its mean.
-
-        Weighted estimates of the spread are low when the weights are uneven, and a
-        proposal with lighter tails than p makes an independence sampler sticky.
-        """
-        candidates = [(self.shift.copy(), self.scale.copy())]
-        centre = best[0] + _apply_scale(best[1], raw[0])
-        for f in self.widen_search:
-            candidates.append((centre - f * (centre - best[0]), f * best[1]))
-        for shift, scale in candidates:
-            self.shift, self.scale = shift, scale
-            theta, log_w = self._propose(self.pilot_draws)
-            ok = np.isfinite(log_w)
-            if ok.sum() >= 20:
-                ess = float(importance_ess(psis_log_weights(log_w[ok])[0]))
-                if ess > best_ess:
-                    best_ess, best = ess, (shift.copy(), scale.copy())
-        return best_ess, best
+        """Moment-match the proposal to pilot batches (see :mod:`pymc_ext.amortized.mh`)."""
+        self.proposal.adapt(self.rng)
 
     def _log_weight(self, x: np.ndarray) -> float:
-        import torch
-
-        log_p = self.density.logp(x)
-        u = self._inverse(x[None])[0]
-        with torch.no_grad():
-            theta = torch.as_tensor(u[None], dtype=torch.float32, device=self.context.device)
-            log_q = float(self.flow.cpu().log_prob(theta, self.context[None])[0])
-        value = log_p - (log_q - self._log_det())
-        return float(value) if np.isfinite(value) else -np.inf
+        return self.proposal.log_weight(x, self.density.logp(x))
 
     # -- the step --------------------------------------------------------------------------------
     def step(self, point: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[dict]]:
