@@ -20,6 +20,7 @@ from torch import nn
 
 from pymc_ext.amortized import sampling, serialization
 from pymc_ext.amortized.calibration import CalibrationResult
+from pymc_ext.amortized.many import ManyDatasetsMixin
 from pymc_ext.amortized.networks import build_summary, choose_summary, with_threads
 from pymc_ext.amortized.networks import data_layout as layout_for
 from pymc_ext.amortized.results import (
@@ -39,7 +40,7 @@ __all__ = ["Amortizer"]
 _PUBLIC_STACKLEVEL = 3
 
 
-class Amortizer(serialization.PersistenceMixin):
+class Amortizer(serialization.PersistenceMixin, ManyDatasetsMixin):
     """Amortized posterior estimation for a PyMC model or a Stan program.
 
     Parameters

@@ -136,7 +136,8 @@ class PriorPredictiveTarget:
             params, data = self.density.prior_predictive(int(n), seed)
         return [(np.asarray(params, dtype=float), {o: np.asarray(data[o]) for o in self.observed})]
 
-    def _conditioned(self, data: Mapping[str, np.ndarray]) -> LogDensity:
+    def conditioned(self, data: Mapping[str, np.ndarray]) -> LogDensity:
+        """The density at the dataset ``data`` (cached for the last 64 datasets)."""
         key = b"".join(
             np.ascontiguousarray(np.asarray(data[o], dtype=float)).tobytes() for o in self.observed
         )
@@ -151,7 +152,7 @@ class PriorPredictiveTarget:
 
     def joint_logp(self, theta: np.ndarray, data: Mapping[str, np.ndarray]) -> np.ndarray:
         """``log p(theta_i, y)`` for each row of ``theta``."""
-        return np.asarray(self._conditioned(data).logp_batch(np.atleast_2d(theta)), dtype=float)
+        return np.asarray(self.conditioned(data).logp_batch(np.atleast_2d(theta)), dtype=float)
 
     def joint_logp_many(
         self, theta: np.ndarray, datasets: Sequence[Mapping[str, np.ndarray]]

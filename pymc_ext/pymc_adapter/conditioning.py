@@ -75,7 +75,8 @@ def condition_on(model: Any, data: Mapping[str, Any]) -> Any:
         if isinstance(old, SharedVariable):  # observed through a pm.Data container
             shared_updates[old.name] = data[out.name]
             continue
-        new = pt.as_tensor(np.asarray(data[out.name], dtype=old.dtype))
+        # a fresh copy: arrays unpickled from another process may be unaligned views
+        new = pt.as_tensor(np.array(data[out.name], dtype=old.dtype, copy=True))
         fgraph.replace(old, new, import_missing=True)
     new_model = model_from_fgraph(fgraph, mutate_fgraph=True)
     updates = {name: value for name, value in data.items() if name in containers}

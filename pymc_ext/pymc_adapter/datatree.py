@@ -147,7 +147,11 @@ def to_datatree(
         data["unconstrained_posterior"] = {"unconstrained": draws}
         dims["unconstrained"] = ["unconstrained_dim"]
 
-    # Only pass dims/coords that the data can use: unknown dims are an error.
+    # Observed data of another length than the model's coords (a new dataset with another N)
+    # keep default dims; only pass dims/coords that the data can use.
+    for name, value in data.get("observed_data", {}).items():
+        if name in dims and not _dims_fit(dims[name], np.shape(value), coords):
+            dims.pop(name)
     used_dims = {d for group in data.values() for k in group for d in dims.get(k, [])}
     dt = az.from_dict(
         data,
@@ -157,6 +161,13 @@ def to_datatree(
     )
     _add_attrs_and_groups(dt, attrs, sample_stats_attrs, extra_groups)
     return dt
+
+
+def _dims_fit(named: list[str], shape: tuple[int, ...], coords: Mapping[str, Any]) -> bool:
+    """Whether an array of ``shape`` fits the dims ``named`` with the lengths of ``coords``."""
+    if len(named) != len(shape):
+        return False
+    return all(d not in coords or len(coords[d]) == n for d, n in zip(named, shape, strict=True))
 
 
 def _collect_groups(

@@ -226,10 +226,11 @@ class PyMCLogDensity(BaseLogDensity):
             n: tuple(np.shape(v))[1:] if batched else tuple(np.shape(v))
             for n, v, batched in zip(names, values, self._batched_out, strict=True)
         }
-        dims = {
+        observed_names = {rv.name for rv in model.observed_RVs}
+        dims = {  # the observed variables' dims too, for ArviZ's observed_data group
             n: list(d)
             for n, d in model.named_vars_to_dims.items()
-            if n in shapes and d and all(dd is not None for dd in d)
+            if (n in shapes or n in observed_names) and d and all(dd is not None for dd in d)
         }
         coords = {k: np.asarray(v) for k, v in model.coords.items() if v is not None}
         super().__init__(dim, names=names, shapes=shapes, dims=dims, coords=coords)

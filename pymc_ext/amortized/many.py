@@ -1,0 +1,471 @@
+"""The amortized workflow on many datasets: amortized draws, a check, and the cheapest exact path.
+
+For each dataset (Li, Schmitt et al., "Amortized Bayesian Workflow", 2024):
+
+1. amortized draws and their Pareto k against the true density (one batched
+   call for all datasets);
+2. ``k < 0.7`` and an importance ESS of at least ``min_psis_ess`` (100): the
+   draws importance-resampled with their PSIS weights (route ``"psis"``).
+   Not the raw draws: a small k says that no draw of ``p`` is missing from
+   ``q``, not that ``q`` has no stray draws where ``p`` has none; such draws
+   get weight ~0 and go (measured: raw draws at k < 0.5 were up to 5.7
+   posterior sd off in sd, their resampled draws were not);
+3. otherwise: exact independence Metropolis-Hastings with the adapted
+   amortized proposal (``"mh"``, :mod:`pymc_ext.amortized.mh`); when its
+   acceptance rate is below ``min_acceptance``, or its chains have not mixed
+   (R-hat above 1.01 or a bulk ESS under ``min_ess``), NUTS on the model at
+   that dataset instead (``"nuts"``). A dataset whose MCMC raised is
+   reported as ``"failed"`` with the error, by name; NUTS chains that fail
+   the same check are kept, and a warning names their datasets.
+
+Step 3 is the expensive part and the part that scales out: given a
+``dask.distributed`` ``Client``, each such dataset is one task. A worker gets
+what it can rebuild, never live PyTensor or torch objects: the saved
+amortizer (bytes of :meth:`Amortizer.save`'s file) and the model function
+``model_builder(data) -> pm.Model``. Dask reruns the task of a worker that
+dies; a task that fails anyway is reported by name. Seeds are per dataset, so
+a cluster run gives the same draws as a local one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+
+from pymc_ext.blocks.importance import importance_ess, importance_resample, psis_log_weights
+from pymc_ext.blocks.progress import ProgressBar
+
+__all__ = [
+    "FitManyResult",
+    "FitManySettings",
+    "ManyDatasetsMixin",
+    "Route",
+    "fit_many",
+    "mcmc_one",
+]
+
+
+class Route(StrEnum):
+    """The path a dataset took in :func:`fit_many`."""
+
+    PSIS = "psis"
+    MH = "mh"
+    NUTS = "nuts"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class FitManySettings:
+    """Thresholds and sizes of :func:`fit_many` (checked once).
+
+    Attributes
+    ----------
+    draws : int
+        Draws per dataset (per chain for MH and NUTS).
+    chains : int
+        Chains for MH and NUTS.
+    mcmc_k : float
+        Pareto k from which MCMC is used (PSIS below it).
+    min_psis_ess : float
+        Importance ESS (of the amortized draws) under which MCMC is used even
+        at a small k: few effective draws make the resampled moments noisy.
+    min_acceptance : float
+        MH acceptance rate below which NUTS takes over.
+    max_rhat, min_ess : float
+        MH chains with a larger R-hat or a smaller bulk ESS (any variable)
+        are replaced by NUTS.
+    nuts_kwargs : dict
+        Passed to ``pm.sample`` on the NUTS route (PyMC models).
+    """
+
+    draws: int = 1000
+    chains: int = 4
+    mcmc_k: float = 0.7
+    min_psis_ess: float = 100.0
+    min_acceptance: float = 0.1
+    max_rhat: float = 1.01
+    min_ess: float = 400.0
+    nuts_kwargs: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.draws < 1 or self.chains < 1:
+            raise ValueError("draws and chains must be at least 1.")
+        if not self.mcmc_k >= 0:
+            raise ValueError(f"mcmc_k must be at least 0, got {self.mcmc_k}.")
+        if not 0 <= self.min_acceptance < 1:
+            raise ValueError(f"min_acceptance must be in [0, 1), got {self.min_acceptance}.")
+
+
+@dataclass
+class FitManyResult:
+    """What :func:`fit_many` returns.
+
+    Attributes
+    ----------
+    posteriors : list of xarray.DataTree
+        One per dataset, in order, with the model's names, dims and coords
+        (``None`` for a failed dataset).
+    table : pandas.DataFrame
+        One row per dataset: ``route``, ``reason``, ``pareto_k``,
+        ``acceptance`` (MH), ``rhat`` and ``ess`` (MCMC: the worst variable;
+        PSIS: the importance ESS), ``divergences`` (NUTS), ``seconds`` and
+        ``error``.
+    """
+
+    posteriors: list[Any]
+    table: Any
+
+    def route_counts(self) -> dict[str, int]:
+        """How many datasets took each route."""
+        return {str(k): int(v) for k, v in self.table["route"].value_counts().items()}
+
+    @property
+    def share_mcmc(self) -> float:
+        """The share of datasets that needed MCMC (MH or NUTS)."""
+        return float(self.table["route"].isin([Route.MH, Route.NUTS]).mean())
+
+
+def _convergence(idata: Any) -> tuple[float, float]:
+    """The largest R-hat and the smallest bulk ESS over the posterior's variables."""
+    import arviz as az
+
+    posterior = idata["posterior"].to_dataset()
+    rhat = float(az.rhat(posterior).to_array().max())
+    ess = float(az.ess(posterior, method="bulk").to_array().min())
+    return rhat, ess
+
+
+def _row(route: Route, reason: str, k: float, **extra: Any) -> dict[str, Any]:
+    row = {"route": route, "reason": reason, "pareto_k": k, "acceptance": np.nan,
+           "rhat": np.nan, "ess": np.nan, "divergences": 0, "seconds": 0.0, "error": ""}
+    row.update(extra)
+    return row
+
+
+def _nuts(amortizer: Any, data: Mapping[str, Any], seed: int, settings: FitManySettings) -> Any:
+    """NUTS on the model at ``data``: PyMC's ``pm.sample``, or stan_bridge's NUTS on a density."""
+    from pymc_ext.amortized.targets import PyMCTarget
+
+    target = amortizer.target
+    if isinstance(target, PyMCTarget):
+        import pymc as pm
+
+        from pymc_ext.pymc_adapter.conditioning import condition_on
+
+        logger = logging.getLogger("pymc")
+        level = logger.level
+        logger.setLevel(logging.WARNING)  # no "NUTS[...]" line per dataset
+        try:
+            with condition_on(target.model, data):
+                kwargs = {"progressbar": False, "compute_convergence_checks": False, "cores": 1}
+                kwargs.update(settings.nuts_kwargs or {})
+                return pm.sample(draws=settings.draws, chains=settings.chains, random_seed=seed,
+                                 **kwargs)
+        finally:
+            logger.setLevel(level)
+    from pymc_ext.pymc_adapter.datatree import to_datatree
+    from stan_bridge.nuts import sample_nuts  # the NUTS of Stan-side densities
+
+    density = target.conditioned(data)
+    draws, stats = sample_nuts(density, settings.draws, chains=settings.chains,
+                               random_seed=seed, progressbar=False)
+    return to_datatree(density, draws, sample_stats=stats, observed_data=dict(data))
+
+
+def mcmc_one(
+    amortizer: Any, data: Mapping[str, Any], seed: int, k: float, settings: FitManySettings
+) -> tuple[Any, dict[str, Any]]:
+    """The exact path for one dataset: MH with the amortized proposal, else NUTS.
+
+    Returns
+    -------
+    (DataTree, dict)
+        The posterior and its row of the table.
+    """
+    import warnings
+
+    from pymc_ext.amortized.sampling import exact_draws
+
+    start = time.perf_counter()
+    reason = f"k = {k:.2f}" + (f" >= {settings.mcmc_k}" if k >= settings.mcmc_k else
+                                ", importance ESS too small")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the low acceptance is handled here, by NUTS
+        idata = exact_draws(amortizer, data, settings.draws, settings.chains, seed)
+    rate = float(idata.posterior.attrs["acceptance_rate"])
+    rhat, ess = _convergence(idata)
+    failed = []
+    if rate < settings.min_acceptance:
+        failed.append(f"MH acceptance {rate:.3f} < {settings.min_acceptance}")
+    if not rhat <= settings.max_rhat:
+        failed.append(f"MH R-hat {rhat:.3f} > {settings.max_rhat}")
+    if not ess >= settings.min_ess:
+        failed.append(f"MH bulk ESS {ess:.0f} < {settings.min_ess:.0f}")
+    if not failed:
+        row = _row(Route.MH, reason, k, acceptance=rate, rhat=rhat, ess=ess)
+    else:
+        idata = _nuts(amortizer, data, seed, settings)
+        rhat, ess = _convergence(idata)
+        stats = idata["sample_stats"] if "sample_stats" in idata.children else None
+        divergences = (
+            int(stats["diverging"].values.sum())
+            if stats is not None and "diverging" in stats.data_vars
+            else 0
+        )
+        row = _row(Route.NUTS, "; ".join([reason, *failed]), k, acceptance=rate, rhat=rhat,
+                   ess=ess, divergences=divergences)
+    row["seconds"] = time.perf_counter() - start
+    return idata, row
+
+
+def _remote_mcmc(
+    payload: bytes, model_builder: Callable[[Mapping[str, Any]], Any], data: Mapping[str, Any],
+    seed: int, k: float, settings: FitManySettings,
+) -> tuple[Any, dict[str, Any]]:
+    """A worker's task: rebuild the model and the amortizer from what was shipped, then MCMC."""
+    from pymc_ext.amortized.core import Amortizer
+
+    # arrays unpickled from the scheduler can be unaligned views, which PyTensor refuses
+    data = {name: np.array(value, copy=True) for name, value in data.items()}
+    with tempfile.TemporaryDirectory(prefix="pymc_ext_fit_many_") as tmp:
+        path = os.path.join(tmp, "amortizer.pt")
+        with open(path, "wb") as fh:
+            fh.write(payload)
+        amortizer = Amortizer.load(path, model_builder(data))
+    return mcmc_one(amortizer, data, seed, k, settings)
+
+
+def _run_mcmc(
+    amortizer: Any, jobs: list[tuple[int, Mapping[str, Any], int, float]],
+    settings: FitManySettings, client: Any, model_builder: Any, progressbar: bool,
+) -> dict[int, tuple[Any, dict[str, Any]]]:
+    """Every MCMC job, locally or as one dask task each; failures become rows, by name."""
+    out: dict[int, tuple[Any, dict[str, Any]]] = {}
+    with ProgressBar(len(jobs), "exact MCMC on the datasets that need it",
+                     show=progressbar and bool(jobs)) as bar:
+        if client is None:
+            for i, data, seed, k in jobs:
+                try:
+                    out[i] = mcmc_one(amortizer, data, seed, k, settings)
+                except (ValueError, FloatingPointError, RuntimeError) as err:
+                    out[i] = (None, _row(Route.FAILED, f"k = {k:.2f}", k, error=repr(err)))
+                bar.update()
+            return out
+        from distributed import as_completed
+
+        payload = _saved_bytes(amortizer)
+        remote_payload = client.scatter(payload, broadcast=True)
+        futures = {
+            client.submit(_remote_mcmc, remote_payload, model_builder, data, seed, k, settings,
+                          key=f"pymc_ext-fit_many-{i}-{seed}", retries=2, pure=False): (i, k)
+            for i, data, seed, k in jobs
+        }
+        for future in as_completed(futures):
+            i, k = futures[future]
+            try:
+                out[i] = future.result()
+            except Exception as err:  # noqa: BLE001 - any task error is reported by dataset
+                out[i] = (None, _row(Route.FAILED, f"k = {k:.2f}", k, error=repr(err)))
+            bar.update()
+    return out
+
+
+def _warn_unconverged(table: Any, settings: FitManySettings) -> None:
+    """A warning naming the datasets whose final MCMC did not pass the convergence check."""
+    import warnings
+
+    nuts = table[table["route"] == Route.NUTS]
+    bad = nuts[
+        (nuts["rhat"] > settings.max_rhat)
+        | (nuts["ess"] < settings.min_ess)
+        | (nuts["divergences"] > 0)
+    ]
+    failed = table[table["route"] == Route.FAILED]
+    if len(bad):
+        warnings.warn(
+            f"fit_many: NUTS did not converge on datasets {bad.index.tolist()} (R-hat above "
+            f"{settings.max_rhat}, bulk ESS under {settings.min_ess:.0f}, or divergences; see "
+            "the table's rhat, ess and divergences): their posteriors cannot be trusted as "
+            "they are. Sample them with a higher target_accept (nuts_kwargs), more draws, or "
+            "reparametrise the model.",
+            UserWarning,
+            stacklevel=4,
+        )
+    if len(failed):
+        warnings.warn(
+            f"fit_many: the MCMC of datasets {failed.index.tolist()} failed; the table's "
+            "'error' column says why.",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
+def _saved_bytes(amortizer: Any) -> bytes:
+    with tempfile.TemporaryDirectory(prefix="pymc_ext_fit_many_") as tmp:
+        path = os.path.join(tmp, "amortizer.pt")
+        amortizer.save(path)
+        with open(path, "rb") as fh:
+            return fh.read()
+
+
+def _amortized_posteriors(
+    amortizer: Any, checked: list[dict], theta: np.ndarray, stats: dict[str, np.ndarray],
+    ks: np.ndarray, seeds: list[int], settings: FitManySettings,
+) -> tuple[dict[int, tuple[Any, dict[str, Any]]], list[tuple[int, Mapping[str, Any], int, float]]]:
+    """PSIS-resampled posteriors for the datasets with a good k; the MCMC jobs for the rest."""
+    from pymc_ext.pymc_adapter.datatree import to_datatree
+
+    done, jobs = {}, []
+    for i, k in enumerate(ks):
+        lw, _ = psis_log_weights(stats["log_weight"][i])
+        psis_ess = float(importance_ess(lw)) if np.isfinite(k) else 0.0
+        if not (np.isfinite(k) and k < settings.mcmc_k and psis_ess >= settings.min_psis_ess):
+            jobs.append((i, checked[i], seeds[i], float(k)))
+            continue
+        idx = importance_resample(lw, settings.draws, np.random.default_rng(seeds[i]))
+        draws = theta[i][idx]
+        row_stats = {key: v[i][idx] for key, v in stats.items()}
+        row = _row(Route.PSIS, f"k = {k:.2f} < {settings.mcmc_k}, ESS {psis_ess:.0f}", float(k),
+                   ess=psis_ess)
+        idata = to_datatree(
+            amortizer.density, draws[None], observed_data=checked[i],
+            sample_stats={key: v[None] for key, v in row_stats.items()},
+            attrs={"inference_library": "pymc_ext.fit_many", "route": str(row["route"]),
+                   "pareto_k": float(k)},
+        )
+        done[i] = (idata, row)
+    return done, jobs
+
+
+def fit_many(
+    amortizer: Any,
+    datasets: Sequence[Mapping[str, Any]],
+    settings: FitManySettings | None = None,
+    *,
+    random_seed: int | None = None,
+    client: Any = None,
+    model_builder: Callable[[Mapping[str, Any]], Any] | None = None,
+    progressbar: bool = True,
+    **overrides: Any,
+) -> FitManyResult:
+    """The body of :meth:`Amortizer.fit_many <pymc_ext.Amortizer.fit_many>` (see there)."""
+    import warnings
+
+    import pandas as pd
+
+    from pymc_ext.amortized.diagnostics import AmortizedDataWarning
+    from pymc_ext.amortized.sampling import posterior_draws
+    from pymc_ext.amortized.targets import PyMCTarget
+
+    settings = settings or FitManySettings()
+    if overrides:
+        settings = FitManySettings(**{**settings.__dict__, **overrides})
+    if client is not None and isinstance(amortizer.target, PyMCTarget) and model_builder is None:
+        raise ValueError(
+            "fit_many on a cluster ships the model function, not the model: pass "
+            "model_builder=build, where build(data) returns the pm.Model for one dataset "
+            "(the function that made the training model)."
+        )
+    if client is not None and not isinstance(amortizer.target, PyMCTarget):
+        raise NotImplementedError(
+            "fit_many with a client supports PyMC models; for a Stan program run it locally "
+            "(client=None)."
+        )
+    amortizer.check_fitted()
+    seeds = [int(s.generate_state(1)[0])
+             for s in np.random.SeedSequence(random_seed).spawn(len(datasets))]
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        # a high k is what routes a dataset to MCMC here: the table says so, not a warning
+        warnings.simplefilter("ignore", AmortizedDataWarning)
+        checked, theta, stats, diag = posterior_draws(
+            amortizer, list(datasets), settings.draws, seeds[0] if seeds else None, None, True,
+            cores=None, stacklevel=3,
+        )
+    done, jobs = _amortized_posteriors(
+        amortizer, checked, theta, stats, diag["pareto_k"], seeds, settings
+    )
+    amortized_seconds = (time.perf_counter() - start) / max(len(datasets), 1)
+    for _, row in done.values():
+        row["seconds"] = amortized_seconds
+    done.update(_run_mcmc(amortizer, jobs, settings, client, model_builder, progressbar))
+    rows = [done[i][1] for i in range(len(datasets))]
+    table = pd.DataFrame(rows, index=pd.RangeIndex(len(datasets), name="dataset"))
+    _warn_unconverged(table, settings)
+    return FitManyResult([done[i][0] for i in range(len(datasets))], table)
+
+
+class ManyDatasetsMixin:
+    """:meth:`fit_many` for :class:`~pymc_ext.amortized.core.Amortizer`."""
+
+    def fit_many(
+        self,
+        datasets: Sequence[Mapping[str, Any]],
+        draws: int = 1000,
+        *,
+        random_seed: int | None = None,
+        client: Any = None,
+        model_builder: Callable[[Mapping[str, Any]], Any] | None = None,
+        progressbar: bool = True,
+        **options: Any,
+    ) -> FitManyResult:
+        """Posteriors for many datasets, each by the cheapest path that can be trusted.
+
+        Amortized draws and their Pareto k for every dataset, in one batched
+        call; PSIS resampling where ``k < mcmc_k`` (0.7), and exact MCMC for
+        the rest: independence MH with the amortized proposal, or NUTS where
+        MH accepts less than ``min_acceptance`` (0.1) or has not mixed (R-hat
+        above 1.01, bulk ESS under 400). See :mod:`pymc_ext.amortized.many`.
+
+        Parameters
+        ----------
+        datasets : sequence of dict
+            ``name -> array`` per dataset, as for :meth:`sample`.
+        draws : int
+            Draws per dataset (per chain for MH and NUTS, ``chains=4``).
+        random_seed : int, optional
+            Seeds every dataset (the same results with or without a client).
+        client : dask.distributed.Client, optional
+            Run the MCMC datasets as tasks on this cluster; locally when None.
+        model_builder : callable, optional
+            ``data -> pm.Model`` for one dataset (the function that built the
+            training model). Needed with a ``client``: workers rebuild the model
+            from it and the amortizer from its saved file.
+        progressbar : bool
+            A progress bar over the MCMC datasets.
+        **options
+            ``chains``, ``mcmc_k``, ``min_acceptance``, ``max_rhat``,
+            ``min_ess``, ``nuts_kwargs``: see :class:`FitManySettings`.
+
+        Returns
+        -------
+        FitManyResult
+            ``posteriors`` (one DataTree per dataset) and ``table`` (the route
+            each dataset took, and why).
+
+        Examples
+        --------
+        >>> import numpy as np, pymc as pm, pymc_ext
+        >>> with pm.Model() as model:
+        ...     y = pm.Normal("y", pm.Normal("mu"), 1, observed=np.zeros(3))
+        >>> a = pymc_ext.Amortizer(model).fit(500, epochs=3, random_seed=0, progressbar=False)
+        >>> out = a.fit_many([{"y": np.ones(3)}, {"y": np.full(3, 40.0)}], draws=200,
+        ...                  random_seed=1, progressbar=False)
+        >>> out.table["route"].tolist()[1] in ("mh", "nuts")   # far outside the training data
+        True
+        >>> len(out.posteriors), out.posteriors[1].posterior["mu"].mean().item() > 30
+        (2, True)
+        """
+        return fit_many(
+            self, datasets, FitManySettings(draws=int(draws), **options),
+            random_seed=random_seed, client=client, model_builder=model_builder,
+            progressbar=progressbar,
+        )
