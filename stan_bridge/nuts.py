@@ -105,7 +105,7 @@ def _leaf(traj: _Trajectory, s: NUTSState, r: np.ndarray, eps: float) -> _Tree:
         h = -math.inf
     h0 = traj.h0
     diverging = (h0 - h) > MAX_ENERGY_ERROR
-    accept = min(1.0, math.exp(h - h0)) if math.isfinite(h) else 0.0
+    accept = math.exp(min(0.0, h - h0)) if math.isfinite(h) else 0.0  # no overflow
     return _Tree(new, r_new, new, r_new, new, h - h0, r_new, False, diverging, accept, 1)
 
 

@@ -100,3 +100,18 @@ def test_stan_sbc_on_a_small_program():
     result = amortizer.check_calibration(num_datasets=200, draws=100, random_seed=2)
     print(result, result.summary())
     assert result.passed
+
+
+def test_fit_many_on_a_stan_program_routes_and_returns_stan_names(eight_schools):
+    sm, amortizer = eight_schools  # briefly trained
+    typical = np.array([10.0, 5.0, 0.0, 3.0, -2.0, 4.0, 12.0, 8.0])
+    far = np.full(8, 400.0)  # far outside the prior predictive
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # NUTS on the far dataset may not converge here
+        out = amortizer.fit_many([{"y": typical}, {"y": far}], draws=200, chains=2,
+                                 random_seed=1, progressbar=False)
+    assert out.table["route"][1] in ("mh", "nuts")
+    for idata in out.posteriors:
+        assert {"mu", "tau", "theta"} <= set(idata.posterior.data_vars)
+    # the far dataset's school effects follow its data (tau absorbs them; mu keeps its prior)
+    assert float(out.posteriors[1].posterior["theta"].mean()) > 100

@@ -177,7 +177,8 @@ def _nuts(amortizer: Any, data: Mapping[str, Any], seed: int, settings: FitManyS
     density = target.conditioned(data)
     draws, stats = sample_nuts(density, settings.draws, chains=settings.chains,
                                random_seed=seed, progressbar=False)
-    return to_datatree(density, draws, sample_stats=stats, observed_data=dict(data))
+    per_draw = {k: v for k, v in stats.items() if np.shape(v)[:2] == draws.shape[:2]}
+    return to_datatree(density, draws, sample_stats=per_draw, observed_data=dict(data))
 
 
 def mcmc_one(
