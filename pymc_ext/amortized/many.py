@@ -165,7 +165,11 @@ def _nuts(amortizer: Any, data: Mapping[str, Any], seed: int, settings: FitManyS
         logger.setLevel(logging.WARNING)  # no "NUTS[...]" line per dataset
         try:
             with condition_on(target.model, data):
-                kwargs = {"progressbar": False, "compute_convergence_checks": False, "cores": 1}
+                # PyMC's own NUTS: its compiled C code is cached on disk across the many
+                # conditioned models (nutpie compiles each one anew), and its draws do not
+                # depend on the process they run in
+                kwargs = {"progressbar": False, "compute_convergence_checks": False,
+                          "cores": 1, "nuts_sampler": "pymc"}
                 kwargs.update(settings.nuts_kwargs or {})
                 return pm.sample(draws=settings.draws, chains=settings.chains, random_seed=seed,
                                  **kwargs)
@@ -358,13 +362,8 @@ def fit_many(
     **overrides: Any,
 ) -> FitManyResult:
     """The body of :meth:`Amortizer.fit_many <pymc_ext.Amortizer.fit_many>` (see there)."""
-    import warnings
-
-    import pandas as pd
-
-    from pymc_ext.amortized.diagnostics import AmortizedDataWarning
-    from pymc_ext.amortized.sampling import posterior_draws
     from pymc_ext.amortized.targets import PyMCTarget
+    from pymc_ext.flows.conditional import torch_threads
 
     settings = settings or FitManySettings()
     if overrides:
@@ -381,6 +380,22 @@ def fit_many(
             "(client=None)."
         )
     amortizer.check_fitted()
+    with torch_threads(amortizer.num_threads):  # the same draws whatever the caller's setting
+        return _fit_many(amortizer, datasets, settings, random_seed, client, model_builder,
+                         progressbar)
+
+
+def _fit_many(
+    amortizer: Any, datasets: Sequence[Mapping[str, Any]], settings: FitManySettings,
+    random_seed: int | None, client: Any, model_builder: Any, progressbar: bool,
+) -> FitManyResult:
+    import warnings
+
+    import pandas as pd
+
+    from pymc_ext.amortized.diagnostics import AmortizedDataWarning
+    from pymc_ext.amortized.sampling import posterior_draws
+
     seeds = [int(s.generate_state(1)[0])
              for s in np.random.SeedSequence(random_seed).spawn(len(datasets))]
     start = time.perf_counter()
@@ -462,7 +477,8 @@ class ManyDatasetsMixin:
         ...                  random_seed=1, progressbar=False)
         >>> out.table["route"].tolist()[1] in ("mh", "nuts")   # far outside the training data
         True
-        >>> len(out.posteriors), out.posteriors[1].posterior["mu"].mean().item() > 30
+        >>> mu = out.posteriors[1].posterior["mu"]            # exact: N(30, 0.5^2)
+        >>> len(out.posteriors), abs(mu.mean().item() - 30) < 0.2
         (2, True)
         """
         return fit_many(

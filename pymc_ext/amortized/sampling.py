@@ -387,21 +387,26 @@ def exact_draws(
     import warnings
 
     from pymc_ext.amortized.mh import AmortizedProposal, independence_mh
+    from pymc_ext.flows.conditional import torch_threads
     from pymc_ext.pymc_adapter.datatree import to_datatree
 
     amortizer.check_fitted()
-    checked, ctx = prepare(amortizer, [data], stacklevel=stacklevel + 1)
+    # every torch operation under the amortizer's thread count: the draws then do not depend
+    # on the caller's torch setting (a dask worker's differs from the client's)
+    with torch_threads(amortizer.num_threads):
+        checked, ctx = prepare(amortizer, [data], stacklevel=stacklevel + 1)
 
-    def log_p_batch(theta: np.ndarray) -> np.ndarray:
-        return amortizer.target.joint_logp_many(theta[None], checked)[0]
+        def log_p_batch(theta: np.ndarray) -> np.ndarray:
+            return amortizer.target.joint_logp_many(theta[None], checked)[0]
 
-    proposal = AmortizedProposal(
-        amortizer.flow, ctx[0], log_p_batch, amortizer.dim, amortizer.num_threads, **mh_options
-    )
-    rng = np.random.default_rng(random_seed)
-    if proposal.mode:
-        proposal.adapt(rng)
-    out = independence_mh(proposal, rng, int(chains), int(draws))
+        proposal = AmortizedProposal(
+            amortizer.flow, ctx[0], log_p_batch, amortizer.dim, amortizer.num_threads,
+            **mh_options,
+        )
+        rng = np.random.default_rng(random_seed)
+        if proposal.mode:
+            proposal.adapt(rng)
+        out = independence_mh(proposal, rng, int(chains), int(draws))
     rate = float(out.accepted.mean())
     if rate < LOW_MH_ACCEPTANCE:
         warnings.warn(
