@@ -302,14 +302,14 @@ def _warn_unconverged(table: Any, settings: FitManySettings) -> None:
             "they are. Sample them with a higher target_accept (nuts_kwargs), more draws, or "
             "reparametrise the model.",
             UserWarning,
-            stacklevel=4,
+            stacklevel=5,  # the caller of Amortizer.fit_many
         )
     if len(failed):
         warnings.warn(
             f"fit_many: the MCMC of datasets {failed.index.tolist()} failed; the table's "
             "'error' column says why.",
             UserWarning,
-            stacklevel=4,
+            stacklevel=5,  # the caller of Amortizer.fit_many
         )
 
 
