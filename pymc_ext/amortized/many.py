@@ -24,7 +24,8 @@ what it can rebuild, never live PyTensor or torch objects: the saved
 amortizer (bytes of :meth:`Amortizer.save`'s file) and the model function
 ``model_builder(data) -> pm.Model``. Dask reruns the task of a worker that
 dies; a task that fails anyway is reported by name. Seeds are per dataset, so
-a cluster run gives the same draws as a local one.
+a cluster run gives the same draws as a local one in the same floating-point
+environment (torch and BLAS threads; see docs/many_datasets.md).
 """
 
 from __future__ import annotations
