@@ -14,6 +14,8 @@ import numpy as np
 import pymc as pm
 import pytest
 import torch
+from toy_densities import normal_model as normal_model_with
+from toy_densities import normal_model_posterior_means
 
 import pymc_ext
 from pymc_ext.amortized import (
@@ -542,36 +544,14 @@ def test_custom_summary_module(tmp_path):
         Amortizer(model, summary=torch.nn.Linear(10, 3))
 
 
-def _normal_model_with(y: np.ndarray) -> pm.Model:
-    """``normal_model``'s structure with other data: what a user builds for a new dataset."""
-    with pm.Model(coords={"obs": np.arange(len(y))}) as model:
-        mu = pm.Normal("mu", 0.0, 1.0)
-        sigma = pm.HalfNormal("sigma", 1.0)
-        pm.Normal("y", mu, sigma, observed=y, dims="obs")
-    return model
-
-
-def _grid_posterior_means(y: np.ndarray) -> dict[str, float]:
-    """Posterior means of ``normal_model`` by quadrature on a fine grid (the exact answer)."""
-    from scipy import stats
-
-    mu = np.linspace(-3.0, 4.0, 701)[:, None]
-    sigma = np.linspace(0.005, 5.0, 1000)[None, :]
-    logp = stats.norm.logpdf(mu) + stats.halfnorm.logpdf(sigma)
-    logp = logp + stats.norm.logpdf(y[:, None, None], mu, sigma).sum(0)
-    w = np.exp(logp - logp.max())
-    w /= w.sum()
-    return {"mu": float((w * mu).sum()), "sigma": float((w * sigma).sum())}
-
-
 def test_amortized_mh_in_a_new_model_of_the_same_structure_is_exact(small_amortizer):
     _, amortizer = small_amortizer
     y_new = np.array([0.8, 1.5, 0.2, 1.1, 0.9, 1.7])
-    with _normal_model_with(y_new):  # as a user does for a new dataset
+    with normal_model_with(y_new):  # as a user does for a new dataset
         idata = pm.sample(draws=1000, tune=200, chains=2, cores=1, random_seed=3,
                           progressbar=False, step=pymc_ext.AmortizedMH(amortizer),
                           compute_convergence_checks=False)
-    exact = _grid_posterior_means(y_new)
+    exact = normal_model_posterior_means(y_new)
     for name in ("mu", "sigma"):
         draws = idata.posterior[name].values
         se = draws.std() / np.sqrt(len(draws.ravel()) * 0.25)  # ESS >= a quarter of the draws
@@ -598,7 +578,7 @@ def test_sample_correct_mh_is_exact_on_a_new_dataset(small_amortizer):
     assert idata.posterior.attrs["correct"] == "mh"
     assert idata.posterior.attrs["acceptance_rate"] > 0.2
     np.testing.assert_array_equal(idata.observed_data["y"].values, y_new)
-    exact = _grid_posterior_means(y_new)
+    exact = normal_model_posterior_means(y_new)
     for name in ("mu", "sigma"):
         draws = idata.posterior[name].values
         se = draws.std() / np.sqrt(draws.size * 0.25)  # ESS >= a quarter of the draws

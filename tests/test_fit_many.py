@@ -9,40 +9,18 @@ import threading
 import time
 
 import numpy as np
-import pymc as pm
 import pytest
 import torch
+from toy_densities import normal_model as build
+from toy_densities import normal_model_posterior_means
 
 import pymc_ext
 
 torch.set_num_threads(1)
 
 
-def build(y: np.ndarray) -> pm.Model:
-    """mu ~ N(0, 1), sigma ~ HalfNormal(1), y ~ N(mu, sigma): the model function of a user."""
-    y = np.asarray(y, dtype=float)
-    with pm.Model(coords={"obs": np.arange(len(y))}) as model:
-        mu = pm.Normal("mu", 0.0, 1.0)
-        sigma = pm.HalfNormal("sigma", 1.0)
-        pm.Normal("y", mu, sigma, observed=y, dims="obs")
-    return model
-
-
 def build_from_data(data):
     return build(data["y"])
-
-
-def grid_means(y: np.ndarray) -> dict[str, float]:
-    """The exact posterior means, by quadrature."""
-    from scipy import stats
-
-    mu = np.linspace(-3.0, 8.0, 901)[:, None]
-    sigma = np.linspace(0.005, 6.0, 1200)[None, :]
-    logp = stats.norm.logpdf(mu) + stats.halfnorm.logpdf(sigma)
-    logp = logp + stats.norm.logpdf(y[:, None, None], mu, sigma).sum(0)
-    w = np.exp(logp - logp.max())
-    w /= w.sum()
-    return {"mu": float((w * mu).sum()), "sigma": float((w * sigma).sum())}
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +51,7 @@ def test_routing_sends_a_dataset_far_outside_training_to_exact_mcmc(amortizer):
     assert out.share_mcmc == pytest.approx(table["route"].isin(["mh", "nuts"]).mean())
     # the exact route is exact: the far dataset's posterior is the quadrature one
     post = out.posteriors[3].posterior
-    exact = grid_means(data[3]["y"])
+    exact = normal_model_posterior_means(data[3]["y"])
     for name in ("mu", "sigma"):
         x = post[name].values
         se = x.std() / np.sqrt(x.size * 0.25)
@@ -89,7 +67,8 @@ def test_local_cluster_gives_the_local_posteriors_and_survives_a_killed_worker(a
     import cloudpickle
     from distributed import Client, LocalCluster
 
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
+    for module in (sys.modules[__name__], sys.modules[build.__module__]):
+        cloudpickle.register_pickle_by_value(module)  # workers cannot import tests/
     data = datasets(2, 4)
     local = amortizer.fit_many(data, draws=300, random_seed=2, progressbar=False)
     assert (local.table["route"].isin(["mh", "nuts"])).sum() >= 3

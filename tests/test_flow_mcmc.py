@@ -116,7 +116,7 @@ def test_dense_metric_lets_mala_take_larger_steps_than_the_diagonal():
 def test_distinct_modes_merges_centres_on_one_curved_mode_and_keeps_separated_modes():
     """A banana is one mode, though the straight segment between its arms dips by 12 nats;
     the two-mode mixture keeps its two modes."""
-    from toy_densities import _batched
+    from toy_densities import batched
 
     from pymc_ext.flow_sampler import distinct_modes
 
@@ -129,7 +129,7 @@ def test_distinct_modes_merges_centres_on_one_curved_mode_and_keeps_separated_mo
         r = (X[:, 1] - b * X[:, 0] ** 2) / s2**2
         return np.column_stack([-X[:, 0] / 1.5**2 + 2 * b * X[:, 0] * r, -r])
 
-    banana = _batched(2, lp, gr)
+    banana = batched(2, lp, gr)
     arms = np.array([[-1.7, 2.9], [1.7, 2.9]])  # not maxima: off the top, on the curve
     mid = 0.5 * (arms[0] + arms[1])
     assert lp(mid[None])[0] < lp(arms).min() - 10  # the segment test alone splits them

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import arviz as az
 import numpy as np
+import pymc as pm
 import xarray as xr
 
 from pymc_ext.density import FunctionLogDensity
 
 
-def _batched(dim: int, logp_batch, grad_batch) -> FunctionLogDensity:
+def batched(dim: int, logp_batch, grad_batch) -> FunctionLogDensity:
     return FunctionLogDensity(
         dim,
         lambda x: logp_batch(x[None])[0],
@@ -35,7 +36,7 @@ def gaussian_density(mean, cov) -> FunctionLogDensity:
     def grad_batch(X):
         return -(X - mean) @ prec
 
-    return _batched(len(mean), logp_batch, grad_batch)
+    return batched(len(mean), logp_batch, grad_batch)
 
 
 def mixture_density(dim, weights, centers, scales) -> FunctionLogDensity:
@@ -61,7 +62,7 @@ def mixture_density(dim, weights, centers, scales) -> FunctionLogDensity:
         r = np.exp(c - np.logaddexp.reduce(c, axis=-1, keepdims=True))
         return sum(r[:, [k]] * -(X - centers[k]) / scales[k] ** 2 for k in range(len(weights)))
 
-    return _batched(dim, logp_batch, grad_batch)
+    return batched(dim, logp_batch, grad_batch)
 
 
 def mixture_draws(rng, n, weights, centers, scales) -> np.ndarray:
@@ -94,4 +95,27 @@ def funnel_density(dim: int) -> FunctionLogDensity:
         g[:, 1:] = -x * np.exp(-v)[:, None]
         return g
 
-    return _batched(dim, logp_batch, grad_batch)
+    return batched(dim, logp_batch, grad_batch)
+
+
+def normal_model(y) -> pm.Model:
+    """mu ~ N(0, 1), sigma ~ HalfNormal(1), y ~ N(mu, sigma): a user's model function."""
+    y = np.asarray(y, dtype=float)
+    with pm.Model(coords={"obs": np.arange(len(y))}) as model:
+        mu = pm.Normal("mu", 0.0, 1.0)
+        sigma = pm.HalfNormal("sigma", 1.0)
+        pm.Normal("y", mu, sigma, observed=y, dims="obs")
+    return model
+
+
+def normal_model_posterior_means(y, mu_range=(-3.0, 8.0), sigma_max=6.0) -> dict[str, float]:
+    """Exact posterior means of :func:`normal_model` by quadrature on a fine grid."""
+    from scipy import stats
+
+    mu = np.linspace(*mu_range, 901)[:, None]
+    sigma = np.linspace(0.005, sigma_max, 1200)[None, :]
+    logp = stats.norm.logpdf(mu) + stats.halfnorm.logpdf(sigma)
+    logp = logp + stats.norm.logpdf(np.asarray(y)[:, None, None], mu, sigma).sum(0)
+    w = np.exp(logp - logp.max())
+    w /= w.sum()
+    return {"mu": float((w * mu).sum()), "sigma": float((w * sigma).sum())}

@@ -60,7 +60,7 @@ def _tempered_log_weights(log_w: np.ndarray, min_ess: float) -> np.ndarray:
     lo, hi = 0.0, 1.0
     for _ in range(30):
         mid = 0.5 * (lo + hi)
-        if 1.0 / np.exp(2 * normalised(mid)).sum() >= min_ess:
+        if importance_ess(normalised(mid)) >= min_ess:
             lo = mid
         else:
             hi = mid
