@@ -18,12 +18,12 @@ setup: $(STAMP) $(CMDSTAN_STAMP)
 $(STAMP): pyproject.toml requirements-lock.txt
 	@PYBIN=$$(scripts/find_python.sh) && \
 	  { [ -x $(PY) ] || "$$PYBIN" -m venv $(VENV); }
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c requirements-lock.txt -e ".[dev,stan,docs]"
+	@scripts/quiet_build.sh $(VENV)/install.log "Installing the pinned dependencies into $(VENV) (about 3 minutes)" \
+	  bash -c '$(PY) -m pip install --upgrade pip && $(PY) -m pip install -c requirements-lock.txt -e ".[dev,stan,docs]"'
 	@touch $(STAMP)
 
 $(CMDSTAN_STAMP):
-	PYTHON=$(PY) bash scripts/install_cmdstan.sh
+	@PYTHON=$(PY) bash scripts/install_cmdstan.sh
 
 cmdstan: $(CMDSTAN_STAMP)
 
@@ -51,8 +51,8 @@ BENCH_STAMP := $(BENCH_VENV)/.installed
 $(BENCH_STAMP): pyproject.toml requirements-bench-lock.txt
 	@PYBIN=$$(scripts/find_python.sh) && \
 	  { [ -x $(BENCH_PY) ] || "$$PYBIN" -m venv $(BENCH_VENV); }
-	$(BENCH_PY) -m pip install --quiet --upgrade pip
-	$(BENCH_PY) -m pip install --quiet -c requirements-bench-lock.txt -e ".[dev,stan,bench]"
+	@scripts/quiet_build.sh $(BENCH_VENV)/install.log "Installing the benchmark peers into $(BENCH_VENV)" \
+	  bash -c '$(BENCH_PY) -m pip install --upgrade pip && $(BENCH_PY) -m pip install -c requirements-bench-lock.txt -e ".[dev,stan,bench]"'
 	@touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP) $(CMDSTAN_STAMP)

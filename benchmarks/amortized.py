@@ -8,7 +8,10 @@ Problems (PyMC models):
   20..200 and ``x_i ~ N(0, 1)`` for every simulation (DeepSet summary, the
   variable-N path);
 - ``regression_n20``: the same with a fixed design of ``N = 20`` (the setting
-  of the sbi anchor in the issue: 3 parameters, 20 observations).
+  of the sbi anchor in the issue: 3 parameters, 20 observations);
+- ``negbin``: the issue's negative-binomial regression, ``y_i ~ NB(exp(alpha +
+  beta x_i), phi)`` with 3 parameters and a fixed design of ``N = 30``
+  (identity summary).
 
 For each, in one run:
 
@@ -71,14 +74,19 @@ import torch  # noqa: E402
 
 import pymc_ext  # noqa: E402
 from pymc_ext.amortized import Amortizer  # noqa: E402
-from pymc_ext.amortized.sampling import draw  # noqa: E402
-from pymc_ext.amortized.simulation import simulate  # noqa: E402
+from pymc_ext.amortized.sampling import SBC_CHUNK, draw  # noqa: E402
+from pymc_ext.amortized.simulation import (  # noqa: E402
+    join_blocks,
+    simulate,
+    simulate_blocks,
+    simulation_chunks,
+)
 from pymc_ext.amortized_diagnostics import AmortizedDataWarning  # noqa: E402
 from pymc_ext.amortized_step import AmortizedMH  # noqa: E402
 from pymc_ext.calibration import simulation_based_calibration  # noqa: E402
 from pymc_ext.models import eight_schools  # noqa: E402
 
-PROBLEMS = ("eight_schools", "regression", "regression_n20")
+PROBLEMS = ("eight_schools", "regression", "regression_n20", "negbin")
 
 
 # -- problems -------------------------------------------------------------------------------
@@ -92,6 +100,20 @@ def regression_model(n: int = 20, seed: int = 0) -> pm.Model:
         beta = pm.Normal("beta", 0.0, 1.0)
         sigma = pm.HalfNormal("sigma", 1.0)
         pm.Normal("y", alpha + beta * x, sigma, observed=y_obs, shape=x.shape)
+    return model
+
+
+def negbin_model(n: int = 30, seed: int = 0) -> pm.Model:
+    """The issue's negative-binomial regression: 3 parameters, ``n`` counts, a fixed design."""
+    rng = np.random.default_rng(seed)
+    with pm.Model() as model:
+        x = pm.Data("x", rng.normal(size=n))
+        y_obs = pm.Data("y_obs", np.zeros(n, dtype="int64"))
+        alpha = pm.Normal("alpha", 1.5, 1.0)  # log of the mean count at x = 0
+        beta = pm.Normal("beta", 0.0, 0.5)
+        phi = pm.Gamma("phi", 2.0, 0.5)  # dispersion: var = mu + mu^2 / phi
+        pm.NegativeBinomial("y", mu=pm.math.exp(alpha + beta * x), alpha=phi, observed=y_obs,
+                            shape=x.shape)
     return model
 
 
@@ -109,6 +131,8 @@ def make_problem(name: str) -> tuple[pm.Model, dict[str, Any]]:
         }
     if name == "regression_n20":
         return regression_model(20), {}
+    if name == "negbin":
+        return negbin_model(), {}
     raise SystemExit(f"unknown problem {name!r}; choose from {PROBLEMS}")
 
 
@@ -361,11 +385,14 @@ def bench_sbi(amortizer, held, refs, free, args) -> dict[str, Any]:
     fit = run_sbi(theta, values, args.seed)
     posterior = fit["posterior"]
     out: dict[str, Any] = {"train_seconds": fit["train_seconds"], "epochs": fit["epochs"]}
-    # SBC on the datasets our check_calibration used
+    # SBC on the datasets our check_calibration used (its chunks, each from its own seed)
     rng = np.random.default_rng(args.seed + 1)
-    theta_sbc, values_sbc, _, _ = simulate(
-        amortizer.target, amortizer.layout, args.num_sbc, rng
-    )
+    sbc_sims = [
+        join_blocks(simulate_blocks(amortizer.target, amortizer.layout, k, seed), amortizer.layout)
+        for k, seed in simulation_chunks(args.num_sbc, SBC_CHUNK, rng)
+    ]
+    theta_sbc = np.concatenate([s.theta for s in sbc_sims])
+    values_sbc = np.concatenate([s.values for s in sbc_sims])
     t0 = time.perf_counter()
     draws = sbi_draws_batched(posterior, values_sbc, 100)
     sbc = simulation_based_calibration(

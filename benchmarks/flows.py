@@ -54,6 +54,14 @@ Usage::
     python benchmarks/flows.py --targets mixture2_d10,funnel_d10 --samplers flow_mcmc,pymc
     python benchmarks/flows.py --targets funnel_d10 --samplers flow_mcmc --flow-options \
         '{"fit": "reverse", "local_steps": 0, "flow_kwargs": {"kind": "maf", "passes": null}}'
+    python benchmarks/flows.py --family 40          # the random-mixture family (long)
+    python benchmarks/flows.py --family 8 --family-dims 2,6,10   # a development subset
+
+``--family N`` runs ``benchmarks/mixture_family.py``'s family instead of the
+targets above: flow_mcmc with ``explore="tempering"``, with its defaults
+(``explore="climbs"``) and ``pm.sample_smc`` on N random mixtures, and
+writes ``benchmarks/results/flows_family.md`` (the error distribution per
+sampler, silent failures, times; one row per instance).
 """
 
 from __future__ import annotations
@@ -458,6 +466,25 @@ def write_report(results: list[dict[str, Any]], meta: dict[str, Any], out: Path,
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
 
 
+def _run_family(args: argparse.Namespace, argv: list[str] | None) -> int:
+    import torch
+
+    from benchmarks.mixture_family import run_family
+
+    torch.set_num_threads(args.threads)
+    meta = {
+        "command": "python benchmarks/flows.py " + shlex.join(argv if argv is not None
+                                                              else sys.argv[1:]),
+        "machine": machine_info(),
+        "started": time.strftime("%Y-%m-%d %H:%M"),
+        "load": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+    }
+    dims = tuple(int(d) for d in args.family_dims.split(","))
+    run_family(args.family, args.family_seed, dims, args.family_samplers.split(","),
+               Path(args.out), args.tag, meta, run_seed=args.seed)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
@@ -476,7 +503,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="JSON dict of extra flow_mcmc keywords for every flow_mcmc run, "
                              "e.g. '{\"fit\": \"reverse\", \"local_steps\": 0}' (shown in "
                              "the notes column)")
+    parser.add_argument("--family", type=int, default=0,
+                        help="run N instances of the random-mixture family instead of targets")
+    parser.add_argument("--family-seed", type=int, default=0)
+    parser.add_argument("--family-dims", default="2,6,10,20")
+    parser.add_argument("--family-samplers", default="tempering,climbs,smc")
     args = parser.parse_args(argv)
+    if args.family:
+        return _run_family(args, argv)
     if args.flow_options:
         options = json.loads(args.flow_options)
         if not isinstance(options, dict):

@@ -8,8 +8,10 @@ For every reference posterior (PyMC versions from ``pymc_ext.models``), in one r
    - ``pymc``: default ``pm.sample(nuts_sampler="pymc")`` (tune=1000);
    - ``nutpie``: ``pm.sample(nuts_sampler="nutpie")`` (nutpie's tune=400);
    - ``warm``: ``pymc_ext.sample(warmstart="pathfinder")`` (PyMC NUTS, the
-     default ``metric="auto"``, i.e. dense on these posteriors, and the
-     default short warmup);
+     default ``metric="auto"``: diagonal, dense or low-rank as
+     :func:`pymc_ext.blocks.metric_choice.choose_metric` decides from
+     Pathfinder's covariance, and the default short warmup; the table shows
+     the choice, any fallback and any extension of the warmup);
    - ``warm-diag``: the same with ``metric="diag"``;
    - ``warm-nutpie``: ``pymc_ext.sample(warmstart="pathfinder", nuts_sampler="nutpie")``.
 
@@ -36,7 +38,9 @@ Usage::
 
 ``--quick`` keeps 1000 draws but skips the cold-cache Pathfinder runs and the
 ``warm-nutpie`` sampler. ``--samplers warm@75,warm@150,warm@300`` sweeps the
-warm start's tune (the evidence for its default).
+warm start's tune (the evidence for its default). The tune column shows the
+warm start's own adaptation length (``warmstart_warmup``), not ``pm.sample``'s
+tune, which includes the idle room for extensions.
 """
 
 from __future__ import annotations
@@ -213,12 +217,36 @@ def bench_sampler(
         wall_times_to_target=to_target,
         tune=int(idata.posterior.attrs.get("tuning_steps", -1)),
         warmstart_pareto_k=ss_attrs.get("warmstart_pareto_k"),
+        warmstart_metric=ss_attrs.get("warmstart_metric"),
+        warmstart_metric_reason=ss_attrs.get("warmstart_metric_reason"),
+        warmstart_fallback=ss_attrs.get("warmstart_fallback"),
+        warmstart_warmup=ss_attrs.get("warmstart_warmup"),
+        warmup_extensions=_max_stat(idata, "warmup_extensions"),
         divergences=int(np.asarray(idata.sample_stats["diverging"].values).sum()),
     )
     cmp = compare_to_reference(idata, name)
     res["max_mean_error"] = cmp["max_mean_error"]
     res["max_sd_error"] = cmp["max_sd_error"]
     return res
+
+
+def _max_stat(idata: Any, name: str) -> int | None:
+    """Largest value of an integer per-draw statistic (None where the sampler has none)."""
+    ss = idata.sample_stats
+    return int(np.asarray(ss[name].values).max()) if name in ss.data_vars else None
+
+
+def _metric_cell(r: dict[str, Any]) -> str:
+    """The warm start's metric, with what happened to the warmup (a table cell)."""
+    metric = r.get("warmstart_metric")
+    if not metric:
+        return "–"
+    cell = str(metric)
+    if r.get("warmstart_fallback"):
+        cell += ", fallback"
+    if r.get("warmup_extensions"):
+        cell += f", warmup extended x{r['warmup_extensions']}"
+    return cell
 
 
 _WARMED: set[tuple[str, str]] = set()
@@ -438,10 +466,10 @@ def write_report(results: dict[str, Any], out_dir: Path, tag: str) -> tuple[Path
     ]
     if any(res.get("samplers") for res in results["models"].values()):
         lines += [
-            "| posterior | sampler | tune | grad evals to target | vs pymc | vs nutpie | wall to "
-            "target (s) | vs pymc | draws to target | warmup share | max mean err | max sd err | "
-            "Pathfinder k |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| posterior | sampler | tune | metric | grad evals to target | vs pymc | vs nutpie | "
+            "wall to target (s) | vs pymc | draws to target | warmup share | max mean err | "
+            "max sd err | Pathfinder k |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
     for name, res in results["models"].items():
         rows = res.get("samplers", {})
@@ -449,7 +477,7 @@ def write_report(results: dict[str, Any], out_dir: Path, tag: str) -> tuple[Path
         nut = rows.get("nutpie", {})
         for kind, r in rows.items():
             if "error" in r:
-                lines.append(f"| {name} | {kind} | error: {r['error'][:80]} |" + " |" * 10)
+                lines.append(f"| {name} | {kind} | error: {r['error'][:80]} |" + " |" * 11)
                 continue
             g = r["total_grad_evals_to_target"]
             lines.append(
@@ -457,7 +485,8 @@ def write_report(results: dict[str, Any], out_dir: Path, tag: str) -> tuple[Path
                     [
                         name.split("-")[0],
                         kind,
-                        str(r["tune"]),
+                        str(r.get("warmstart_warmup") or r["tune"]),
+                        _metric_cell(r),
                         fmt(g) + ("" if r["reached"] else " (not reached)"),
                         fmt(g / base["total_grad_evals_to_target"])
                         if base and "error" not in base
@@ -479,6 +508,15 @@ def write_report(results: dict[str, Any], out_dir: Path, tag: str) -> tuple[Path
                     ]
                 )
             )
+    reasons = [
+        (n, kind, r["warmstart_metric_reason"])
+        for n, res in results["models"].items()
+        for kind, r in res.get("samplers", {}).items()
+        if r.get("warmstart_metric_reason")
+    ]
+    if reasons:
+        lines += ["", "Why each warm start chose its metric (`warmstart_metric_reason`):", ""]
+        lines += [f"- {n.split('-')[0]}, {kind}: {why}" for n, kind, why in reasons]
     idle_rows = [(n, res["idle"]) for n, res in results["models"].items() if "idle" in res]
     if idle_rows:
         lines += [

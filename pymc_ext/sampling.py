@@ -4,11 +4,10 @@
 chain from its own Pathfinder draw, and tunes for a short warmup instead of
 1000 iterations. With ``nuts_sampler="pymc"`` it uses
 :class:`~pymc_ext.step_methods.warmstart.WarmStartNUTS` (start points *and* the
-Pathfinder mass matrix). With ``nuts_sampler="nutpie"`` it gives nutpie the
-start points only: nutpie 0.16's Python API (``nutpie.sample``) has no way to
-set the initial mass matrix (its settings expose only ``use_grad_based_estimate``
-and ``store_mass_matrix``), so nutpie adapts its own, from the warm start, in
-a shorter tune.
+Pathfinder mass matrix). With ``nuts_sampler="nutpie"``
+(:mod:`pymc_ext.sampling_nutpie`) nutpie, which takes no mass matrix, samples
+the model through the affine map ``x = mu + L z`` built from Pathfinder's
+covariance, and the result is mapped back to the model's variables.
 
 Either way the result carries ``sample_stats.attrs["warmstart_grad_evals"]``
 and ``sample_stats.attrs["warmstart_pareto_k"]``. PyMC gives a step method no
@@ -19,9 +18,6 @@ calls) turns them into attributes; nothing in PyMC is patched.
 
 from __future__ import annotations
 
-import dataclasses
-import threading
-import time
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -29,7 +25,8 @@ from typing import Any
 import numpy as np
 from xarray import DataTree
 
-from pymc_ext.step_methods.warmstart_init import DEFAULT_WARMUP, run_warmstart
+from pymc_ext.sampling_nutpie import DEFAULT_NUTPIE_TUNE, sample_nutpie
+from pymc_ext.step_methods.warmstart_init import DEFAULT_WARMUP
 
 __all__ = [
     "sample",
@@ -43,10 +40,6 @@ __all__ = [
 
 #: The per-draw statistics of ``WarmStartNUTS`` that :func:`lift_warmstart_attrs` lifts.
 WARMSTART_STATS = ("warmstart_grad_evals", "warmstart_pareto_k")
-
-#: Tuning iterations for nutpie after a warm start when ``tune`` is not given
-#: (nutpie's own default is 400). Chosen from ``benchmarks/warmstart.py``.
-DEFAULT_NUTPIE_TUNE = 200
 
 #: Keywords of ``pm.sample`` that go to the NUTS step when a warm start is used.
 NUTS_KWARGS = (
@@ -95,8 +88,10 @@ def sample(
         Passed to the warm start (for Pathfinder: ``num_paths``,
         ``num_draws``, ``maxiter``, ...).
     metric : {"auto", "diag", "dense", "lowrank"}
-        Mass-matrix structure for ``nuts_sampler="pymc"`` (see
-        :class:`~pymc_ext.step_methods.warmstart.WarmStartNUTS`).
+        Mass-matrix structure: for ``nuts_sampler="pymc"`` see
+        :class:`~pymc_ext.step_methods.warmstart.WarmStartNUTS`; for
+        ``"nutpie"`` the form of the reparametrisation ``x = mu + L z``
+        (:func:`~pymc_ext.sampling_nutpie.nutpie_metric_choice`).
     model : pm.Model, optional
         The model in context by default.
     **kwargs
@@ -130,7 +125,7 @@ def sample(
             **sizes, random_seed=random_seed, nuts_sampler=nuts_sampler, model=model, **kwargs
         )
     seed_ws, seed_sample = _split_seed(random_seed)
-    run = _sample_pymc if nuts_sampler == "pymc" else _sample_nutpie
+    run = _sample_pymc if nuts_sampler == "pymc" else sample_nutpie
     return run(
         model,
         **sizes,
@@ -202,6 +197,9 @@ def _sample_pymc(
     if isinstance(idata, DataTree):  # not with return_inferencedata=False
         idata = lift_warmstart_attrs(idata)
         _set_attrs(idata, step.warmstart_grad_evals, step.warmstart_pareto_k)
+        for group in ("sample_stats", "warmup_sample_stats"):
+            if group in idata.children:  # the metric chosen, and why
+                idata[group].attrs.update(step.warmstart_attrs())
     return idata
 
 
@@ -218,130 +216,6 @@ def _set_attrs(idata: Any, grad_evals: int, pareto_k: float) -> None:
         if group in idata.children:
             idata[group].attrs["warmstart_grad_evals"] = int(grad_evals)
             idata[group].attrs["warmstart_pareto_k"] = float(pareto_k)
-
-
-def _sample_nutpie(
-    model: Any,
-    *,
-    draws: int,
-    tune: int | None,
-    chains: int | None,
-    cores: int | None,
-    seed_ws: int | None,
-    seed_sample: int | None,
-    warmstart: Any,
-    warmstart_kwargs: Mapping[str, Any] | None,
-    metric: str,
-    **kwargs: Any,
-) -> Any:
-    import nutpie
-    from pymc.backends.arviz import patch_nutpie_idata
-
-    from pymc_ext.pymc_adapter.logdensity import log_density
-
-    if metric not in ("auto", "diag"):
-        warnings.warn(
-            f"metric={metric!r} is ignored with nuts_sampler='nutpie': nutpie's API takes no "
-            "initial mass matrix. Use adaptation='low_rank' in nuts=... for nutpie's own "
-            "low-rank adaptation.",
-            UserWarning,
-            stacklevel=3,
-        )
-    progressbar, discard_tuned_samples, nuts_kwargs, compile_kwargs, var_names = _nutpie_options(
-        kwargs
-    )
-    chains = 4 if chains is None else int(chains)
-    tune = DEFAULT_NUTPIE_TUNE if tune is None else int(tune)
-    if tune < 1:
-        tune = 1  # nuts-rs needs at least one tuning step
-
-    density = log_density(model)
-    t0 = time.perf_counter()
-    ws = run_warmstart(density, warmstart, random_seed=seed_ws, **dict(warmstart_kwargs or {}))
-    t_ws = time.perf_counter() - t0
-
-    compile_kwargs.setdefault("backend", "numba")
-    compiled = nutpie.compile_pymc_model(model, var_names=var_names, **compile_kwargs)
-    init_fn = _nutpie_initial_point_fn(model, density, ws, seed_ws)
-    compiled = dataclasses.replace(compiled, initial_point_func=init_fn)
-
-    t1 = time.perf_counter()
-    idata = nutpie.sample(
-        compiled,
-        draws=draws,
-        tune=tune,
-        chains=chains,
-        cores=cores,
-        seed=seed_sample,
-        save_warmup=not discard_tuned_samples,
-        progress_bar=progressbar,
-        **nuts_kwargs,
-    )
-    patch_nutpie_idata(idata, model, sampling_time=time.perf_counter() - t1)
-    _set_attrs(idata, int(ws.grad_evals), float(ws.pareto_k))
-    idata.sample_stats.attrs["warmstart_seconds"] = float(t_ws)
-    idata.sample_stats.attrs["warmstart_mass_matrix"] = "not passed (nutpie API has no hook)"
-    return idata
-
-
-def _nutpie_options(kwargs: dict[str, Any]) -> tuple[bool, bool, dict, dict, Any]:
-    """Sort ``pm.sample`` keywords into nutpie's; raise on the ones nutpie cannot take."""
-    progressbar = bool(kwargs.pop("progressbar", True))
-    discard_tuned_samples = bool(kwargs.pop("discard_tuned_samples", True))
-    nuts_kwargs = dict(kwargs.pop("nuts", {}) or {})
-    for key in ("target_accept", "max_treedepth"):
-        if key in kwargs:
-            nuts_kwargs[key] = kwargs.pop(key)
-    if "max_treedepth" in nuts_kwargs:
-        nuts_kwargs["maxdepth"] = nuts_kwargs.pop("max_treedepth")
-    compile_kwargs = dict(kwargs.pop("compile_kwargs", {}) or {})
-    var_names = kwargs.pop("var_names", None)
-    for ignored in ("compute_convergence_checks", "quiet", "idata_kwargs", "return_inferencedata"):
-        kwargs.pop(ignored, None)
-    if kwargs:
-        raise TypeError(
-            f"pymc_ext.sample(nuts_sampler='nutpie') does not support {sorted(kwargs)}; "
-            "use nuts_sampler='pymc' or pm.sample(nuts_sampler='nutpie') without a warm start."
-        )
-    return progressbar, discard_tuned_samples, nuts_kwargs, compile_kwargs, var_names
-
-
-class _PathfinderInitialPoints:
-    """Gives nutpie's chains distinct warm-start draws, in nutpie's flat ordering.
-
-    nutpie calls ``initial_point_func(seed)`` once per chain (and again if a
-    start is not finite), with a different seed per chain; the seed picks a
-    draw, and a draw already handed out is skipped, so chains start apart.
-    """
-
-    def __init__(self, points: np.ndarray) -> None:
-        self.points = points
-        self.used: set[int] = set()
-        self.lock = threading.Lock()
-
-    def __call__(self, seed: Any = None) -> np.ndarray:
-        n = self.points.shape[0]
-        rng = np.random.default_rng(None if seed is None else abs(hash(seed)) % (2**63))
-        i = int(rng.integers(n))
-        with self.lock:
-            for j in range(n):
-                k = (i + j) % n
-                if k not in self.used:
-                    self.used.add(k)
-                    i = k
-                    break
-        return np.ascontiguousarray(self.points[i], dtype="float64")
-
-
-def _nutpie_initial_point_fn(model: Any, density: Any, ws: Any, seed: int | None) -> Any:
-    value_names = [model.rvs_to_values[rv].name for rv in model.free_RVs]
-    perm = np.concatenate(
-        [np.arange(density.slices[n].start, density.slices[n].stop) for n in value_names]
-    )
-    draws = np.asarray(ws.draws, dtype=float)[:, perm]
-    draws = np.unique(draws[np.all(np.isfinite(draws), axis=1)], axis=0)
-    draws = draws[np.random.default_rng(seed).permutation(draws.shape[0])]
-    return _PathfinderInitialPoints(draws)
 
 
 # For tests and the benchmark: the default tune each sampler gets after a warm start.

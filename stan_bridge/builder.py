@@ -19,9 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -30,60 +28,49 @@ from pathlib import Path
 from typing import NamedTuple
 
 from pymc_ext.blocks.progress import ProgressBar
-from stan_bridge.cxx import (
-    StanBuildError,
-    compile_flags,
-    file_lock,
-    precompiled_header,
-    run_compiler,
+from stan_bridge.cxx import StanBuildError, file_lock, precompiled_header, shim_object
+from stan_bridge.linking import compile_model_object, link_executable, link_library
+from stan_bridge.stanc import (
+    PROGRAM_FILE,
+    StanCompileError,
+    class_name,
+    included_sources,
+    run_stanc_info,
+    stan_file_name,
+    translate,
+    user_message,
 )
-from stan_bridge.sundials import needs_pic_sundials, pic_sundials_built, pic_sundials_ldflags
-from stan_bridge.toolchain import SHIM_DIR, Toolchain
+from stan_bridge.toolchain import Toolchain
 
-__all__ = [
+__all__ = [  # the stanc names are re-exported: they were defined here before
+    "PROGRAM_FILE",
+    "PRODUCT_FILES",
     "StanCompileError",
     "StanBuildError",
     "ModelBuild",
     "build_model",
     "cache_dir",
+    "class_name",
     "run_stanc_info",
+    "stan_file_name",
+    "user_message",
 ]
 
-_BUILD_FORMAT = 2  # bump when the layout of a build folder changes
+_BUILD_FORMAT = 3  # bump when the layout of a build folder changes
 
-#: File and C++ class names every program is compiled under, so that a build
-#: depends only on the code, the options and the toolchain (not on where the
-#: file lives). Messages show the user's file name instead (:func:`user_message`).
-PROGRAM_FILE = "stan_bridge_program.stan"
-PROGRAM_CLASS = "stan_bridge_program_model"
-
-
-def user_message(msg: str, display_name: str) -> str:
-    """Put the user's file name into a message from stanc or from the compiled model.
-
-    Examples
-    --------
-    >>> from stan_bridge.builder import user_message
-    >>> user_message("Error in 'stan_bridge_program.stan', line 3", "eight.stan")
-    "Error in 'eight.stan', line 3"
-    """
-    return msg.replace(PROGRAM_FILE, display_name)
-
-
-class StanCompileError(ValueError):
-    """stanc rejected the program; the message is stanc's own."""
 
 
 @dataclass(frozen=True)
 class ModelBuild:
-    """A finished build: where the library is and what stanc said about the program.
+    """A finished build: where its products are and what stanc said about the program.
 
     Attributes
     ----------
     directory : Path
-        The cache folder of this build.
+        The cache folder of this build (``model.o`` and the products).
     library : Path
-        ``model.so``.
+        The shim's library, ``model.so`` (present when it was asked for, by
+        this call or an earlier one).
     info : dict
         ``stanc --info`` output: inputs, parameters, transformed parameters,
         generated quantities (each ``name -> {"type", "dimensions"}``).
@@ -92,7 +79,10 @@ class ModelBuild:
     seconds : float
         Time this call spent (near zero when the build was cached).
     cached : bool
-        True when nothing had to be built.
+        True when the program's C++ was not compiled by this call (at most a
+        product was linked from the cached object).
+    executable : Path or None
+        CmdStan's executable for the program, where it was asked for.
 
     Examples
     --------
@@ -110,6 +100,13 @@ class ModelBuild:
     key: str
     seconds: float
     cached: bool
+    executable: Path | None = None
+
+    @property
+    def record(self) -> dict:
+        """The build record (``build.json``): each command that built this, and its time."""
+        path = self.directory / "build.json"
+        return json.loads(path.read_text()) if path.exists() else {}
 
 
 def cache_dir(path: str | os.PathLike | None = None) -> Path:
@@ -142,90 +139,6 @@ def cache_dir(path: str | os.PathLike | None = None) -> Path:
     return out
 
 
-_INCLUDE_RE = re.compile(r'^\s*#include\s+[<"]?([^>"\s]+)[>"]?', re.MULTILINE)
-
-
-def _included_sources(code: str, include_paths: Sequence[Path]) -> list[str]:
-    """Contents of files the program ``#include``s (so edits to them change the key)."""
-    out = []
-    for rel in _INCLUDE_RE.findall(code):
-        for base in include_paths:
-            cand = Path(base) / rel
-            if cand.is_file():
-                out.append(rel + "\0" + cand.read_text())
-                break
-    return out
-
-
-def _run_stanc(
-    toolchain: Toolchain, args: Sequence[str], stan_file: Path, display_name: str
-) -> subprocess.CompletedProcess:
-    # Run in the file's folder on its bare name, so every message (syntax errors too,
-    # which older stanc reports with the path it was given) shows the user's file name.
-    cmd = [str(toolchain.stanc), *args, stan_file.name]
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=stan_file.parent)
-    except subprocess.TimeoutExpired as err:
-        raise StanCompileError(f"stanc timed out on {display_name}") from err
-    if out.returncode != 0:
-        msg = user_message((out.stderr or out.stdout).strip(), display_name)
-        raise StanCompileError(
-            f"stanc ({toolchain.stanc_version}) could not compile {display_name}:\n{msg}"
-        )
-    return out
-
-
-def run_stanc_info(
-    code: str,
-    toolchain: Toolchain,
-    display_name: str = "model.stan",
-    include_paths: Sequence[str | os.PathLike] = (),
-) -> dict:
-    """Run ``stanc --info`` on a program and return the parsed JSON.
-
-    Parameters
-    ----------
-    code : str
-        The Stan program.
-    toolchain : Toolchain
-        Where stanc is.
-    display_name : str
-        File name used in stanc's messages.
-    include_paths : sequence of path
-        Where ``#include`` files are looked up.
-
-    Returns
-    -------
-    dict
-        ``inputs``, ``parameters``, ``transformed parameters``,
-        ``generated quantities``, ...
-
-    Raises
-    ------
-    StanCompileError
-        With stanc's message when the program does not compile.
-
-    Examples
-    --------
-    >>> from stan_bridge.builder import run_stanc_info
-    >>> from stan_bridge.toolchain import find_toolchain
-    >>> info = run_stanc_info("parameters { real x; } model { x ~ normal(0, 1); }",
-    ...                       find_toolchain())
-    >>> list(info["parameters"])
-    ['x']
-    """
-    with tempfile.TemporaryDirectory(prefix="stan_bridge_info_") as tmp:
-        path = Path(tmp) / PROGRAM_FILE
-        path.write_text(code)
-        args = ["--info"]
-        if include_paths:
-            args.append("--include-paths=" + ",".join(str(p) for p in include_paths))
-        out = _run_stanc(toolchain, args, path, display_name)
-    text = out.stdout
-    start = text.find("{")
-    return json.loads(text[start:])
-
-
 def _remove_stale_temporaries(folder: Path, max_age_s: float = 86400.0) -> None:
     """Remove build folders left by processes killed mid-build (older than a day)."""
     now = time.time()
@@ -243,101 +156,32 @@ def _cache_key(
     stanc_options: Sequence[str],
     cxxflags: Sequence[str],
     include_paths: Sequence[Path],
+    display_name: str,
 ) -> str:
-    """Hash of everything a build depends on (not the file's name or place)."""
+    """Hash of everything a build depends on: the file's name (stanc writes it into the
+    C++ for Stan's messages) but not its place."""
     h = hashlib.sha256()
     for part in (
         str(_BUILD_FORMAT),
         code,
+        display_name,
         toolchain.fingerprint,
         *stanc_options,
         "|",
         *cxxflags,
         "|",
-        *_included_sources(code, include_paths),
+        *included_sources(code, include_paths),
     ):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()[:24]
 
 
-def _translate(
-    code: str,
-    toolchain: Toolchain,
-    tmp: Path,
-    display_name: str,
-    include_paths: Sequence[Path],
-    stanc_options: Sequence[str],
-) -> dict:
+def _translate(job: _BuildJob, tmp: Path) -> dict:
     """stanc: ``model.hpp`` and ``info.json`` in ``tmp``; returns the ``--info`` dict."""
-    stan_file = tmp / PROGRAM_FILE
-    stan_file.write_text(code)
-    inc = ["--include-paths=" + ",".join(str(p) for p in include_paths)] if include_paths else []
-    _run_stanc(
-        toolchain,
-        [f"--name={PROGRAM_CLASS}", f"--o={tmp / 'model.hpp'}", *inc, *stanc_options],
-        stan_file,
-        display_name,
+    return translate(
+        job.code, job.toolchain, tmp, job.display_name, job.include_paths, job.stanc_options
     )
-    info_out = _run_stanc(toolchain, ["--info", *inc], stan_file, display_name)
-    info = json.loads(info_out.stdout[info_out.stdout.find("{") :])
-    (tmp / "info.json").write_text(json.dumps(info, indent=1))
-    return info
-
-
-def _compile_library(
-    toolchain: Toolchain,
-    cxxflags: Sequence[str],
-    pch: Path | None,
-    tmp: Path,
-    display_name: str,
-    t0: float,
-    ldflags: Sequence[str] | None = None,
-) -> None:
-    """The C++ compile of stanc's output and the shim into ``tmp/model.so``."""
-    (tmp / "build.cpp").write_text(
-        '#include "stan_bridge_pch.hpp"\n#include "model.hpp"\n#include "stan_bridge_shim.cpp"\n'
-    )
-    cmd = [
-        toolchain.cxx,
-        *compile_flags(toolchain, cxxflags),
-        *([f"-I{pch}"] if pch is not None else []),
-        f"-I{tmp}",
-        f"-I{SHIM_DIR}",
-        "-shared",
-        "-o",
-        str(tmp / "model.so"),
-        str(tmp / "build.cpp"),
-        *(toolchain.ldflags if ldflags is None else ldflags),
-    ]
-    run_compiler(cmd, tmp, f"the C++ code stanc generated for {display_name}")
-    record = {
-        "toolchain": toolchain.describe(),
-        "command": cmd,
-        "precompiled_header": str(pch) if pch else None,
-        "seconds": time.perf_counter() - t0,
-    }
-    (tmp / "build.json").write_text(json.dumps(record, indent=1))
-    (tmp / "ok").write_text("")
-
-
-def _compile_linking_sundials(job: _BuildJob, pch: Path | None, tmp: Path) -> None:
-    """:func:`_compile_library`, again with position-independent SUNDIALS where the linker
-    refused the toolchain's archives (CmdStan's, for programs with ODE/DAE/algebra solvers).
-
-    Once those are built, every later build links against them directly.
-    """
-    args = (job.cxxflags, pch, tmp, job.display_name, job.t0)
-    if pic_sundials_built(job.toolchain, job.root):
-        ldflags = pic_sundials_ldflags(job.toolchain, job.root)
-        return _compile_library(job.toolchain, *args, ldflags=ldflags)
-    try:
-        _compile_library(job.toolchain, *args)
-    except StanBuildError as err:
-        if not needs_pic_sundials(str(err)):
-            raise
-        ldflags = pic_sundials_ldflags(job.toolchain, job.root)
-        _compile_library(job.toolchain, *args, ldflags=ldflags)
 
 
 def _publish(tmp: Path, final: Path) -> None:
@@ -362,14 +206,62 @@ class _BuildJob(NamedTuple):
     def final(self) -> Path:
         return self.root / "models" / self.key
 
-    def cached(self) -> ModelBuild | None:
-        """The finished build of this key, if there is one."""
+    @property
+    def log(self) -> Path:
+        return self.root / "logs" / f"{self.key}.log"
+
+    def missing(self, products: Sequence[str]) -> list[str]:
+        """The products (``"library"``, ``"executable"``) not in the finished build yet."""
+        return [p for p in products if not (self.final / PRODUCT_FILES[p]).exists()]
+
+    def result(self, info: dict, cached: bool) -> ModelBuild:
         final = self.final
-        if not (final / "ok").exists():
-            return None
-        info = json.loads((final / "info.json").read_text())
+        exe = final / PRODUCT_FILES["executable"]
         seconds = time.perf_counter() - self.t0
-        return ModelBuild(final, final / "model.so", info, self.key, seconds, True)
+        return ModelBuild(
+            final, final / PRODUCT_FILES["library"], info, self.key, seconds, cached,
+            exe if exe.exists() else None,
+        )
+
+    def cached(self) -> ModelBuild | None:
+        """The finished build of this key (its object compiled), if there is one."""
+        if not (self.final / "ok").exists():
+            return None
+        return self.result(json.loads((self.final / "info.json").read_text()), True)
+
+
+#: File names of what can be made from a build's ``model.o``.
+PRODUCT_FILES = {"library": "model.so", "executable": "model"}
+
+
+def _update_record(folder: Path, **steps: dict) -> None:
+    """Add steps to the build record ``build.json`` (written whole, then renamed)."""
+    path = folder / "build.json"
+    record = json.loads(path.read_text()) if path.exists() else {}
+    record.update(steps)
+    tmp = folder / "build.json.tmp"
+    tmp.write_text(json.dumps(record, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def _make_products(job: _BuildJob, products: Sequence[str], bar: ProgressBar) -> None:
+    """Link the missing products from the finished build's ``model.o`` (under the build's lock)."""
+    final = job.final
+    for product in job.missing(products):
+        out = final / f".{PRODUCT_FILES[product]}.tmp"
+        if product == "library":
+            bar.update(0, step="linking the library (the shim's object is built once)")
+            pch = precompiled_header(job.toolchain, job.cxxflags, job.root, job.log)
+            shim = shim_object(job.toolchain, job.cxxflags, job.root, pch, job.log)
+            step = link_library(job.toolchain, final / "model.o", shim, out, job.root, job.log)
+        elif product == "executable":
+            bar.update(0, step="linking the CmdStan executable")
+            step = link_executable(job.toolchain, final / "model.o", out, job.root, job.log)
+        else:
+            raise ValueError(f"Unknown build product {product!r}")
+        os.replace(out, final / PRODUCT_FILES[product])
+        _update_record(final, **{product: step})
+        bar.update()
 
 
 def build_model(
@@ -383,8 +275,13 @@ def build_model(
     cache: str | os.PathLike | None = None,
     progressbar: bool = True,
     validate: Callable[[dict], None] | None = None,
+    products: Sequence[str] = ("library",),
 ) -> ModelBuild:
-    """Build (or find in the cache) the shared library for a Stan program.
+    """Build (or find in the cache) a Stan program: its object, and its library or executable.
+
+    The program's C++ is compiled once, into ``model.o``; the shim's library
+    (``model.so``) and CmdStan's executable (``model``) are linked from that
+    object when asked for, now or by a later call.
 
     Parameters
     ----------
@@ -393,22 +290,23 @@ def build_model(
     toolchain : Toolchain
         From :func:`~stan_bridge.toolchain.find_toolchain`.
     display_name : str
-        File name that messages show (the build itself does not depend on
-        it: the same program from two files is built once).
+        The program's file name, which messages show. The build does not
+        depend on the file's folder: the same program in two folders is
+        built once.
     include_paths : sequence of path
         Where stanc looks up ``#include`` files.
-    stanc_options : sequence of str
-        Extra stanc flags, for example ``["--O"]``.
-    cxxflags : sequence of str
-        Extra C++ compiler flags, for example ``["-march=native"]``.
+    stanc_options, cxxflags : sequence of str
+        Extra stanc flags (``["--O"]``) and C++ flags (``["-march=native"]``).
     cache : path, optional
         The cache directory (see :func:`cache_dir`).
     progressbar : bool
-        Show the build steps while building.
+        Show the build steps (one line, with the build log's path).
     validate : callable, optional
         Called with the ``stanc --info`` dict before the (long) C++ compile,
-        and also when the build is cached; raise there to stop early (bad
-        data, no parameters).
+        and also when the build is cached; raise there to stop early.
+    products : sequence of str
+        What to link from the object: ``"library"`` (the default) and/or
+        ``"executable"`` (for a CmdStan toolchain).
 
     Returns
     -------
@@ -417,9 +315,9 @@ def build_model(
     Raises
     ------
     StanCompileError
-        stanc rejected the program (stanc's message, with line and column).
+        stanc rejected the program (its message, with line and column).
     StanBuildError
-        The C++ compiler failed.
+        The compiler or linker failed (why, the log's path and its tail).
 
     Examples
     --------
@@ -433,7 +331,9 @@ def build_model(
     t0 = time.perf_counter()
     root = cache_dir(cache)
     include_paths = [Path(p).resolve() for p in include_paths]
-    key = _cache_key(code, toolchain, stanc_options, cxxflags, include_paths)
+    if not set(products) <= set(PRODUCT_FILES):
+        raise ValueError(f"Unknown build products {products}; choose from {list(PRODUCT_FILES)}")
+    key = _cache_key(code, toolchain, stanc_options, cxxflags, include_paths, display_name)
     job = _BuildJob(
         code, toolchain, display_name, include_paths, stanc_options, cxxflags, root, key, t0
     )
@@ -441,42 +341,61 @@ def build_model(
     if found is not None:
         if validate is not None:
             validate(found.info)
-        return found
-    (root / "models").mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(root / "models")
-    return _build_fresh(job, validate, progressbar)
+        if not job.missing(products):
+            return found
+    else:
+        (root / "models").mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(root / "models")
+    return _build_fresh(job, validate, progressbar, products)
 
 
 def _build_fresh(
     job: _BuildJob,
     validate: Callable[[dict], None] | None,
     progressbar: bool,
+    products: Sequence[str],
 ) -> ModelBuild:
     """Build in a private temporary folder, then rename it into place under the lock."""
     models = job.root / "models"
-    final = job.final
-    with ProgressBar(3, f"Building Stan model {job.display_name}", show=progressbar) as bar:
-        tmp = Path(tempfile.mkdtemp(prefix=f"tmp-{job.key}-", dir=models))
-        try:
-            bar.update(0, step="stanc")
-            # stanc first, outside the lock: syntax errors come back at once.
-            info = _translate(
-                job.code, job.toolchain, tmp, job.display_name, job.include_paths, job.stanc_options
-            )
-            if validate is not None:
-                validate(info)
-            bar.update(step="precompiled headers (once per toolchain)")
-            with file_lock(models / f"{job.key}.lock"):
-                found = job.cached()
-                if found is not None:
-                    return found
-                pch = precompiled_header(job.toolchain, job.cxxflags, job.root)
-                bar.update(step="C++ compile (tens of seconds; cached afterwards)")
-                _compile_linking_sundials(job, pch, tmp)
-                _publish(tmp, final)
-                bar.update(step="done")
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    seconds = time.perf_counter() - job.t0
-    return ModelBuild(final, final / "model.so", info, job.key, seconds, False)
+    found = job.cached()
+    total = len(job.missing(products)) + (0 if found is not None else 3)
+    if found is None and progressbar:  # the compiler's output goes to the log, not here
+        print(f"Building Stan model {job.display_name}; compiler output in {job.log}", flush=True)
+    title = f"{'Linking' if found else 'Building'} {job.display_name}"
+    with ProgressBar(total, title, show=progressbar) as bar, file_lock(models / f"{job.key}.lock"):
+        if found is None:
+            found = job.cached()  # another process may have built it meanwhile
+        if found is None:
+            info = _compile_object(job, validate, bar)
+            found = job.result(info, False)
+        _make_products(job, products, bar)
+        bar.update(0, step="done")
+    return job.result(found.info, found.cached)
+
+
+def _compile_object(
+    job: _BuildJob, validate: Callable[[dict], None] | None, bar: ProgressBar
+) -> dict:
+    """stanc, then the program's ``model.o``, in a private folder renamed into place."""
+    tmp = Path(tempfile.mkdtemp(prefix=f"tmp-{job.key}-", dir=job.root / "models"))
+    try:
+        bar.update(0, step="stanc")
+        info = _translate(job, tmp)
+        if validate is not None:
+            validate(info)
+        job.log.parent.mkdir(parents=True, exist_ok=True)
+        job.log.write_text(f"stan_bridge build of {job.display_name} ({job.key})\n\n")
+        bar.update(step="precompiled headers (once per toolchain)")
+        pch = precompiled_header(job.toolchain, job.cxxflags, job.root, job.log)
+        bar.update(step="C++ compile of the program (tens of seconds; cached afterwards)")
+        step = compile_model_object(
+            job.toolchain, job.cxxflags, pch, tmp, job.display_name, job.log
+        )
+        _update_record(tmp, toolchain=job.toolchain.describe(), model_object=step)
+        (tmp / "ok").write_text("")
+        _publish(tmp, job.final)
+        bar.update()
+        return info
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from stan_bridge.cmdstan_make import CmdStanRecipe, cmdstan_recipe
+
 __all__ = ["Toolchain", "ToolchainKind", "ToolchainNotFoundError", "find_toolchain", "SHIM_DIR"]
 
 #: Directory holding the C++ shim sources.
@@ -127,7 +129,53 @@ class Toolchain:
         for src in sorted(SHIM_DIR.glob("*.[ch]pp")):
             h.update(src.name.encode())
             h.update(src.read_bytes())
+        if self.kind == ToolchainKind.CMDSTAN:
+            # what CmdStan's own flags (read from its makefiles at build time) depend on
+            local = self.root / "make" / "local"
+            h.update(local.read_bytes() if local.exists() else b"")
+            for var in ("CXX", "CXXFLAGS", "CPPFLAGS", "LDFLAGS", "MAKE"):
+                h.update(f"{var}={os.environ.get(var, '')}".encode())
         return h.hexdigest()
+
+    @functools.cached_property
+    def cmdstan_recipe(self) -> CmdStanRecipe | None:
+        """CmdStan's compile flags and link line (read from its makefiles), or None.
+
+        None for the httpstan toolchain, and where CmdStan's makefiles cannot
+        be read (``make`` missing): then models are compiled with
+        :attr:`cxxflags` and no executable can be made from them
+        (:attr:`recipe_error` says why).
+        """
+        if self.kind != ToolchainKind.CMDSTAN:
+            return None
+        try:
+            return cmdstan_recipe(self.root)
+        except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as err:
+            self.extra["recipe_error"] = str(err)
+            return None
+
+    @property
+    def recipe_error(self) -> str:
+        """Why :attr:`cmdstan_recipe` is None ("" when it is not, or not yet asked)."""
+        if self.kind != ToolchainKind.CMDSTAN:
+            return f"the {self.kind} toolchain has no CmdStan to link executables with"
+        return self.extra.get("recipe_error", "")
+
+    @property
+    def compiler(self) -> str:
+        """The compiler for models: CmdStan's (``$(CXX)``) where known, else :attr:`cxx`."""
+        recipe = self.cmdstan_recipe
+        return recipe.cxx if recipe is not None else self.cxx
+
+    @property
+    def compile_flags(self) -> tuple[str, ...]:
+        """Flags for compiling a model: CmdStan's own where known, else :attr:`cxxflags`.
+
+        Both include ``-DSTAN_THREADS`` (the shim's library is called from
+        several threads).
+        """
+        recipe = self.cmdstan_recipe
+        return recipe.compile_flags if recipe is not None else self.cxxflags
 
     def describe(self) -> str:
         """One line saying what this toolchain is, for messages and logs."""

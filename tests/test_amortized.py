@@ -587,3 +587,38 @@ def test_sample_correct_mh_is_exact_on_a_new_dataset(small_amortizer):
     np.testing.assert_array_equal(again.posterior["mu"].values, idata.posterior["mu"].values)
     with pytest.raises(ValueError, match="one dataset"):
         amortizer.sample_many([{"y": y_new}], correct="mh")
+
+
+def test_set_data_on_the_training_model_is_what_sample_and_amortized_mh_condition_on():
+    with pm.Model(coords={"obs": np.arange(6)}) as model:
+        y_obs = pm.Data("y_obs", np.zeros(6), dims="obs")
+        mu = pm.Normal("mu", 0.0, 1.0)
+        sigma = pm.HalfNormal("sigma", 1.0)
+        pm.Normal("y", mu, sigma, observed=y_obs, dims="obs")
+    amortizer = Amortizer(model, flow_kwargs={"transforms": 2, "hidden_features": (32, 32)})
+    amortizer.fit(800, epochs=4, batch_size=128, random_seed=0, progressbar=False)
+    y_new = np.array([0.8, 1.5, 0.2, 1.1, 0.9, 1.7])
+    pm.set_data({"y_obs": y_new}, model=model)
+    exact = normal_model_posterior_means(y_new)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AmortizedDataWarning)
+        raw = amortizer.sample(draws=200, random_seed=1)
+    np.testing.assert_array_equal(raw.observed_data["y"].values, y_new)
+    exact_draws = amortizer.sample(draws=800, chains=2, random_seed=2, correct="mh")
+    with model:
+        idata = pm.sample(draws=800, tune=100, chains=2, cores=1, random_seed=3,
+                          progressbar=False, step=pymc_ext.AmortizedMH(amortizer),
+                          compute_convergence_checks=False)
+    for result in (exact_draws, idata):
+        for name in ("mu", "sigma"):
+            draws = result.posterior[name].values
+            se = draws.std() / np.sqrt(draws.size * 0.25)  # ESS >= a quarter of the draws
+            assert abs(draws.mean() - exact[name]) < 4 * se, (name, draws.mean(), exact[name])
+    # the training data would give another posterior: the new data are what is conditioned on
+    assert abs(exact_draws.posterior["mu"].values.mean() - exact["mu"]) < 0.2 < exact["mu"]
+    with model:
+        pm.set_data({"y_obs": np.ones(8)}, coords={"obs": np.arange(8)})
+        with pytest.raises(AmortizerMismatchError, match=r"\{'y': \[6\]\}.*\{'y': \[8\]\}"):
+            pymc_ext.AmortizedMH(amortizer)
+    with pytest.raises(AmortizerMismatchError, match="pm.set_data"):
+        amortizer.sample()

@@ -122,3 +122,73 @@ def test_quiet_build_success_prints_no_build_output(tmp_path):
     )
     assert "noise" not in out.stdout + out.stderr
     assert len(out.stdout.splitlines()) == 2
+
+
+# y_i ~ normal(mu, 1), mu ~ normal(0, 10): the posterior of mu is normal, in closed form.
+CONJUGATE_PROGRAM = """
+data { int<lower=1> N; vector[N] y; }
+parameters { real mu; }
+model { mu ~ normal(0, 10); y ~ normal(mu, 1); }
+"""
+
+
+def _conjugate_posterior(y: np.ndarray) -> tuple[float, float]:
+    precision = 1 / 10**2 + len(y)
+    return float(y.sum() / precision), float(np.sqrt(1 / precision))
+
+
+@pytest.mark.stan
+@pytest.mark.slow
+def test_cmdstanmodel_compiles_the_program_once(tmp_path):
+    """The executable and the shim's library come from one model.o; nothing compiles twice."""
+    import uuid
+
+    from stan_bridge import CmdStanModel
+
+    stan_file = tmp_path / "conjugate.stan"
+    stan_file.write_text(f"// {uuid.uuid4().hex}\n{CONJUGATE_PROGRAM}")  # new to the cache
+    model = CmdStanModel(stan_file=stan_file)
+    build = model.build
+    assert build is not None and not build.cached
+    assert model.exe_file == str(stan_file.with_suffix(""))  # where cmdstanpy puts its own
+    assert Path(model.exe_file).read_bytes() == build.executable.read_bytes()
+    record = build.record
+    model_o = str(build.directory / "model.o")
+    assert model_o in record["executable"]["command"] and "library" not in record
+    assert "-DSTAN_THREADS" in record["model_object"]["flags"]
+    assert model.exe_info().get("STAN_THREADS") == "true"
+
+    y = np.random.default_rng(3).normal(1.5, 1.0, size=20)
+    sm = model.stan_model({"N": 20, "y": y})
+    # the library is linked from the same object: no second compile
+    assert sm.build.directory == build.directory and sm.build.cached
+    record = sm.build.record
+    assert model_o in record["library"]["command"]
+    assert record["model_object"] == build.record["model_object"]
+    again = model.stan_model({"N": 3, "y": [0.0, 1.0, 2.0]})
+    assert again.build.cached and again.build.record == record
+
+    # CmdStan's NUTS in that executable samples the right posterior
+    fit = model.sample(data={"N": 20, "y": y}, seed=4, chains=2, show_progress=False)
+    mu = fit.stan_variable("mu")
+    mean, sd = _conjugate_posterior(y)
+    assert abs(mu.mean() - mean) < 5 * sd / np.sqrt(500)  # ESS of 2 x 1000 draws >= 500
+    assert abs(mu.std() / sd - 1) < 0.15
+
+
+@pytest.mark.stan
+def test_cmdstanpy_compiles_what_stan_bridge_does_not_build(tmp_path):
+    from stan_bridge.cmdstan_build import why_cmdstanpy_compiles
+
+    stan_file = tmp_path / "m.stan"
+    stan_file.write_text(CONJUGATE_PROGRAM)
+    assert why_cmdstanpy_compiles(stan_file) == ""
+    assert why_cmdstanpy_compiles(stan_file, cpp_options={"STAN_THREADS": True}) == ""
+    assert why_cmdstanpy_compiles(stan_file, stanc_options={"include-paths": ["."]}) == ""
+    assert "STAN_OPENCL" in why_cmdstanpy_compiles(stan_file, cpp_options={"STAN_OPENCL": 1})
+    assert "O1" in why_cmdstanpy_compiles(stan_file, stanc_options={"O1": True})
+    assert "forced" in why_cmdstanpy_compiles(stan_file, force_compile=True)
+    assert "user_header" in why_cmdstanpy_compiles(stan_file, user_header="h.hpp")
+    # an executable newer than the program: cmdstanpy would not recompile, nor do we
+    stan_file.with_suffix("").write_text("")
+    assert "newer" in why_cmdstanpy_compiles(stan_file)

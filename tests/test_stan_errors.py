@@ -156,3 +156,40 @@ def test_concurrent_builds_share_one_build(tmp_path):
     assert lines[0][0] == lines[1][0]  # same build folder
     assert lines[0][2] == lines[1][2]  # same log density
     assert sorted(line[1] for line in lines) == ["False", "True"]  # built once
+
+
+def test_failed_build_names_its_log_and_shows_the_tail(tmp_path):
+    """The compiler's output goes to a log; a failure names the log and shows its last lines."""
+    from stan_bridge import StanBuildError
+
+    code = _fresh("parameters { real x; } model { x ~ normal(0, 1); }")
+    with pytest.raises(StanBuildError) as err:
+        # a flag that makes every compile fail at once (before any long work)
+        StanModel(code, cxxflags=["-include", "no_such_header_xyz.hpp"], cache_dir=tmp_path,
+                  progressbar=False)
+    msg = str(err.value)
+    logs = list((tmp_path / "logs").glob("*.log"))
+    assert len(logs) == 1 and f"Full output: {logs[0]}" in msg
+    log = logs[0].read_text()
+    assert "no_such_header_xyz.hpp: No such file or directory" in log
+    tail = msg.split("Last lines of the log:\n", 1)[1].splitlines()
+    assert tail[-2:] == log.strip().splitlines()[-2:] == ["compilation terminated.",
+                                                          "[exit status 1]"]
+    assert "no_such_header_xyz.hpp" in msg.split("Full output")[0]  # the cause, before the tail
+    assert not any(tmp_path.glob("models/*/ok"))  # nothing half-built is left as done
+
+
+@pytest.mark.slow
+def test_link_error_of_a_program_names_the_missing_function():
+    """A function declared in the program and defined nowhere: the link names it."""
+    from stan_bridge import StanBuildError
+
+    code = _fresh(
+        "functions { real missing_fn_xyz(real x); }\n"
+        "parameters { real x; }\nmodel { target += missing_fn_xyz(x); }\n"
+    )
+    with pytest.raises(StanBuildError) as err:
+        StanModel(code, stanc_options=["--allow-undefined"], progressbar=False)
+    msg = str(err.value)
+    assert "undefined reference" in msg and "missing_fn_xyz" in msg
+    assert "linking" in msg.splitlines()[0]

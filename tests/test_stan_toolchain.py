@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -73,3 +74,28 @@ def test_httpstan_toolchain_gives_the_same_density(monkeypatch):
     np.testing.assert_allclose(a.unconstrain(a.constrain(X[0])), X[0], atol=1e-12)
     params, sims = a.prior_predictive(20, random_seed=1, progressbar=False)
     assert sims["y"].shape == (20, 8)
+
+
+def test_programs_compile_with_cmdstans_own_flags():
+    """A program's object goes into CmdStan's executable: CmdStan's flags, plus -fPIC only.
+
+    Read from CmdStan's makefiles (as `make STAN_THREADS=true` builds a program), so that the
+    object matches CmdStan's threaded main object; ours only add position independence,
+    hidden symbols and fewer warnings.
+    """
+    from stan_bridge.cxx import compile_flags
+
+    tc = find_toolchain()
+    recipe = tc.cmdstan_recipe
+    assert recipe is not None, tc.recipe_error
+    ours = compile_flags(tc, [])
+    assert ours[: len(recipe.compile_flags)] == list(recipe.compile_flags)
+    added = ours[len(recipe.compile_flags):]
+    assert all(f in ("-fPIC", "-fvisibility=hidden") or f.startswith("-Wno-") for f in added)
+    assert "-DSTAN_THREADS" in recipe.compile_flags and tc.compiler == recipe.cxx
+    # the main object is compiled with the same flags, and the link line is CmdStan's
+    main = recipe.main_command(recipe.main_object)
+    assert main[1 : 1 + len(recipe.compile_flags)] == list(recipe.compile_flags)
+    assert recipe.main_object.name == "main_threads.o"
+    assert any("libtbb" in lib for lib in recipe.libraries)
+    assert all(Path(t).is_absolute() for t in recipe.libraries if not t.startswith("-"))

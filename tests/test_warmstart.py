@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import warnings
 
 import numpy as np
@@ -9,6 +11,8 @@ import pymc as pm
 import pytest
 
 from pymc_ext.pathfinder_core import PathfinderResult, multipath_pathfinder
+from pymc_ext.pymc_adapter.logdensity import log_density
+from pymc_ext.step_methods.warmstart_metric import FALLBACK_WARMUP
 from pymc_ext.warmstart_step import (
     DEFAULT_WARMUP,
     StepLogDensity,
@@ -56,8 +60,11 @@ def test_step_in_pm_sample(model, chains, cores):
     assert int(idata.sample_stats["warmstart_grad_evals"].max()) == step.warmstart_grad_evals
     idata = lift_warmstart_attrs(idata)
     _check_result(idata, chains, 150)
-    # pm.sample asked the step for its tune: the short warmup.
-    assert idata.posterior.attrs["tuning_steps"] == DEFAULT_WARMUP == step.warmup
+    # pm.sample asked the step for its tune: the short warmup, and room to extend it
+    # (idle unless the adaptation has not settled).
+    assert step.warmup == DEFAULT_WARMUP
+    assert idata.posterior.attrs["tuning_steps"] == step.default_tune_steps
+    assert not np.any(idata.sample_stats["warmup_extensions"].values)
     assert idata.sample_stats.attrs["warmstart_grad_evals"] == step.warmstart_grad_evals
 
 
@@ -227,7 +234,7 @@ def test_pymc_ext_sample_pymc(model):
         draws=120, chains=2, cores=1, random_seed=1, model=model, target_accept=0.9, **SAMPLE_KW
     )
     _check_result(idata, 2, 120)
-    assert idata.posterior.attrs["tuning_steps"] == DEFAULT_WARMUP
+    assert idata.sample_stats.attrs["warmstart_warmup"] == DEFAULT_WARMUP
     again = sampling.sample(draws=120, chains=2, cores=1, random_seed=1, model=model, **SAMPLE_KW)
     assert (
         again.sample_stats.attrs["warmstart_grad_evals"]
@@ -282,3 +289,86 @@ def test_warm_started_chains_match_reference(name):
     cmp = compare_to_reference(idata, name)
     assert cmp["max_mean_error"] <= 0.1, cmp
     assert cmp["max_sd_error"] <= 0.1, cmp
+
+
+# ---------------------------------------------------------------------------
+# metric="auto", the fallback, and an adaptation that has not settled
+# ---------------------------------------------------------------------------
+def correlated_model(rho: float) -> pm.Model:
+    """A regression-like posterior: two coefficients with correlation ``rho``."""
+    cov = np.array([[1.0, rho * 30.0], [rho * 30.0, 900.0]])
+    with pm.Model() as model:
+        pm.MvNormal("beta", mu=np.zeros(2), cov=cov)
+    return model
+
+
+@pytest.mark.parametrize(("rho", "metric"), [(0.97, "dense"), (0.0, "diag")])
+def test_auto_metric_is_recorded_in_sample_stats(rho, metric):
+    import pymc_ext.sampling as sampling
+
+    idata = sampling.sample(
+        draws=200, chains=2, cores=1, random_seed=3, model=correlated_model(rho), **SAMPLE_KW
+    )
+    attrs = idata.sample_stats.attrs
+    assert attrs["warmstart_metric"] == metric
+    assert f": {metric}" in attrs["warmstart_metric_reason"]
+    assert "max |corr|" in attrs["warmstart_metric_reason"]
+    assert attrs["warmstart_fallback"] == 0 and attrs["warmstart_warmup"] == DEFAULT_WARMUP
+    draws = idata.posterior["beta"].values.reshape(-1, 2)
+    assert abs(np.corrcoef(draws.T)[0, 1] - rho) < 0.1
+
+
+def _poor(model, **changes):
+    """Pathfinder's own result on ``model``, made poor by ``changes``."""
+    res = multipath_pathfinder(log_density(model), num_draws=200, random_seed=3)
+    return dataclasses.replace(res, **changes)
+
+
+def test_fallback_when_pathfinder_is_poor():
+    model = correlated_model(0.97)
+    with model, warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a high k alone does not warn
+        step = WarmStartNUTS(init=_poor(model, pareto_k=2.4), random_seed=1)
+        idata = pm.sample(draws=200, step=step, chains=2, cores=1, random_seed=2, **SAMPLE_KW)
+    assert step.warmstart_fallback and not step.warmstart_trusted
+    assert step.metric == "diag" and step.warmup == FALLBACK_WARMUP
+    assert "Pareto k 2.40" in step.metric_reason and "fallback" in step.metric_reason
+    assert step.warmstart_attrs()["warmstart_fallback"] == 1
+    draws = idata.posterior["beta"].values.reshape(-1, 2)
+    assert abs(draws[:, 1].std() / 30.0 - 1) < 0.2  # still the right posterior
+    # A broken covariance: the user should look, so it warns.
+    nan_cov = np.full((2, 2), np.nan)
+    with model, pytest.warns(RuntimeWarning, match="not usable"):
+        step = WarmStartNUTS(init=_poor(model, covariance=nan_cov), random_seed=1)
+    assert step.metric == "diag" and "not finite" in step.metric_reason
+
+
+def test_unsettled_adaptation_extends_itself(caplog):
+    """A warm start that is confident and wrong (covariance 1e4 too wide, k 0.3)."""
+    model = correlated_model(0.0)
+    res = multipath_pathfinder(log_density(model), num_draws=200, random_seed=3)
+    wrong = dataclasses.replace(
+        res, covariance=res.covariance * 1e4, inverse_metric_diag=res.inverse_metric_diag * 1e4
+    )
+    with model:
+        step = WarmStartNUTS(init=wrong, random_seed=1)
+        idata = pm.sample(
+            draws=200,
+            step=step,
+            chains=2,
+            cores=1,
+            random_seed=2,
+            discard_tuned_samples=False,
+            **SAMPLE_KW,
+        )
+    ext = idata.sample_stats["warmup_extensions"].values
+    assert np.all(ext >= 1)
+    busy = ~idata.warmup_sample_stats["warmup_idle"].values
+    assert np.all(busy.sum(axis=1) == step.warmup + ext[:, -1] * step.extension)
+    draws = idata.posterior["beta"].values.reshape(-1, 2)
+    assert abs(draws.std(0)[1] / 30.0 - 1) < 0.2
+    # With no room in tune it cannot extend, and says so.
+    with model, caplog.at_level(logging.WARNING, logger="pymc"):
+        step = WarmStartNUTS(init=wrong, random_seed=1)
+        pm.sample(draws=50, tune=step.warmup, step=step, chains=1, random_seed=2, **SAMPLE_KW)
+    assert "has not settled" in caplog.text

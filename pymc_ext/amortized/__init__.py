@@ -26,6 +26,12 @@ The package's modules:
   :mod:`~pymc_ext.amortized.training`: simulate, standardise, train;
 - :mod:`~pymc_ext.amortized.sampling`, :mod:`~pymc_ext.amortized.diagnostics`,
   :mod:`~pymc_ext.amortized.calibration`: draws, Pareto k, SBC;
+- :mod:`~pymc_ext.amortized.mh`: the exact path (independence MH with the
+  amortized proposal);
+- :mod:`~pymc_ext.amortized.batch`, :mod:`~pymc_ext.amortized.many`: many
+  datasets (``sample_many``, ``check_calibration``, ``fit_many``);
+- :mod:`~pymc_ext.amortized.cluster`: the same work on a ``dask.distributed``
+  cluster (what is shipped, tasks, retries);
 - :mod:`~pymc_ext.amortized.serialization`: save / load.
 """
 

@@ -19,12 +19,16 @@ import torch
 from torch import nn
 
 from pymc_ext.amortized import sampling, serialization
-from pymc_ext.amortized.calibration import CalibrationResult
+from pymc_ext.amortized.batch import BatchMixin
+from pymc_ext.amortized.cluster import cluster_run
+from pymc_ext.amortized.layout import DataShapeError
 from pymc_ext.amortized.many import ManyDatasetsMixin
+from pymc_ext.amortized.mh import exact_draws
 from pymc_ext.amortized.networks import build_summary, choose_summary, with_threads
 from pymc_ext.amortized.networks import data_layout as layout_for
 from pymc_ext.amortized.results import (
     AmortizedDraws,
+    AmortizerMismatchError,
     AmortizerNotFittedError,
     Correction,
     TrainingHistory,
@@ -40,7 +44,7 @@ __all__ = ["Amortizer"]
 _PUBLIC_STACKLEVEL = 3
 
 
-class Amortizer(serialization.PersistenceMixin, ManyDatasetsMixin):
+class Amortizer(serialization.PersistenceMixin, BatchMixin, ManyDatasetsMixin):
     """Amortized posterior estimation for a PyMC model or a Stan program.
 
     Parameters
@@ -157,6 +161,8 @@ class Amortizer(serialization.PersistenceMixin, ManyDatasetsMixin):
         simulations_per_epoch: int | None = None,
         max_seconds: float | None = None,
         config: FitConfig | None = None,
+        client: Any = None,
+        model_builder: Callable[[Mapping[str, Any]], Any] | None = None,
     ) -> Amortizer:
         """Train on simulations from the model's prior predictive.
 
@@ -189,6 +195,12 @@ class Amortizer(serialization.PersistenceMixin, ManyDatasetsMixin):
             All of the settings above at once
             (:class:`~pymc_ext.amortized.training.FitConfig`); the arguments
             that are given override it.
+        client : dask.distributed.Client, optional
+            Simulate on this cluster, in seeded chunks: the same simulations,
+            so the same amortizer, as without it. Training runs here.
+        model_builder : callable, optional
+            With a ``client``: ``data -> model``, the function that built this
+            model, which workers rebuild it from (not for a ``StanModel``).
 
         Returns
         -------
@@ -210,7 +222,8 @@ class Amortizer(serialization.PersistenceMixin, ManyDatasetsMixin):
             patience=patience, simulations_per_epoch=simulations_per_epoch,
             max_seconds=max_seconds,
         )
-        self.history = fit_amortizer(self, config, random_seed, progressbar)
+        cluster = cluster_run(client, self, model_builder, weights=False)
+        self.history = fit_amortizer(self, config, random_seed, progressbar, cluster)
         self.fitted = True
         return self
 
@@ -232,6 +245,46 @@ class Amortizer(serialization.PersistenceMixin, ManyDatasetsMixin):
                 "This amortizer is not trained yet: call .fit(num_simulations=...) first, or "
                 "Amortizer.load(path, model) for saved weights."
             )
+
+    def model_data(self) -> dict[str, np.ndarray]:
+        """The data in the model now (new values after ``pm.set_data``), checked against training.
+
+        What :meth:`sample`, :meth:`log_q` and :class:`~pymc_ext.AmortizedMH`
+        condition on when no dataset is given.
+
+        Raises
+        ------
+        AmortizerMismatchError
+            The data no longer have the shapes the amortizer was trained on
+            (for set and series data: the shape of one row); the message names
+            both.
+
+        Examples
+        --------
+        >>> import numpy as np, pymc as pm, pymc_ext
+        >>> with pm.Model() as model:
+        ...     y_obs = pm.Data("y_obs", np.zeros(3))
+        ...     y = pm.Normal("y", pm.Normal("mu"), 1, observed=y_obs)
+        >>> a = pymc_ext.Amortizer(model).fit(300, epochs=2, random_seed=0, progressbar=False)
+        >>> pm.set_data({"y_obs": np.ones(3)}, model=model)
+        >>> a.model_data()["y"].tolist()
+        [1.0, 1.0, 1.0]
+        """
+        data = self.target.current_data()
+        try:
+            self.layout.check(data)
+        except DataShapeError as err:
+            rows = " (one row)" if self.layout.has_rows else ""
+            trained = {n: list(s) for n, s in self.layout.shapes.items()}
+            now = {n: list(np.shape(data[n])[1 if self.layout.has_rows else 0 :])
+                   for n in self.layout.names}
+            raise AmortizerMismatchError(
+                f"The model's data no longer fit this amortizer (changed with pm.set_data?): "
+                f"it was trained on data shaped {trained}{rows}, the model's are now shaped "
+                f"{now}{rows}. Set data of the trained shapes, or train an amortizer for the "
+                "new ones (summary='deepset' takes any number of rows)."
+            ) from err
+        return data
 
     def prepare(self, datasets: Sequence[Mapping[str, Any]]) -> tuple[list[dict], torch.Tensor]:
         """Checked datasets and their summary-network contexts ``(len(datasets), context_dim)``.
@@ -277,7 +330,7 @@ class Amortizer(serialization.PersistenceMixin, ManyDatasetsMixin):
         (4,)
         """
         self.check_fitted()
-        data = self.target.current_data() if data is None else data
+        data = self.model_data() if data is None else data
         _, ctx = sampling.prepare(self, [data], stacklevel=_PUBLIC_STACKLEVEL)
         theta_t = torch.as_tensor(np.atleast_2d(theta), dtype=torch.float32, device=self.device)
         with torch.no_grad():
@@ -301,7 +354,8 @@ class Amortizer(serialization.PersistenceMixin, ManyDatasetsMixin):
         ----------
         data : dict, optional
             ``name -> array`` with the observed values (and covariates), named
-            as in the model; the model's own observed data by default.
+            as in the model; by default the data in the model now
+            (:meth:`model_data`: after ``pm.set_data``, the new values).
         draws : int
             Number of draws.
         random_seed : int or Generator, optional
@@ -339,9 +393,9 @@ class Amortizer(serialization.PersistenceMixin, ManyDatasetsMixin):
         >>> idata.posterior["mu"].shape, idata.posterior.attrs["correct"]
         ((1, 100), 'psis')
         """
-        data = self.target.current_data() if data is None else data
+        data = self.model_data() if data is None else data
         if Correction.parse(correct) is Correction.MH:
-            return sampling.exact_draws(
+            return exact_draws(
                 self, data, draws, chains, random_seed, stacklevel=_PUBLIC_STACKLEVEL
             )
         checked, theta, stats, diag = sampling.posterior_draws(
@@ -362,106 +416,3 @@ class Amortizer(serialization.PersistenceMixin, ManyDatasetsMixin):
             observed_data=checked[0],
             attrs=attrs,
         )
-
-    @with_threads
-    def sample_many(
-        self,
-        datasets: Sequence[Mapping[str, Any]],
-        draws: int = 1000,
-        random_seed: int | np.random.Generator | None = None,
-        correct: str | None = None,
-        diagnostics: bool = True,
-        return_inferencedata: bool = True,
-        cores: int | None = None,
-    ) -> Any:
-        """Amortized posteriors for many datasets in one batched call.
-
-        Parameters
-        ----------
-        datasets : list of dict
-            Each like ``data`` in :meth:`sample`.
-        draws, random_seed, correct, diagnostics, return_inferencedata
-            As in :meth:`sample`.
-        cores : int, optional
-            CPU threads that draw batches of datasets at once (every core by
-            default). The draws are the same for any ``cores``.
-
-        Returns
-        -------
-        xarray.DataTree or AmortizedDraws
-            ``posterior`` with dims ``(dataset, draw, ...)``; ``sample_stats``
-            likewise; group ``amortized_diagnostics`` with ``pareto_k``
-            ``(dataset,)`` (and ``num_rows`` for set data).
-
-        Examples
-        --------
-        >>> import numpy as np, pymc as pm, pymc_ext
-        >>> with pm.Model() as model:
-        ...     y = pm.Normal("y", pm.Normal("mu"), 1, observed=np.zeros(3))
-        >>> a = pymc_ext.Amortizer(model).fit(300, epochs=2, random_seed=0, progressbar=False)
-        >>> dt = a.sample_many([{"y": np.ones(3)}, {"y": -np.ones(3)}], draws=50, random_seed=1)
-        >>> dt.posterior["mu"].shape, dt["amortized_diagnostics"]["pareto_k"].shape
-        ((2, 50), (2,))
-        """
-        if isinstance(datasets, Mapping) or len(datasets) == 0:
-            raise ValueError("datasets must be a non-empty list of dicts (one per dataset).")
-        checked, theta, stats, diag = sampling.posterior_draws(
-            self, list(datasets), draws, random_seed, correct, diagnostics, cores=cores,
-            stacklevel=_PUBLIC_STACKLEVEL,
-        )
-        if self.layout.has_rows:
-            diag["num_rows"] = np.array([np.shape(d[self.layout.names[0]])[0] for d in checked])
-        if not return_inferencedata:
-            flat = self.density.constrain_batch(theta.reshape(-1, self.dim))
-            posterior = {
-                k: np.asarray(v).reshape(*theta.shape[:2], *np.shape(v)[1:])
-                for k, v in flat.items()
-            }
-            return AmortizedDraws(posterior, stats, diag)
-        return sampling.many_to_datatree(self, theta, stats, diag, correct)
-
-    # -- calibration -----------------------------------------------------------------------------
-    @with_threads
-    def check_calibration(
-        self,
-        num_datasets: int = 200,
-        draws: int = 100,
-        random_seed: int | np.random.Generator | None = None,
-        alpha: float = 0.01,
-        progressbar: bool = False,
-    ) -> CalibrationResult:
-        """Simulation-based calibration on fresh prior-predictive datasets.
-
-        Parameters
-        ----------
-        num_datasets : int
-            Simulated datasets (at least 20; a few hundred give a sharp test).
-        draws : int
-            Posterior draws per dataset (ranks run from 0 to ``draws``).
-        random_seed : int or Generator, optional
-            Seed.
-        alpha : float
-            Level of the band test over all parameters.
-        progressbar : bool
-            Show the simulation progress bar.
-
-        Returns
-        -------
-        CalibrationResult
-            ``.passed``, ``.ranks``, ``.plot()``, contraction and z-scores, on
-            the unconstrained parameters (ranks do not change under the
-            monotone transforms, so this also checks each constrained scalar).
-
-        Examples
-        --------
-        >>> import numpy as np, pymc as pm, pymc_ext
-        >>> with pm.Model() as model:
-        ...     y = pm.Normal("y", pm.Normal("mu"), 1, observed=np.zeros(3))
-        >>> a = pymc_ext.Amortizer(model).fit(300, epochs=2, random_seed=0, progressbar=False)
-        >>> sbc = a.check_calibration(num_datasets=30, draws=20, random_seed=1)
-        >>> sbc.ranks.shape
-        (30, 1)
-        """
-        return sampling.calibrate(self, num_datasets, draws, random_seed, alpha, progressbar)
-
-    # -- save / load -------------------------------------------------------------------------------

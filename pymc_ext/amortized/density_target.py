@@ -59,7 +59,9 @@ class PriorPredictiveTarget:
     """
 
     kind = "prior_predictive"
-    simulation_chunk = None  # one call for all simulations (Stan's runs MCMC on the prior)
+    # simulations per chunk (each chunk runs its own MCMC warmup on the prior: large chunks);
+    # chunks are what a dask cluster spreads over its workers
+    simulation_chunk = 5000
 
     def __init__(
         self,

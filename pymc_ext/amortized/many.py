@@ -19,20 +19,21 @@ For each dataset (Li, Schmitt et al., "Amortized Bayesian Workflow", 2024):
    the same check are kept, and a warning names their datasets.
 
 Step 3 is the expensive part and the part that scales out: given a
-``dask.distributed`` ``Client``, each such dataset is one task. A worker gets
-what it can rebuild, never live PyTensor or torch objects: the saved
+``dask.distributed`` ``Client``, step 1 runs in tasks of whole batches and
+each MCMC dataset is one task (:mod:`pymc_ext.amortized.cluster`). A worker
+gets what it can rebuild, never live PyTensor or torch objects: the saved
 amortizer (bytes of :meth:`Amortizer.save`'s file) and the model function
-``model_builder(data) -> pm.Model``. Dask reruns the task of a worker that
-dies; a task that fails anyway is reported by name. Seeds are per dataset, so
-a cluster run gives the same draws as a local one in the same floating-point
-environment (torch and BLAS threads; see docs/many_datasets.md).
+``model_builder(data)`` (for a Stan program, its code, data and build
+options: the compiled library comes from the build cache). Dask reruns the
+task of a worker that dies; a task that fails anyway is reported by name.
+Seeds are per dataset, so a cluster run gives the same draws as a local one
+in the same floating-point environment (torch and BLAS threads; see
+docs/many_datasets.md).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -198,7 +199,7 @@ def mcmc_one(
     """
     import warnings
 
-    from pymc_ext.amortized.sampling import exact_draws
+    from pymc_ext.amortized.mh import exact_draws
 
     start = time.perf_counter()
     reason = f"k = {k:.2f}" + (f" >= {settings.mcmc_k}" if k >= settings.mcmc_k else
@@ -232,32 +233,28 @@ def mcmc_one(
     return idata, row
 
 
-def _remote_mcmc(
-    payload: bytes, model_builder: Callable[[Mapping[str, Any]], Any], data: Mapping[str, Any],
-    seed: int, k: float, settings: FitManySettings,
+def mcmc_task(
+    token: str, recipe: Any, payload: bytes, data: Mapping[str, Any], seed: int, k: float,
+    settings: FitManySettings,
 ) -> tuple[Any, dict[str, Any]]:
-    """A worker's task: rebuild the model and the amortizer from what was shipped, then MCMC."""
-    from pymc_ext.amortized.core import Amortizer
+    """A worker's task: :func:`mcmc_one`, the amortizer and model rebuilt from what was sent."""
+    from pymc_ext.amortized.cluster import worker_amortizer
 
+    amortizer = worker_amortizer(token, recipe, payload)
     # arrays unpickled from the scheduler can be unaligned views, which PyTensor refuses
     data = {name: np.array(value, copy=True) for name, value in data.items()}
-    with tempfile.TemporaryDirectory(prefix="pymc_ext_fit_many_") as tmp:
-        path = os.path.join(tmp, "amortizer.pt")
-        with open(path, "wb") as fh:
-            fh.write(payload)
-        amortizer = Amortizer.load(path, model_builder(data))
     return mcmc_one(amortizer, data, seed, k, settings)
 
 
 def _run_mcmc(
     amortizer: Any, jobs: list[tuple[int, Mapping[str, Any], int, float]],
-    settings: FitManySettings, client: Any, model_builder: Any, progressbar: bool,
+    settings: FitManySettings, cluster: Any, progressbar: bool,
 ) -> dict[int, tuple[Any, dict[str, Any]]]:
     """Every MCMC job, locally or as one dask task each; failures become rows, by name."""
     out: dict[int, tuple[Any, dict[str, Any]]] = {}
     with ProgressBar(len(jobs), "exact MCMC on the datasets that need it",
                      show=progressbar and bool(jobs)) as bar:
-        if client is None:
+        if cluster is None:
             for i, data, seed, k in jobs:
                 try:
                     out[i] = mcmc_one(amortizer, data, seed, k, settings)
@@ -265,22 +262,18 @@ def _run_mcmc(
                     out[i] = (None, _row(Route.FAILED, f"k = {k:.2f}", k, error=repr(err)))
                 bar.update()
             return out
-        from distributed import as_completed
-
-        payload = _saved_bytes(amortizer)
-        remote_payload = client.scatter(payload, broadcast=True)
-        futures = {
-            client.submit(_remote_mcmc, remote_payload, model_builder, data, seed, k, settings,
-                          key=f"pymc_ext-fit_many-{i}-{seed}", retries=2, pure=False): (i, k)
-            for i, data, seed, k in jobs
-        }
-        for future in as_completed(futures):
-            i, k = futures[future]
-            try:
-                out[i] = future.result()
-            except Exception as err:  # noqa: BLE001 - any task error is reported by dataset
-                out[i] = (None, _row(Route.FAILED, f"k = {k:.2f}", k, error=repr(err)))
-            bar.update()
+        results = cluster.run(
+            mcmc_task,
+            [(cluster.token, cluster.recipe, cluster.remote_payload, data, seed, k, settings)
+             for _, data, seed, k in jobs],
+            [f"dataset {i}" for i, _, _, _ in jobs],
+            "fit_many",
+            bar,
+        )
+        for (i, _, _, k), result in zip(jobs, results, strict=True):
+            if isinstance(result, BaseException):
+                result = (None, _row(Route.FAILED, f"k = {k:.2f}", k, error=repr(result)))
+            out[i] = result
     return out
 
 
@@ -312,14 +305,6 @@ def _warn_unconverged(table: Any, settings: FitManySettings) -> None:
             UserWarning,
             stacklevel=5,  # the caller of Amortizer.fit_many
         )
-
-
-def _saved_bytes(amortizer: Any) -> bytes:
-    with tempfile.TemporaryDirectory(prefix="pymc_ext_fit_many_") as tmp:
-        path = os.path.join(tmp, "amortizer.pt")
-        amortizer.save(path)
-        with open(path, "rb") as fh:
-            return fh.read()
 
 
 def _amortized_posteriors(
@@ -363,32 +348,21 @@ def fit_many(
     **overrides: Any,
 ) -> FitManyResult:
     """The body of :meth:`Amortizer.fit_many <pymc_ext.Amortizer.fit_many>` (see there)."""
-    from pymc_ext.amortized.targets import PyMCTarget
+    from pymc_ext.amortized.cluster import cluster_run
     from pymc_ext.flows.conditional import torch_threads
 
     settings = settings or FitManySettings()
     if overrides:
         settings = FitManySettings(**{**settings.__dict__, **overrides})
-    if client is not None and isinstance(amortizer.target, PyMCTarget) and model_builder is None:
-        raise ValueError(
-            "fit_many on a cluster ships the model function, not the model: pass "
-            "model_builder=build, where build(data) returns the pm.Model for one dataset "
-            "(the function that made the training model)."
-        )
-    if client is not None and not isinstance(amortizer.target, PyMCTarget):
-        raise NotImplementedError(
-            "fit_many with a client supports PyMC models; for a Stan program run it locally "
-            "(client=None)."
-        )
     amortizer.check_fitted()
+    cluster = cluster_run(client, amortizer, model_builder)  # checked before any work
     with torch_threads(amortizer.num_threads):  # the same draws whatever the caller's setting
-        return _fit_many(amortizer, datasets, settings, random_seed, client, model_builder,
-                         progressbar)
+        return _fit_many(amortizer, datasets, settings, random_seed, cluster, progressbar)
 
 
 def _fit_many(
     amortizer: Any, datasets: Sequence[Mapping[str, Any]], settings: FitManySettings,
-    random_seed: int | None, client: Any, model_builder: Any, progressbar: bool,
+    random_seed: int | None, cluster: Any, progressbar: bool,
 ) -> FitManyResult:
     import warnings
 
@@ -405,7 +379,7 @@ def _fit_many(
         warnings.simplefilter("ignore", AmortizedDataWarning)
         checked, theta, stats, diag = posterior_draws(
             amortizer, list(datasets), settings.draws, seeds[0] if seeds else None, None, True,
-            cores=None, stacklevel=3,
+            cores=None, stacklevel=3, cluster=cluster,
         )
     done, jobs = _amortized_posteriors(
         amortizer, checked, theta, stats, diag["pareto_k"], seeds, settings
@@ -413,7 +387,7 @@ def _fit_many(
     amortized_seconds = (time.perf_counter() - start) / max(len(datasets), 1)
     for _, row in done.values():
         row["seconds"] = amortized_seconds
-    done.update(_run_mcmc(amortizer, jobs, settings, client, model_builder, progressbar))
+    done.update(_run_mcmc(amortizer, jobs, settings, cluster, progressbar))
     rows = [done[i][1] for i in range(len(datasets))]
     table = pd.DataFrame(rows, index=pd.RangeIndex(len(datasets), name="dataset"))
     _warn_unconverged(table, settings)
@@ -451,11 +425,13 @@ class ManyDatasetsMixin:
         random_seed : int, optional
             Seeds every dataset (the same results with or without a client).
         client : dask.distributed.Client, optional
-            Run the MCMC datasets as tasks on this cluster; locally when None.
+            Run the amortized draws and the MCMC datasets as tasks on this
+            cluster; locally when None.
         model_builder : callable, optional
-            ``data -> pm.Model`` for one dataset (the function that built the
-            training model). Needed with a ``client``: workers rebuild the model
-            from it and the amortizer from its saved file.
+            ``data -> model`` for one dataset (the function that built the
+            training model). Needed with a ``client`` for a PyMC model (a
+            ``StanModel`` is rebuilt from its program): workers rebuild the
+            model from it and the amortizer from its saved file.
         progressbar : bool
             A progress bar over the MCMC datasets.
         **options

@@ -28,7 +28,7 @@ runs chains with it. :class:`pymc_ext.AmortizedMH` is the same proposal as a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -38,7 +38,14 @@ from scipy.special import logsumexp
 from pymc_ext.amortized.diagnostics import PARETO_K_THRESHOLD
 from pymc_ext.blocks.importance import importance_ess, psis_log_weights
 
-__all__ = ["ADAPT_MODES", "AmortizedProposal", "MHChains", "independence_mh"]
+__all__ = [
+    "ADAPT_MODES",
+    "LOW_MH_ACCEPTANCE",
+    "AmortizedProposal",
+    "MHChains",
+    "exact_draws",
+    "independence_mh",
+]
 
 #: ``adapt=`` values: ``True`` is ``"dense"``.
 ADAPT_MODES = (True, False, "dense", "diag")
@@ -326,3 +333,87 @@ def independence_mh(
             theta_all[c, i] = current
             log_weight[c, i] = current_lw
     return MHChains(theta_all, accept, accepted, log_weight)
+
+
+#: Below this acceptance rate the exact chains mix too slowly to be worth having.
+LOW_MH_ACCEPTANCE = 0.05
+
+
+def exact_draws(
+    amortizer: Any,
+    data: Mapping[str, Any],
+    draws: int,
+    chains: int,
+    random_seed: int | np.random.Generator | None,
+    stacklevel: int = 2,
+    **mh_options: Any,
+) -> Any:
+    """Exact posterior draws for one dataset: independence MH with the adapted amortized proposal.
+
+    The body of ``Amortizer.sample(data, correct="mh")``; ``mh_options`` go to
+    :class:`~pymc_ext.amortized.mh.AmortizedProposal`. Works for any target
+    (PyMC model or Stan program): the true density comes from the target's
+    joint log density at ``data``.
+
+    Returns
+    -------
+    xarray.DataTree
+        ``posterior`` (``chains`` x ``draws``) with the model's names, dims and
+        coords; ``sample_stats`` with ``accept``, ``accepted``, ``log_weight``;
+        ``posterior.attrs["acceptance_rate"]``.
+
+    Examples
+    --------
+    >>> import numpy as np, pymc as pm, pymc_ext
+    >>> with pm.Model() as model:
+    ...     y = pm.Normal("y", pm.Normal("mu"), 1, observed=np.zeros(3))
+    >>> a = pymc_ext.Amortizer(model).fit(300, epochs=2, random_seed=0, progressbar=False)
+    >>> from pymc_ext.amortized.mh import exact_draws
+    >>> idata = exact_draws(a, {"y": np.ones(3)}, draws=100, chains=2, random_seed=1)
+    >>> idata.posterior["mu"].shape
+    (2, 100)
+    """
+    import warnings
+
+    from pymc_ext.amortized.sampling import prepare
+    from pymc_ext.flows.conditional import torch_threads
+    from pymc_ext.pymc_adapter.datatree import to_datatree
+
+    amortizer.check_fitted()
+    # every torch operation under the amortizer's thread count: the draws then do not depend
+    # on the caller's torch setting (a dask worker's differs from the client's)
+    with torch_threads(amortizer.num_threads):
+        checked, ctx = prepare(amortizer, [data], stacklevel=stacklevel + 1)
+
+        def log_p_batch(theta: np.ndarray) -> np.ndarray:
+            return amortizer.target.joint_logp_many(theta[None], checked)[0]
+
+        proposal = AmortizedProposal(
+            amortizer.flow, ctx[0], log_p_batch, amortizer.dim, amortizer.num_threads,
+            **mh_options,
+        )
+        rng = np.random.default_rng(random_seed)
+        if proposal.mode:
+            proposal.adapt(rng)
+        out = independence_mh(proposal, rng, int(chains), int(draws))
+    rate = float(out.accepted.mean())
+    if rate < LOW_MH_ACCEPTANCE:
+        warnings.warn(
+            f"The exact amortized chains accepted {rate:.1%} of their proposals: the amortized "
+            "posterior is far from this dataset's, so the chains mix slowly (check the ESS). "
+            "Sample this dataset with NUTS (pm.sample) instead.",
+            UserWarning,
+            stacklevel=stacklevel + 1,
+        )
+    attrs = {
+        "inference_library": "pymc_ext.Amortizer",
+        "correct": "mh",
+        "acceptance_rate": rate,
+    }
+    return to_datatree(
+        amortizer.density,
+        out.theta,
+        sample_stats={"accept": out.accept, "accepted": out.accepted, "log_weight": out.log_weight},
+        observed_data=checked[0],
+        attrs=attrs,
+    )

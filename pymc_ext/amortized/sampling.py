@@ -23,6 +23,7 @@ import torch
 from pymc_ext.amortized.calibration import CalibrationResult, simulation_based_calibration
 from pymc_ext.amortized.diagnostics import (
     PARETO_K_THRESHOLD,
+    RAW_MIN_EFFICIENCY,
     AmortizedDataWarning,
     importance_ess,
     importance_resample,
@@ -31,18 +32,22 @@ from pymc_ext.amortized.diagnostics import (
 )
 from pymc_ext.amortized.networks import TorchSeed, contexts_no_grad
 from pymc_ext.amortized.results import Correction
-from pymc_ext.amortized.simulation import simulate
+from pymc_ext.amortized.simulation import join_blocks, simulate_blocks, simulation_chunks
 from pymc_ext.amortized.standardize import warn_out_of_distribution
+from pymc_ext.blocks.progress import ProgressBar
 from pymc_ext.blocks.random import seed_int
 
 __all__ = [
+    "SBC_CHUNK",
+    "batch_datasets",
     "calibrate",
     "draw",
+    "draws_and_checks",
     "many_to_datatree",
     "posterior_draws",
     "prepare",
     "psis_correct",
-    "exact_draws",
+    "sbc_chunk",
     "warn_many_high_k",
 ]
 
@@ -90,17 +95,21 @@ def draw(
     seed: int,
     max_rows: int | None = None,
     cores: int | None = 1,
+    first_batch: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``draws`` per context: theta ``(B, draws, dim)`` float64 and log q ``(B, draws)``.
 
-    Contexts go in batches of about ``max_rows`` draws: 16 384 on a CPU,
-    65 536 on a GPU. Each batch has its own generator, seeded from ``(seed,
-    batch)``, so the draws do not depend on ``cores``: on the CPU the
-    batches are spread over ``cores`` threads (torch releases the GIL in its
-    kernels; ``None``: every CPU core). Eight schools, 1000 datasets x 1000
-    draws on a quiet 2-core machine: one thread 7.9 s, two threads 4.1 s
-    with 16 384-row batches and 4.9 s with 4096-row ones (fewer, larger
-    operations leave the threads less time waiting for the GIL).
+    Contexts go in batches of about ``max_rows`` draws (:func:`batch_datasets`
+    contexts each): 16 384 on a CPU, 65 536 on a GPU. Each batch has its own
+    generator, seeded from ``(seed, first_batch + batch)``, so a slice of the
+    contexts that starts on a batch boundary gets the draws it gets in the
+    whole (a cluster task's share), and the draws do not depend on
+    ``cores``: on the CPU the batches are spread over ``cores`` threads
+    (torch releases the GIL in its kernels; ``None``: every CPU core). Eight
+    schools, 1000 datasets x 1000 draws on a quiet 2-core machine: one
+    thread 7.9 s, two threads 4.1 s with 16 384-row batches and 4.9 s with
+    4096-row ones (fewer, larger operations leave the threads less time
+    waiting for the GIL).
 
     Examples
     --------
@@ -117,14 +126,12 @@ def draw(
     flow, device = amortizer.flow, amortizer.device
     B = ctx.shape[0]
     fast = flow.fast_sampling and not flow.training
-    if max_rows is None:
-        max_rows = CPU_BATCH_ROWS if device.type == "cpu" else GPU_BATCH_ROWS
-    per = max(1, max_rows // max(int(draws), 1))
+    per = batch_datasets(amortizer, draws, max_rows)
     starts = list(range(0, B, per))
 
     def batch(j: int) -> tuple[np.ndarray, np.ndarray]:
         # the drawing path takes a seeded generator; zuko's path the (forked) global one
-        state = np.random.SeedSequence([int(seed), j]).generate_state(1)[0]
+        state = np.random.SeedSequence([int(seed), int(first_batch) + j]).generate_state(1)[0]
         generator = torch.Generator(device=device).manual_seed(int(state))
         seeded = contextlib.nullcontext() if fast else TorchSeed(int(state), device)
         # inference mode, not just no_grad: no version counters or view tracking,
@@ -146,8 +153,31 @@ def draw(
     return np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out])
 
 
-def warn_many_high_k(pareto_k: np.ndarray, stacklevel: int) -> None:
+def batch_datasets(amortizer: Any, draws: int, max_rows: int | None = None) -> int:
+    """Contexts per batch of :func:`draw`: about ``max_rows`` draws (by device) per batch.
+
+    Examples
+    --------
+    >>> import numpy as np, pymc as pm, pymc_ext
+    >>> with pm.Model() as model:
+    ...     y = pm.Normal("y", pm.Normal("mu"), 1, observed=np.zeros(3))
+    >>> from pymc_ext.amortized.sampling import batch_datasets
+    >>> batch_datasets(pymc_ext.Amortizer(model, device="cpu"), 1000)
+    16
+    """
+    if max_rows is None:
+        max_rows = CPU_BATCH_ROWS if amortizer.device.type == "cpu" else GPU_BATCH_ROWS
+    return max(1, int(max_rows) // max(int(draws), 1))
+
+
+def warn_many_high_k(
+    pareto_k: np.ndarray, stacklevel: int, efficiency: np.ndarray | None = None
+) -> None:
     """One warning for all datasets of ``sample_many`` with Pareto k above the threshold.
+
+    With ``efficiency`` (importance ESS / draws per dataset, given for raw
+    draws only), a second warning names the datasets whose ``k`` passed but
+    whose efficiency is below :data:`~pymc_ext.amortized.diagnostics.RAW_MIN_EFFICIENCY`.
 
     Examples
     --------
@@ -169,6 +199,18 @@ def warn_many_high_k(pareto_k: np.ndarray, stacklevel: int) -> None:
             AmortizedDataWarning,
             stacklevel=stacklevel + 1,
         )
+    if efficiency is None:
+        return
+    low = np.flatnonzero(~(pareto_k > PARETO_K_THRESHOLD) & (efficiency < RAW_MIN_EFFICIENCY))
+    if len(low):
+        warnings.warn(
+            f"{len(low)} of {len(pareto_k)} datasets have raw amortized draws that are off "
+            f"although their Pareto k passed (e.g. datasets {low[:5].tolist()}): under "
+            f"{100 * RAW_MIN_EFFICIENCY:.0f}% of their draws carry the importance weight. "
+            "Use correct='psis' for those.",
+            AmortizedDataWarning,
+            stacklevel=stacklevel + 1,
+        )
 
 
 def psis_correct(
@@ -176,13 +218,16 @@ def psis_correct(
     stats: dict[str, np.ndarray],
     log_w: np.ndarray,
     draws: int,
-    rng: np.random.Generator,
+    seed: int,
+    first: int = 0,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Importance-resample ``draws`` per dataset with the smoothed weights ``log_w``.
 
-    A dataset without any finite importance ratio (NaN weights, ``k = inf``,
-    already warned about) is resampled uniformly: its draws stay the raw
-    amortized ones.
+    Dataset ``i`` is resampled with its own generator, seeded from ``(seed,
+    first + i)``: a share of the datasets (a cluster task's) is resampled as
+    in the whole. A dataset without any finite importance ratio (NaN
+    weights, ``k = inf``, already warned about) is resampled uniformly: its
+    draws stay the raw amortized ones.
 
     Examples
     --------
@@ -190,19 +235,69 @@ def psis_correct(
     >>> from pymc_ext.amortized.sampling import psis_correct
     >>> theta = np.arange(3.0).reshape(1, 3, 1)
     >>> lw = np.array([[-np.inf, 0.0, -np.inf]])
-    >>> out, _ = psis_correct(theta, {}, lw, 2, np.random.default_rng(0))
+    >>> out, _ = psis_correct(theta, {}, lw, 2, seed=0)
     >>> out[0, :, 0].tolist()
     [1.0, 1.0]
     """
     rows = []
-    for lw in log_w:
+    for i, lw in enumerate(log_w):
         if np.isnan(lw).any():
             lw = np.full(lw.shape, -np.log(lw.shape[0]))
+        rng = np.random.default_rng([int(seed), int(first) + i])
         rows.append(importance_resample(lw, int(draws), rng))
     idx = np.stack(rows)
     theta = np.take_along_axis(theta, idx[..., None], axis=1)
     stats = {key: np.take_along_axis(v, idx, axis=1) for key, v in stats.items()}
     return theta, stats
+
+
+def draws_and_checks(
+    amortizer: Any,
+    checked: Sequence[Mapping[str, Any]],
+    ctx: torch.Tensor,
+    draws: int,
+    seeds: tuple[int, int],
+    correct: str | None,
+    diagnostics: bool,
+    first: int = 0,
+    cores: int | None = 1,
+) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Draws, per-draw stats and Pareto k / ESS for datasets ``first, first + 1, ...``.
+
+    The work of :func:`posterior_draws` after the datasets are checked, and
+    what one cluster task runs on its share (``first`` on a batch boundary,
+    see :func:`draw`); no warnings here. ``seeds``: the draws' and the PSIS
+    resampling's.
+
+    Examples
+    --------
+    >>> import numpy as np, pymc as pm, pymc_ext
+    >>> with pm.Model() as model:
+    ...     y = pm.Normal("y", pm.Normal("mu"), 1, observed=np.zeros(3))
+    >>> a = pymc_ext.Amortizer(model).fit(300, epochs=2, random_seed=0, progressbar=False)
+    >>> from pymc_ext.amortized.sampling import draws_and_checks, prepare
+    >>> checked, ctx = prepare(a, [{"y": np.ones(3)}] * 3)
+    >>> theta, stats, diag = draws_and_checks(a, checked, ctx, 20, (1, 2), "psis", True)
+    >>> theta.shape, diag["pareto_k"].shape
+    ((3, 20, 1), (3,))
+    """
+    correction = Correction.parse(correct)
+    per = batch_datasets(amortizer, draws)
+    if first % per:
+        raise ValueError(f"first={first} is not on a batch boundary (batches of {per}).")
+    theta, log_q = draw(amortizer, ctx, int(draws), seeds[0], cores=cores, first_batch=first // per)
+    stats: dict[str, np.ndarray] = {"log_q": log_q}
+    diag: dict[str, np.ndarray] = {}
+    if not (diagnostics or correction is Correction.PSIS):
+        return theta, stats, diag
+    log_p = amortizer.target.joint_logp_many(theta, checked)
+    log_w, k = psis_log_weights(log_p - log_q)
+    diag["pareto_k"] = np.atleast_1d(k)
+    diag["importance_ess"] = np.atleast_1d(importance_ess(log_w))
+    stats.update(log_p=log_p, log_weight=log_p - log_q)
+    if correction is Correction.PSIS:
+        theta, stats = psis_correct(theta, stats, log_w, int(draws), seeds[1], first)
+    return theta, stats, diag
 
 
 def posterior_draws(
@@ -214,12 +309,15 @@ def posterior_draws(
     diagnostics: bool,
     cores: int | None = 1,
     stacklevel: int = 2,
+    cluster: Any = None,
 ) -> tuple[list[dict], np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Draws ``(B, draws, dim)``, per-draw stats and per-dataset Pareto k / ESS.
 
     The shared body of :meth:`Amortizer.sample` (``B = 1``) and
     :meth:`Amortizer.sample_many`; warnings point ``stacklevel`` frames up from
-    the caller of this function.
+    the caller of this function. With ``cluster`` (a
+    :class:`~pymc_ext.amortized.cluster.ClusterRun`) the datasets are drawn
+    in tasks on its dask cluster, with the same draws.
 
     Examples
     --------
@@ -241,26 +339,26 @@ def posterior_draws(
         )
     rng = np.random.default_rng(random_seed)
     checked, ctx = prepare(amortizer, datasets, stacklevel=stacklevel + 1)
-    theta, log_q = draw(amortizer, ctx, int(draws), seed_int(rng), cores=cores)
-    stats: dict[str, np.ndarray] = {"log_q": log_q}
-    diag: dict[str, np.ndarray] = {}
-    if not (diagnostics or correction is Correction.PSIS):
+    seeds = (seed_int(rng), seed_int(rng))
+    if cluster is None:
+        theta, stats, diag = draws_and_checks(
+            amortizer, checked, ctx, int(draws), seeds, correct, diagnostics, cores=cores
+        )
+    else:
+        theta, stats, diag = cluster.draws(checked, ctx, int(draws), seeds, correct, diagnostics)
+    if "pareto_k" not in diag:
         return checked, theta, stats, diag
-    log_p = amortizer.target.joint_logp_many(theta, checked)
-    log_w, k = psis_log_weights(log_p - log_q)
-    diag["pareto_k"] = np.atleast_1d(k)
-    diag["importance_ess"] = np.atleast_1d(importance_ess(log_w))
-    stats.update(log_p=log_p, log_weight=log_p - log_q)
     if len(checked) == 1:
         warn_high_pareto_k(
             float(diag["pareto_k"][0]),
             corrected=correction is Correction.PSIS,
             stacklevel=stacklevel + 2,  # warn_high_pareto_k's own frame, then this one
+            efficiency=float(diag["importance_ess"][0]) / max(int(draws), 1),
         )
     else:
-        warn_many_high_k(diag["pareto_k"], stacklevel=stacklevel + 1)
-    if correction is Correction.PSIS:
-        theta, stats = psis_correct(theta, stats, log_w, int(draws), rng)
+        raw = correction is not Correction.PSIS
+        efficiency = diag["importance_ess"] / max(int(draws), 1) if raw else None
+        warn_many_high_k(diag["pareto_k"], stacklevel=stacklevel + 1, efficiency=efficiency)
     return checked, theta, stats, diag
 
 
@@ -305,6 +403,39 @@ def many_to_datatree(
     return dt
 
 
+#: Datasets per chunk of :func:`calibrate` (its unit of work, locally and on a cluster).
+SBC_CHUNK = 250
+
+
+def sbc_chunk(
+    amortizer: Any, n: int, seed: int, draws: int, cores: int | None = None
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """One chunk of SBC from ``seed``: true parameters ``(n', dim)``, draws ``(n', draws, dim)``
+    and the number of non-finite simulations dropped (``n' = n - dropped``).
+
+    Examples
+    --------
+    >>> import numpy as np, pymc as pm, pymc_ext
+    >>> with pm.Model() as model:
+    ...     y = pm.Normal("y", pm.Normal("mu"), 1, observed=np.zeros(3))
+    >>> a = pymc_ext.Amortizer(model).fit(300, epochs=2, random_seed=0, progressbar=False)
+    >>> from pymc_ext.amortized.sampling import sbc_chunk
+    >>> theta, post, dropped = sbc_chunk(a, 5, seed=1, draws=10)
+    >>> theta.shape, post.shape, dropped
+    ((5, 1), (5, 10, 1), 0)
+    """
+    sims = join_blocks(
+        simulate_blocks(amortizer.target, amortizer.layout, int(n), int(seed)), amortizer.layout
+    )
+    ctx = contexts_no_grad(
+        amortizer.summary_net, amortizer.layout, sims.values, sims.lengths, amortizer.device,
+        amortizer.flow.context_dim,
+    )
+    draw_seed = int(np.random.SeedSequence([int(seed), 1]).generate_state(1)[0])
+    post, _ = draw(amortizer, ctx, int(draws), draw_seed, cores=cores)
+    return sims.theta, post, sims.dropped
+
+
 def calibrate(
     amortizer: Any,
     num_datasets: int,
@@ -312,8 +443,14 @@ def calibrate(
     random_seed: int | np.random.Generator | None,
     alpha: float,
     progressbar: bool,
+    cluster: Any = None,
 ) -> CalibrationResult:
     """The body of :meth:`Amortizer.check_calibration`: SBC on fresh simulations.
+
+    The datasets come in chunks of :data:`SBC_CHUNK`, each simulated and
+    drawn from its own seed (:func:`sbc_chunk`); ``cluster`` (a
+    :class:`~pymc_ext.amortized.cluster.ClusterRun`) runs the chunks as tasks
+    on its dask cluster, with the same ranks.
 
     Examples
     --------
@@ -328,103 +465,23 @@ def calibrate(
     amortizer.check_fitted()
     rng = np.random.default_rng(random_seed)
     t0 = time.perf_counter()
-    sims = simulate(
-        amortizer.target, amortizer.layout, int(num_datasets), rng, progressbar,
-        description="SBC simulations",
-    )
-    ctx = contexts_no_grad(
-        amortizer.summary_net, amortizer.layout, sims.values, sims.lengths, amortizer.device,
-        amortizer.flow.context_dim,
-    )
-    post, _ = draw(amortizer, ctx, int(draws), seed_int(rng), cores=None)
+    chunks = simulation_chunks(int(num_datasets), SBC_CHUNK, rng)
+    with ProgressBar(int(num_datasets), "SBC simulations", show=progressbar) as bar:
+        if cluster is not None:
+            parts = cluster.sbc(chunks, int(draws), bar)
+        else:
+            parts = []
+            for k, seed in chunks:
+                parts.append(sbc_chunk(amortizer, k, seed, int(draws)))
+                bar.update(k)
+    theta = np.concatenate([p[0] for p in parts])
+    post = np.concatenate([p[1] for p in parts])
     prior_var = (amortizer.flow.theta_std.double().cpu().numpy()) ** 2
     result = simulation_based_calibration(
-        sims.theta, post, prior_var=prior_var, param_names=amortizer.target.param_names,
+        theta, post, prior_var=prior_var, param_names=amortizer.target.param_names,
         alpha=alpha, random_seed=rng,
     )
-    result.info.update(seconds=time.perf_counter() - t0, num_dropped=sims.dropped)
-    return result
-
-
-#: Below this acceptance rate the exact chains mix too slowly to be worth having.
-LOW_MH_ACCEPTANCE = 0.05
-
-
-def exact_draws(
-    amortizer: Any,
-    data: Mapping[str, Any],
-    draws: int,
-    chains: int,
-    random_seed: int | np.random.Generator | None,
-    stacklevel: int = 2,
-    **mh_options: Any,
-) -> Any:
-    """Exact posterior draws for one dataset: independence MH with the adapted amortized proposal.
-
-    The body of ``Amortizer.sample(data, correct="mh")``; ``mh_options`` go to
-    :class:`~pymc_ext.amortized.mh.AmortizedProposal`. Works for any target
-    (PyMC model or Stan program): the true density comes from the target's
-    joint log density at ``data``.
-
-    Returns
-    -------
-    xarray.DataTree
-        ``posterior`` (``chains`` x ``draws``) with the model's names, dims and
-        coords; ``sample_stats`` with ``accept``, ``accepted``, ``log_weight``;
-        ``posterior.attrs["acceptance_rate"]``.
-
-    Examples
-    --------
-    >>> import numpy as np, pymc as pm, pymc_ext
-    >>> with pm.Model() as model:
-    ...     y = pm.Normal("y", pm.Normal("mu"), 1, observed=np.zeros(3))
-    >>> a = pymc_ext.Amortizer(model).fit(300, epochs=2, random_seed=0, progressbar=False)
-    >>> from pymc_ext.amortized.sampling import exact_draws
-    >>> idata = exact_draws(a, {"y": np.ones(3)}, draws=100, chains=2, random_seed=1)
-    >>> idata.posterior["mu"].shape
-    (2, 100)
-    """
-    import warnings
-
-    from pymc_ext.amortized.mh import AmortizedProposal, independence_mh
-    from pymc_ext.flows.conditional import torch_threads
-    from pymc_ext.pymc_adapter.datatree import to_datatree
-
-    amortizer.check_fitted()
-    # every torch operation under the amortizer's thread count: the draws then do not depend
-    # on the caller's torch setting (a dask worker's differs from the client's)
-    with torch_threads(amortizer.num_threads):
-        checked, ctx = prepare(amortizer, [data], stacklevel=stacklevel + 1)
-
-        def log_p_batch(theta: np.ndarray) -> np.ndarray:
-            return amortizer.target.joint_logp_many(theta[None], checked)[0]
-
-        proposal = AmortizedProposal(
-            amortizer.flow, ctx[0], log_p_batch, amortizer.dim, amortizer.num_threads,
-            **mh_options,
-        )
-        rng = np.random.default_rng(random_seed)
-        if proposal.mode:
-            proposal.adapt(rng)
-        out = independence_mh(proposal, rng, int(chains), int(draws))
-    rate = float(out.accepted.mean())
-    if rate < LOW_MH_ACCEPTANCE:
-        warnings.warn(
-            f"The exact amortized chains accepted {rate:.1%} of their proposals: the amortized "
-            "posterior is far from this dataset's, so the chains mix slowly (check the ESS). "
-            "Sample this dataset with NUTS (pm.sample) instead.",
-            UserWarning,
-            stacklevel=stacklevel + 1,
-        )
-    attrs = {
-        "inference_library": "pymc_ext.Amortizer",
-        "correct": "mh",
-        "acceptance_rate": rate,
-    }
-    return to_datatree(
-        amortizer.density,
-        out.theta,
-        sample_stats={"accept": out.accept, "accepted": out.accepted, "log_weight": out.log_weight},
-        observed_data=checked[0],
-        attrs=attrs,
+    result.info.update(
+        seconds=time.perf_counter() - t0, num_dropped=int(sum(p[2] for p in parts))
     )
+    return result

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from pymc_ext.amortized.layout import DataLayout
-from pymc_ext.amortized.target_base import AmortizedTarget
+from pymc_ext.amortized.target_base import AmortizedTarget, chunk_sizes
 from pymc_ext.blocks.progress import ProgressBar
+from pymc_ext.blocks.random import seed_int
 
-__all__ = ["RollingWindow", "SimulationSet", "epoch_batches", "simulate"]
+__all__ = [
+    "RollingWindow",
+    "SimulationSet",
+    "epoch_batches",
+    "join_blocks",
+    "simulate",
+    "simulate_blocks",
+    "simulation_chunks",
+]
 
 MAX_DROPPED_FRACTION = 0.5
 
@@ -33,6 +42,9 @@ class SimulationSet(NamedTuple):
     dropped: int
 
 
+Block = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]  # theta, raw values, row lengths
+
+
 def _join(blocks: list, layout: DataLayout, n_theta: int) -> tuple:
     """Raw data values of the blocks in one array (rows padded), lengths and finite mask."""
     if not layout.has_rows:
@@ -48,6 +60,82 @@ def _join(blocks: list, layout: DataLayout, n_theta: int) -> tuple:
     return values, lengths, np.isfinite(values).all(axis=(1, 2))
 
 
+def simulation_chunks(n: int, chunk: int | None, rng: np.random.Generator) -> list[tuple[int, int]]:
+    """``(size, seed)`` of each chunk of ``n`` simulations; ``rng`` is advanced by one draw.
+
+    The chunks are the unit of work, locally and on a cluster: chunk ``i``
+    is simulated from its own seed, so the simulations do not depend on
+    where (or in which order) the chunks run.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pymc_ext.amortized.simulation import simulation_chunks
+    >>> [size for size, _ in simulation_chunks(5000, 2000, np.random.default_rng(0))]
+    [2000, 2000, 1000]
+    """
+    sizes = chunk_sizes(int(n), max(1, min(int(n), int(chunk or n))))
+    children = np.random.SeedSequence(seed_int(rng)).spawn(len(sizes))
+    return [(k, int(c.generate_state(1)[0])) for k, c in zip(sizes, children, strict=True)]
+
+
+def simulate_blocks(
+    target: AmortizedTarget, layout: DataLayout, n: int, seed: int
+) -> list[Block]:
+    """One chunk: ``n`` prior-predictive pairs from ``seed``, as raw blocks (what a worker runs).
+
+    Examples
+    --------
+    >>> import numpy as np, pymc as pm
+    >>> from pymc_ext.amortized.networks import data_layout
+    >>> from pymc_ext.amortized.simulation import simulate_blocks
+    >>> from pymc_ext.amortized.targets import PyMCTarget
+    >>> with pm.Model() as model:
+    ...     y = pm.Normal("y", pm.Normal("mu"), 1, observed=np.zeros(3))
+    >>> target = PyMCTarget(model)
+    >>> layout = data_layout("vector", ["y"], target.current_data())
+    >>> [(t.shape, v.shape) for t, v, _ in simulate_blocks(target, layout, 4, seed=1)]
+    [((4, 1), (4, 3))]
+    """
+    blocks = []
+    for theta, data in target.simulate(int(n), np.random.default_rng(seed)):
+        values, lengths = layout.raw(data)
+        blocks.append((np.asarray(theta, dtype=float), values, lengths))
+    return blocks
+
+
+def join_blocks(blocks: list[Block], layout: DataLayout) -> SimulationSet:
+    """The blocks as one :class:`SimulationSet`, the non-finite simulations removed.
+
+    Raises RuntimeError when more than half are NaN or inf (a prior too wide
+    for the likelihood).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pymc_ext.amortized.layout import DataLayout
+    >>> from pymc_ext.amortized.simulation import join_blocks
+    >>> layout = DataLayout("vector", ["y"], {"y": (2,)})
+    >>> block = (np.zeros((3, 1)), np.array([[0.0, 1.0], [np.nan, 1.0], [2.0, 3.0]]), None)
+    >>> sims = join_blocks([block], layout)
+    >>> sims.theta.shape, sims.dropped
+    ((2, 1), 1)
+    """
+    theta = np.concatenate([b[0] for b in blocks])
+    values, lengths, finite = _join(blocks, layout, theta.shape[0])
+    finite &= np.isfinite(theta).all(axis=1)
+    dropped = int((~finite).sum())
+    if dropped > MAX_DROPPED_FRACTION * len(finite):
+        raise RuntimeError(
+            f"{dropped} of {len(finite)} prior-predictive simulations are NaN or inf. The "
+            "prior is too wide for the likelihood (overflow): use narrower priors."
+        )
+    keep = np.flatnonzero(finite)
+    return SimulationSet(
+        theta[keep], values[keep], (lengths[keep] if lengths is not None else None), dropped
+    )
+
+
 def simulate(
     target: AmortizedTarget,
     layout: DataLayout,
@@ -55,11 +143,15 @@ def simulate(
     rng: np.random.Generator,
     progressbar: bool = False,
     description: str = "simulating",
+    cluster: Any = None,
 ) -> SimulationSet:
     """``n`` prior-predictive simulations, the non-finite ones removed.
 
-    Raises RuntimeError when more than half are NaN or inf (a prior too wide
-    for the likelihood).
+    The budget is split into chunks of ``target.simulation_chunk``, each
+    seeded on its own (:func:`simulation_chunks`); ``cluster`` (a
+    :class:`~pymc_ext.amortized.cluster.ClusterRun`) runs them as tasks on a
+    dask cluster, with the same result. Raises RuntimeError when more than
+    half are NaN or inf (a prior too wide for the likelihood).
 
     Examples
     --------
@@ -75,31 +167,16 @@ def simulate(
     >>> sims.theta.shape, sims.values.shape, sims.dropped
     ((5, 1), (5, 3), 0)
     """
-    chunk = target.simulation_chunk or int(n)
-    chunk = max(1, min(int(n), chunk))
-    blocks = []
+    chunks = simulation_chunks(int(n), target.simulation_chunk, rng)
     with ProgressBar(int(n), description, show=progressbar) as bar:
-        done = 0
-        while done < n:
-            k = min(chunk, n - done)
-            for theta, data in target.simulate(k, rng):
-                values, lengths = layout.raw(data)
-                blocks.append((np.asarray(theta, dtype=float), values, lengths))
-            done += k
-            bar.update(k)
-    theta = np.concatenate([b[0] for b in blocks])
-    values, lengths, finite = _join(blocks, layout, theta.shape[0])
-    finite &= np.isfinite(theta).all(axis=1)
-    dropped = int((~finite).sum())
-    if dropped > MAX_DROPPED_FRACTION * len(finite):
-        raise RuntimeError(
-            f"{dropped} of {len(finite)} prior-predictive simulations are NaN or inf. The "
-            "prior is too wide for the likelihood (overflow): use narrower priors."
-        )
-    keep = np.flatnonzero(finite)
-    return SimulationSet(
-        theta[keep], values[keep], (lengths[keep] if lengths is not None else None), dropped
-    )
+        if cluster is not None:
+            per_chunk = cluster.simulate(chunks, layout, bar)
+        else:
+            per_chunk = []
+            for k, seed in chunks:
+                per_chunk.append(simulate_blocks(target, layout, k, seed))
+                bar.update(k)
+    return join_blocks([b for blocks in per_chunk for b in blocks], layout)
 
 
 def epoch_batches(

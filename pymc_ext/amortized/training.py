@@ -139,15 +139,17 @@ def _train_loop(
     val_idx: np.ndarray,
     rng: np.random.Generator,
     progressbar: bool,
+    cluster: Any = None,
 ) -> Any:
     """Epochs of :func:`pymc_ext.flows.training.train` over the simulations in ``window``."""
     batch_size = int(config.batch_size)
 
     def batches(epoch: int) -> list[np.ndarray]:
         if config.simulations_per_epoch > 0 and epoch > 0:
-            window.replace_oldest(
-                simulate(amortizer.target, amortizer.layout, int(config.simulations_per_epoch), rng)
-            )
+            window.replace_oldest(simulate(
+                amortizer.target, amortizer.layout, int(config.simulations_per_epoch), rng,
+                cluster=cluster,
+            ))
         return epoch_batches(window.train_idx, window.lengths, batch_size, rng)
 
     def loss_fn(idx: np.ndarray) -> torch.Tensor:
@@ -199,12 +201,15 @@ def fit_amortizer(
     config: FitConfig,
     random_seed: int | np.random.Generator | None,
     progressbar: bool,
+    cluster: Any = None,
 ) -> TrainingHistory:
     """Simulate, standardise and train ``amortizer``; its training history.
 
     The body of :meth:`Amortizer.fit`: afterwards the networks hold the best
     weights (by validation loss) and ``amortizer.summary_range`` the range of
-    training summaries.
+    training summaries. With ``cluster`` (a
+    :class:`~pymc_ext.amortized.cluster.ClusterRun`) the simulations run as
+    tasks on its dask cluster (the same simulations); training stays here.
 
     Examples
     --------
@@ -221,7 +226,8 @@ def fit_amortizer(
     torch_seed = seed_int(rng)
     t0 = time.perf_counter()
     sims: SimulationSet = simulate(
-        amortizer.target, amortizer.layout, int(config.num_simulations), rng, progressbar
+        amortizer.target, amortizer.layout, int(config.num_simulations), rng, progressbar,
+        cluster=cluster,
     )
     sim_seconds = time.perf_counter() - t0
     n = sims.theta.shape[0]
@@ -234,7 +240,7 @@ def fit_amortizer(
     t1 = time.perf_counter()
     with TorchSeed(torch_seed, amortizer.device):
         _reset_weights(amortizer)
-        result = _train_loop(amortizer, config, window, val_idx, rng, progressbar)
+        result = _train_loop(amortizer, config, window, val_idx, rng, progressbar, cluster)
     history = TrainingHistory(
         train_loss=[float(v) for v in result.round_losses],
         val_loss=[float(v) for v in result.monitor],

@@ -15,5 +15,7 @@ module                    what it holds
 ``random``                seeds: integer seeds for torch, child streams
 ``torch_settings``        the torch device and dtype names
 ``progress``              the one progress bar (rich, as PyMC's)
+``metric_choice``         diagonal, low-rank or dense metric from a warm start
+``affine``                the map ``x = mean + L z`` from a covariance (3 forms)
 ========================  =====================================================
 """

@@ -33,6 +33,13 @@ module             what it holds
                    :func:`flow_mcmc_init`, :func:`flow_mcmc_step`
 ``modes``          :func:`distinct_modes`, :func:`discover_modes`, :func:`coverage_check`
 ``mode_search``    the multi-start L-BFGS search for modes the paths missed
+``reference``      the tempering reference ``q0`` and ``pi_beta`` (:class:`TemperedDensity`)
+``strata``         walkers grouped by mode of ``pi_beta``, stratified resampling
+``tempering``      :func:`explore_tempering`: adaptive SMC from ``q0`` to the posterior
+``census``         :class:`ModeCensus`: the modes the explorations found, their weights
+``disagreement``   :func:`census_warnings`: where the explorations disagree
+``exploration``    ``explore="tempering"``: explorations, their seeds, :func:`tempering_seed`,
+                   :class:`MixtureFlow`
 ``config``         :class:`FlowMCMCConfig` (every option, checked once) and its enums
 ``result``         :class:`FlowMCMCAdaptation`, :class:`FlowMCMCWarning`
 ``rounds``         the adaptation rounds, :func:`restart_stuck_walkers`
@@ -55,8 +62,17 @@ from pymc_ext.flow_sampler.adaptation import (
     flow_mcmc_adapt,
     reverse_kl_reason,
 )
-from pymc_ext.flow_sampler.config import FitMethod, FlowMCMCConfig, LocalKernel, MetricKind
+from pymc_ext.flow_sampler.census import CensusMode, ModeCensus
+from pymc_ext.flow_sampler.config import (
+    Explore,
+    FitMethod,
+    FlowMCMCConfig,
+    LocalKernel,
+    MetricKind,
+)
+from pymc_ext.flow_sampler.disagreement import census_warnings
 from pymc_ext.flow_sampler.driver import flow_mcmc
+from pymc_ext.flow_sampler.exploration import MixtureFlow, tempering_seed
 from pymc_ext.flow_sampler.global_move import GlobalInfo, flow_independence_step
 from pymc_ext.flow_sampler.kernel import (
     FlowMCMCInfo,
@@ -76,8 +92,10 @@ from pymc_ext.flow_sampler.kernels import (
 )
 from pymc_ext.flow_sampler.mode_search import ModeSearch
 from pymc_ext.flow_sampler.modes import coverage_check, discover_modes, distinct_modes
+from pymc_ext.flow_sampler.reference import GaussianReference, TemperedDensity
 from pymc_ext.flow_sampler.result import FlowMCMCAdaptation, FlowMCMCWarning
 from pymc_ext.flow_sampler.rounds import restart_stuck_walkers
+from pymc_ext.flow_sampler.tempering import Exploration, explore_tempering
 
 __all__ = [
     "FlowMCMCWarning",
@@ -115,4 +133,15 @@ __all__ = [
     "ModeSearch",
     "distinct_modes",
     "restart_stuck_walkers",
+    # exploration by tempering (issue #15)
+    "CensusMode",
+    "Exploration",
+    "Explore",
+    "GaussianReference",
+    "MixtureFlow",
+    "ModeCensus",
+    "TemperedDensity",
+    "census_warnings",
+    "explore_tempering",
+    "tempering_seed",
 ]

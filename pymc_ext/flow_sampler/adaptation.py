@@ -20,7 +20,11 @@ import numpy as np
 
 from pymc_ext.blocks.random import child_rng
 from pymc_ext.density import LogDensity
-from pymc_ext.flow_sampler.config import FitMethod, FlowMCMCConfig, make_config
+from pymc_ext.flow_sampler.census import flow_shares, laplace_masses
+from pymc_ext.flow_sampler.config import Explore, FitMethod, FlowMCMCConfig, make_config
+from pymc_ext.flow_sampler.disagreement import census_warnings
+from pymc_ext.flow_sampler.exploration import MixtureFlow, TemperingResult, explore
+from pymc_ext.flow_sampler.kernels import LocalState
 from pymc_ext.flow_sampler.mode_search import ModeSearch, add_modes_to_seed, search_modes
 from pymc_ext.flow_sampler.modes import distinct_modes
 from pymc_ext.flow_sampler.result import FlowMCMCAdaptation, FlowMCMCWarning
@@ -237,7 +241,8 @@ def flow_mcmc_adapt(
         (``draws``, ``thin``, ``min_global_acceptance``) are not used here.
     seed : SeedResult, optional
         A seeding to start from (default: multi-path Pathfinder,
-        :func:`pymc_ext.flows.pathfinder_seed`, with ``num_paths`` paths).
+        :func:`pymc_ext.flows.pathfinder_seed`, with ``num_paths`` paths). A
+        given seed is used as it is, with ``explore="tempering"`` too.
     random_seed : int or Generator, optional
     **overrides
         Any :class:`FlowMCMCConfig` field, e.g. ``n_rounds=8, fit="forward"``.
@@ -245,11 +250,16 @@ def flow_mcmc_adapt(
     Returns
     -------
     FlowMCMCAdaptation
+        With ``explore="tempering"``: one member adaptation per exploration
+        (``members``), the mode ``census`` and the explorations
+        (``tempering``); its own ``kernel`` proposes from the members' mixture.
 
     Warns
     -----
     FlowMCMCWarning
-        A dimension beyond a few hundred, or a flow with no mass where walkers are.
+        A dimension beyond a few hundred, or a flow with no mass where walkers
+        are; with ``explore="tempering"`` also explorations that disagree on
+        the modes, or one that ran out of temperatures.
 
     Examples
     --------
@@ -268,35 +278,144 @@ def flow_mcmc_adapt(
     check_density(density)
     cfg = make_config(config, overrides)
     t_start = time.perf_counter()
-    dim = int(density.dim)
     rng = np.random.default_rng(random_seed)
-    early = _dimension_warning(dim)
+    early = _dimension_warning(int(density.dim))
     grad_before = int(density.grad_evals)
-    seed, modes, found = _seed_and_modes(density, cfg, seed, rng)
-    n_modes = modes.shape[0]
-    run: dict[str, Any] = {
-        "seed": seed,
-        "modes": modes,
-        "rng": rng,
-        "n_walkers": int(cfg.chains) if cfg.chains else default_num_walkers(dim, n_modes),
-        "n_rounds": cfg.n_rounds if cfg.n_rounds is not None else default_num_rounds(dim, n_modes),
-        "grad_before": grad_before,
-    }
-    if cfg.fit == FitMethod.AUTO:
-        result = adapt_rounds(density, cfg.resolved(FitMethod.FORWARD), **run)
-        reason = reverse_kl_reason(result)
-        if reason:
-            first_fits = result.fit_infos
-            result = adapt_rounds(density, cfg.resolved(FitMethod.REVERSE), **run)
-            result = replace(result, fit_reason=reason, fit_infos=first_fits + result.fit_infos)
+    if cfg.explore == Explore.TEMPERING and seed is None:
+        result = _tempering_adapt(density, cfg, rng, grad_before)
     else:
-        result = adapt_rounds(density, cfg.resolved(cfg.fit), **run)
+        seed, modes, found = _seed_and_modes(density, cfg, seed, rng)
+        result = _adapt_fit(density, cfg, _run(density, cfg, seed, modes, rng, grad_before))
+        result = replace(result, mode_search=found)
     for message in result.warnings:
         warnings.warn(message, FlowMCMCWarning, stacklevel=2)
     return replace(
         result,
-        mode_search=found,
         warnings=early + result.warnings,
         grad_evals=int(density.grad_evals) - grad_before,
         seconds=time.perf_counter() - t_start,
     )
+
+
+def _run(
+    density: LogDensity,
+    cfg: FlowMCMCConfig,
+    seed: SeedResult,
+    modes: np.ndarray,
+    rng: np.random.Generator,
+    grad_before: int,
+    n_walkers: int | None = None,
+) -> dict[str, Any]:
+    """The keyword arguments of :func:`adapt_rounds` for one seeding."""
+    dim, n_modes = int(density.dim), int(modes.shape[0])
+    if n_walkers is None:
+        n_walkers = int(cfg.chains) if cfg.chains else default_num_walkers(dim, n_modes)
+    return {
+        "seed": seed,
+        "modes": modes,
+        "rng": rng,
+        "n_walkers": n_walkers,
+        "n_rounds": cfg.n_rounds if cfg.n_rounds is not None else default_num_rounds(dim, n_modes),
+        "grad_before": grad_before,
+    }
+
+
+def _adapt_fit(density: LogDensity, cfg: FlowMCMCConfig, run: dict[str, Any]) -> FlowMCMCAdaptation:
+    """The rounds with ``cfg.fit``; with ``"auto"``, again with reverse KL when it says so."""
+    if cfg.fit != FitMethod.AUTO:
+        return adapt_rounds(density, cfg.resolved(cfg.fit), **run)
+    result = adapt_rounds(density, cfg.resolved(FitMethod.FORWARD), **run)
+    reason = reverse_kl_reason(result)
+    if reason:
+        first_fits = result.fit_infos
+        result = adapt_rounds(density, cfg.resolved(FitMethod.REVERSE), **run)
+        result = replace(result, fit_reason=reason, fit_infos=first_fits + result.fit_infos)
+    return result
+
+
+def _member_walkers(cfg: FlowMCMCConfig, dim: int, n_modes: int) -> list[int]:
+    """Walkers of each exploration's flow: ``chains`` split evenly, or the default halved."""
+    e = cfg.explorations
+    if cfg.chains:
+        per = [cfg.chains // e + (1 if i < cfg.chains % e else 0) for i in range(e)]
+        if min(per) < 4:
+            raise ValueError(
+                f"chains={cfg.chains} split between {e} explorations leaves fewer than 4 "
+                "walkers per flow: pass more chains or fewer explorations."
+            )
+        return per
+    return [max(32, default_num_walkers(dim, n_modes) // e)] * e
+
+
+def _tempering_adapt(
+    density: LogDensity, cfg: FlowMCMCConfig, rng: np.random.Generator, grad_before: int
+) -> FlowMCMCAdaptation:
+    """``explore="tempering"``: explorations, one flow adapted per exploration, the census."""
+    dim = int(density.dim)
+    walkers = _member_walkers(cfg, dim, 1)
+    found = explore(density, cfg, rng, num_draws=max(8 * max(walkers), 1024))
+    census = found.census
+    laplace_masses(density, census)
+    if census.n_modes == 1 and all(fm.tops.shape[0] == 1 for fm in found.modes):
+        return _single_mode_adapt(density, cfg, rng, grad_before, found)
+    walkers = walkers if cfg.chains else _member_walkers(cfg, dim, census.n_modes)
+    members = []
+    for e, seed in enumerate(found.seeds):
+        run = _run(density, cfg, seed, found.modes[e].tops, child_rng(rng), grad_before,
+                   n_walkers=walkers[e])
+        members.append(_adapt_fit(density, cfg, {**run, "per_mode_steps": True}))
+    flow = members[0].kernel.flow if len(members) == 1 else MixtureFlow(
+        [m.kernel.flow for m in members])
+    flow_shares(census, flow.sample(4096, rng)[0])
+    messages = census_warnings(census, cfg.tempering_max_steps)
+    for m in members:
+        messages += [msg for msg in m.warnings if msg not in messages]
+    states = [m.state for m in members]
+    first = members[0]
+    return replace(
+        first,
+        kernel=replace(first.kernel, flow=flow),
+        state=LocalState(*(np.concatenate([getattr(s, f) for s in states]) for f in
+                           LocalState._fields)),
+        modes=census.tops,
+        history=first.history,
+        warnings=messages,
+        fit_infos=[f for m in members for f in m.fit_infos],
+        restarted_walkers=sum(m.restarted_walkers for m in members),
+        census=census,
+        members=members,
+        tempering=found,
+    )
+
+
+def _single_mode_adapt(
+    density: LogDensity,
+    cfg: FlowMCMCConfig,
+    rng: np.random.Generator,
+    grad_before: int,
+    found: TemperingResult,
+) -> FlowMCMCAdaptation:
+    """Every exploration found one mode: adapt one flow from the climbs' seeding.
+
+    With a single mode, finding modes is not the question, its shape is. The
+    tempering's MALA moves never enter a funnel's neck (on Neal's funnel in 10-D
+    its walkers had v sd 1.2-1.4 instead of 3), while Pathfinder's paths run
+    down it and ``fit="auto"`` then switches to reverse KL (see
+    :func:`reverse_kl_reason`). So the flow is adapted as with
+    ``explore="climbs"``; the census is kept, and the climbs' search finding
+    more modes than the explorations is a warning.
+    """
+    census = found.census
+    seed, modes, search = _seed_and_modes(density, cfg, None, rng)
+    result = _adapt_fit(density, cfg, _run(density, cfg, seed, modes, rng, grad_before))
+    flow_shares(census, result.kernel.flow.sample(4096, rng)[0])
+    messages = census_warnings(census, cfg.tempering_max_steps)
+    if modes.shape[0] > 1:
+        messages.append(
+            f"The tempering explorations found one mode, but Pathfinder's paths and the mode "
+            f"search found {modes.shape[0]}: the explorations missed modes. What to try: more "
+            "tempering walkers (tempering_walkers), smaller temperature steps (tempering_ess "
+            "closer to 1), or another reference_scale."
+        )
+    return replace(result, mode_search=search, census=census, tempering=found,
+                   warnings=messages + result.warnings)

@@ -16,7 +16,14 @@ import numpy as np
 
 from pymc_ext.blocks.torch_settings import torch_dtype
 
-__all__ = ["FitMethod", "FlowMCMCConfig", "LocalKernel", "MetricKind", "make_config"]
+__all__ = [
+    "Explore",
+    "FitMethod",
+    "FlowMCMCConfig",
+    "LocalKernel",
+    "MetricKind",
+    "make_config",
+]
 
 
 class LocalKernel(StrEnum):
@@ -42,6 +49,18 @@ class FitMethod(StrEnum):
     REVERSE = "reverse"
 
 
+class Explore(StrEnum):
+    """How the modes are found before the flow is fitted (see :class:`FlowMCMCConfig` ``explore``).
+    """
+
+    CLIMBS = "climbs"
+    TEMPERING = "tempering"
+
+
+_EXPLORE_HELP = (
+    "explore must be 'climbs' (Pathfinder paths and L-BFGS climbs from overdispersed starts) "
+    "or 'tempering' (populations tempered from a broad reference to the posterior), got {!r}."
+)
 _FIT_HELP = (
     "fit must be 'auto' (forward, switching to reverse when the forward flow misses "
     "part of a single-mode posterior), 'forward' (maximum likelihood on walker "
@@ -57,6 +76,7 @@ _METRIC_HELP = (
 _COUNTS = (
     "draws", "chains", "n_rounds", "local_steps", "adapt_local_steps", "global_steps",
     "first_train_steps", "train_steps", "buffer_rounds", "num_paths", "thin",
+    "tempering_moves", "tempering_reference_moves",
 )
 
 
@@ -144,6 +164,41 @@ class FlowMCMCConfig:
         ``sample_stats.attrs["grad_evals"]``.
     init_scale : float
         Half-width of the uniform jitter of the Pathfinder starts.
+    explore : {"climbs", "tempering"}
+        How the modes are found before the flow is fitted. ``"climbs"``
+        (default): Pathfinder paths and ``search_climbs`` L-BFGS climbs from
+        overdispersed starts; a mode whose basin no climb reaches is missed,
+        silently. ``"tempering"``: ``explorations`` independent populations
+        of ``tempering_walkers`` walkers, each tempered from a broad reference
+        to the posterior (adaptive SMC, :mod:`pymc_ext.flow_sampler.tempering`)
+        with every mode kept populated; each seeds and trains its own flow,
+        the production chains are split between the flows, and a mode census
+        (``sample_stats.attrs["mode_census"]``) records every mode, with
+        warnings where the explorations disagree.
+    explorations : int
+        Independent tempering explorations (at least 2 for the disagreement
+        checks; 1 allowed).
+    tempering_walkers : int
+        Walkers per exploration.
+    tempering_ess : float
+        Conditional ESS fraction kept at each temperature step (in (0, 1)):
+        closer to 1 means more, smaller steps.
+    tempering_moves, tempering_reference_moves : int
+        MALA moves, and independence proposals from the reference, per
+        temperature.
+    tempering_max_steps : int
+        Budget of temperatures per exploration; past it the last step jumps
+        to ``beta = 1`` and a warning says so.
+    reference_scale : float, optional
+        Standard deviation (per unconstrained coordinate) of the reference's
+        broad Gaussian around the initial point (default ``2.5 * init_scale``,
+        i.e. 5).
+    reference : {"broad", "pathfinder"}
+        The tempering reference ``q0``: the broad Gaussian alone (default), or
+        half of it and half Gaussians at ``num_paths`` Pathfinder path
+        centres, three times their spread (for a posterior far from the
+        initial point or much narrower than ``reference_scale``; on a 2-D
+        mixture it made the explorations' mode weights noisier).
     flow_kwargs : dict, optional
         Passed to :func:`pymc_ext.flows.build_flow` (``kind``, ``transforms``,
         ``hidden_features``, ``bins``).
@@ -209,6 +264,15 @@ class FlowMCMCConfig:
     num_paths: int = 16
     search_climbs: int = 128
     init_scale: float = 2.0
+    explore: Explore = Explore.CLIMBS
+    explorations: int = 2
+    tempering_walkers: int = 1024
+    tempering_ess: float = 0.9
+    tempering_moves: int = 10
+    tempering_reference_moves: int = 2
+    tempering_max_steps: int = 100
+    reference_scale: float | None = None
+    reference: str = "broad"
     flow_kwargs: dict[str, Any] | None = None
     learning_rate: float | None = None
     snapshots_per_round: int = 10
@@ -233,10 +297,27 @@ class FlowMCMCConfig:
         ))
         set_(self, "metric", _enum(MetricKind, self.metric, _METRIC_HELP))
         set_(self, "fit", _enum(FitMethod, self.fit, _FIT_HELP))
+        set_(self, "explore", _enum(Explore, self.explore, _EXPLORE_HELP))
         set_(self, "flow_kwargs", None if self.flow_kwargs is None else dict(self.flow_kwargs))
         self._check_ranges()
 
+    def _check_tempering(self) -> None:
+        if not isinstance(self.explorations, int | np.integer) or self.explorations < 1:
+            raise ValueError(f"explorations must be a positive integer, got {self.explorations!r}.")
+        if self.tempering_walkers < 8:
+            raise ValueError(f"tempering_walkers must be at least 8, got {self.tempering_walkers}.")
+        if not 0.0 < self.tempering_ess < 1.0:
+            raise ValueError(f"tempering_ess must be in (0, 1), got {self.tempering_ess!r}.")
+        if self.tempering_max_steps < 1:
+            raise ValueError(
+                f"tempering_max_steps must be at least 1, got {self.tempering_max_steps!r}.")
+        if self.reference not in ("broad", "pathfinder"):
+            raise ValueError(f"reference must be 'broad' or 'pathfinder', got {self.reference!r}.")
+        if self.reference_scale is not None and not self.reference_scale > 0:
+            raise ValueError(f"reference_scale must be positive, got {self.reference_scale!r}.")
+
     def _check_ranges(self) -> None:
+        self._check_tempering()
         rs = self.reverse_steps
         if rs is not None and (not isinstance(rs, int | np.integer) or rs < 1):
             raise ValueError(f"reverse_steps must be a positive integer, got {rs!r}.")

@@ -21,7 +21,9 @@ import xarray as xr
 from pymc_ext.blocks.progress import ProgressBar
 from pymc_ext.density import LogDensity
 from pymc_ext.flow_sampler.adaptation import default_num_draws, flow_mcmc_adapt
+from pymc_ext.flow_sampler.census import flow_shares, production_shares
 from pymc_ext.flow_sampler.config import FlowMCMCConfig, make_config
+from pymc_ext.flow_sampler.disagreement import census_warnings, population_warnings
 from pymc_ext.flow_sampler.kernel import (
     FlowMCMCInfo,
     FlowMCMCState,
@@ -153,6 +155,68 @@ def _production(
     return out, stats, tally
 
 
+def _all_production(
+    density: LogDensity,
+    adaptation: FlowMCMCAdaptation,
+    cfg: FlowMCMCConfig,
+    draws: int,
+    rng: np.random.Generator,
+    callback: Callback | None,
+) -> tuple[np.ndarray, dict[str, np.ndarray], _Tally, np.ndarray]:
+    """Production with each exploration's own flow (chains split between them), or the one.
+
+    Returns the draws, the statistics, the tally and, per chain, the index of
+    the exploration whose flow it used."""
+    if not adaptation.members:
+        out, stats, tally = _production(density, adaptation, cfg, draws, rng, callback)
+        return out, stats, tally, np.zeros(out.shape[0], dtype=np.int64)
+    outs, stats_list, tally = [], [], _Tally()
+    for member in adaptation.members:
+        out, stats, t = _production(density, member, cfg, draws, rng, callback)
+        outs.append(out)
+        stats_list.append(stats)
+        tally.hops += t.hops
+        tally.hops_flow += t.hops_flow
+        w = out.shape[0]
+        tally.global_sum += t.global_acceptance * w
+        tally.local_sum += t.local_acceptance * w
+        tally.n_iter += w
+        tally.seconds += t.seconds
+    groups = np.concatenate([np.full(o.shape[0], e) for e, o in enumerate(outs)])
+    stats = {k: np.concatenate([s[k] for s in stats_list]) for k in stats_list[0]}
+    return np.concatenate(outs), stats, tally, groups
+
+
+def _census_warnings(
+    adaptation: FlowMCMCAdaptation, out: np.ndarray, groups: np.ndarray
+) -> list[str]:
+    """Production weights per mode and per exploration; what disagrees (issued now)."""
+    census = adaptation.census
+    if census is None:
+        return []
+    production_shares(census, out, groups)
+    flow_shares(census)
+    messages = census_warnings(census, stage="production")
+    messages += population_warnings(census, adaptation.tempering.explorations,
+                                    out.reshape(-1, out.shape[-1]))
+    for message in messages:
+        warnings.warn(message, FlowMCMCWarning, stacklevel=3)
+    return messages
+
+
+def _census_attrs(adaptation: FlowMCMCAdaptation, groups: np.ndarray) -> dict[str, Any]:
+    census = adaptation.census
+    return {
+        "explore": "tempering",
+        "mode_census": census.to_json(),
+        "log_evidence": float(census.log_evidence),
+        "log_evidence_se": float(census.log_evidence_se),
+        "chain_exploration": [int(g) for g in groups],
+        "tempering_temperatures": [int(t) for t in census.temperatures],
+        "n_modes": int(census.n_modes),
+    }
+
+
 def _low_acceptance_warning(global_acc: float, threshold: float) -> list[str]:
     if global_acc >= threshold:
         return []
@@ -255,12 +319,30 @@ def flow_mcmc(
         ``diverging`` and ``mode``, and the run's figures as attributes
         (``global_acceptance``, ``mode_hops``, ``grad_evals``, ``n_modes``,
         ``fit``, ``fit_reason``, warnings, ...); ``flow_adaptation``: the rounds.
+        With ``explore="tempering"`` also ``mode_census`` (JSON of a
+        :class:`~pymc_ext.flow_sampler.census.ModeCensus`: each mode's
+        location, weight with its Monte Carlo error, weight per exploration,
+        the ``beta`` at which it was first seen, the flow's share and whether
+        the flow covers it), ``log_evidence`` and ``log_evidence_se``, and
+        ``chain_exploration`` (which exploration's flow each chain used).
+
+    Notes
+    -----
+    ``explore="tempering"`` finds the modes by tempering instead of by
+    L-BFGS climbs: ``explorations`` (default 2) independent populations are
+    tempered from a broad Gaussian to the posterior (adaptive SMC, every
+    mode of ``pi_beta`` kept populated), each trains its own flow, and the
+    production chains are split between the flows, so R-hat sees it when
+    they disagree.
 
     Warns
     -----
     FlowMCMCWarning
         Low global acceptance, a dimension beyond a few hundred, or a flow with
-        no mass near a mode the walkers found. Each says what to try.
+        no mass near a mode the walkers found. With ``explore="tempering"``
+        also: the explorations disagree on the modes or on a mode's weight,
+        an exploration ran out of temperatures, or the flow puts much less
+        mass on a mode than its weight. Each says what to try.
 
     Examples
     --------
@@ -292,20 +374,24 @@ def flow_mcmc(
     if adaptation is None:
         adaptation = flow_mcmc_adapt(density, cfg, random_seed=rng)
     grad_adapt = int(density.grad_evals) - grad_before
-    out, stats, tally = _production(density, adaptation, cfg, draws, rng, callback)
+    out, stats, tally, groups = _all_production(density, adaptation, cfg, draws, rng, callback)
     warn_list = list(adaptation.warnings)
     warn_list += _low_acceptance_warning(tally.global_acceptance, cfg.min_global_acceptance)
+    warn_list += _census_warnings(adaptation, out, groups)
     evals = {
         "total": int(density.grad_evals) - grad_before,
         "adaptation": grad_adapt,
         "logp": int(density.logp_evals) - logp_before,
     }
     history = adaptation.history
+    attrs = _sample_stats_attrs(adaptation, tally, stats, evals, warn_list)
+    if adaptation.census is not None:
+        attrs.update(_census_attrs(adaptation, groups))
     return to_datatree(
         density,
         out,
         sample_stats=stats,
-        sample_stats_attrs=_sample_stats_attrs(adaptation, tally, stats, evals, warn_list),
+        sample_stats_attrs=attrs,
         attrs={"sampler": "pymc_ext.flow_mcmc"},
         extra_groups={"flow_adaptation": {k: history[k] for k in HISTORY_KEYS}},
     )

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from pymc_ext.flow_sampler.census import ModeCensus
 from pymc_ext.flow_sampler.config import FitMethod
 from pymc_ext.flow_sampler.kernel import FlowMCMCKernel
 from pymc_ext.flow_sampler.kernels import LocalState
@@ -72,6 +73,18 @@ class FlowMCMCAdaptation:
     mode_search : ModeSearch or None
         What the multi-start climbs (``search_climbs``) found beyond the
         Pathfinder paths (None when none ran).
+    census : ModeCensus or None
+        With ``explore="tempering"``: every mode the explorations found, their
+        weights, when each was first seen, the log evidence
+        (:class:`~pymc_ext.flow_sampler.census.ModeCensus`).
+    members : list of FlowMCMCAdaptation
+        With ``explore="tempering"``: one adaptation (flow, walkers) per
+        exploration. ``flow_mcmc`` splits its production chains between them;
+        this adaptation's own ``kernel`` proposes from their equal mixture
+        (what ``FlowMC`` uses), and its ``state`` holds all their walkers.
+    tempering : object
+        The :class:`~pymc_ext.flow_sampler.exploration.TemperingResult` (the
+        explorations themselves), or None.
 
     Examples
     --------
@@ -103,6 +116,9 @@ class FlowMCMCAdaptation:
     fit: FitMethod = FitMethod.FORWARD
     fit_reason: str = ""
     mode_search: ModeSearch | None = None
+    census: ModeCensus | None = None
+    members: list[FlowMCMCAdaptation] = field(default_factory=list)
+    tempering: Any = None
 
     def labels(self, X: np.ndarray) -> np.ndarray:
         """Index of the nearest mode for each row of ``X``."""

@@ -48,6 +48,7 @@ class SeedMethod(StrEnum):
 
     MULTIPATH_PATHFINDER = "multipath_pathfinder"
     LBFGS_LAPLACE = "lbfgs_laplace"
+    TEMPERING = "tempering"
 
 
 @dataclass
@@ -72,8 +73,10 @@ class SeedResult:
     grad_evals : int
         Gradient evaluations spent.
     method : str
-        A :class:`SeedMethod`: ``"multipath_pathfinder"`` or ``"lbfgs_laplace"``
-        (the fallback).
+        A :class:`SeedMethod`: ``"multipath_pathfinder"``, ``"lbfgs_laplace"``
+        (the fallback) or ``"tempering"`` (a tempering exploration's walkers,
+        :mod:`pymc_ext.flow_sampler.exploration`; then ``centers`` are its modes
+        and ``path_index`` says which mode each draw is in).
     pathfinder : object
         The PathfinderResult, when Pathfinder ran.
     pareto_k : float

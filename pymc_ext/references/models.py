@@ -1,7 +1,11 @@
-"""Built-in example models: the eight reference posteriors written as PyMC models.
+"""Built-in example models: the reference posteriors written as PyMC models.
 
-Each builder takes the data dict exactly as the posteriordb Stan program
-reads it (``data.json``) and returns a ``pm.Model`` whose variable names
+:func:`reference_model` is the one entry point. The models live here and, by
+family, in :mod:`~pymc_ext.references.regressions` (the 24 linear
+regressions), :mod:`~pymc_ext.references.hmm` (the hidden Markov model) and
+:mod:`~pymc_ext.references.ode` (Lotka-Volterra). Each builder takes the
+data dict exactly as the posteriordb Stan program reads it (``data.json``)
+and returns a ``pm.Model`` whose variable names
 match the reference draws (``beta[1]`` is element 0 of ``beta``).
 :func:`eight_schools` carries its data, so the demo needs no files.
 """
@@ -9,13 +13,24 @@ match the reference draws (``beta[1]`` is element 0 of ``beta``).
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
 
-__all__ = ["eight_schools", "reference_model", "MODEL_BUILDERS", "EIGHT_SCHOOLS_DATA"]
+from pymc_ext.references.hmm import hmm_drive_model
+from pymc_ext.references.ode import lotka_volterra_model
+from pymc_ext.references.regressions import REGRESSIONS, regression_model
+
+__all__ = [
+    "eight_schools",
+    "reference_model",
+    "MODEL_BUILDERS",
+    "PYMC_REFERENCE_NAMES",
+    "EIGHT_SCHOOLS_DATA",
+]
 
 EIGHT_SCHOOLS_DATA = {
     "J": 8,
@@ -47,26 +62,6 @@ def eight_schools(data: dict[str, Any] | None = None) -> pm.Model:
         tau = pm.HalfCauchy("tau", 5.0)
         theta = pm.Deterministic("theta", mu + tau * theta_trans, dims="school")
         pm.Normal("y", theta, np.asarray(data["sigma"], float), observed=data["y"], dims="school")
-    return model
-
-
-def _kidiq(data: dict[str, Any]) -> pm.Model:
-    mom_iq = np.asarray(data["mom_iq"], float)
-    with pm.Model(coords={"coef": ["intercept", "mom_iq"]}) as model:
-        beta = pm.Flat("beta", dims="coef")
-        sigma = pm.HalfCauchy("sigma", 2.5)
-        pm.Normal("kid_score", beta[0] + beta[1] * mom_iq, sigma, observed=data["kid_score"])
-    return model
-
-
-def _earnings(data: dict[str, Any]) -> pm.Model:
-    height = np.asarray(data["height"], float)
-    male = np.asarray(data["male"], float)
-    with pm.Model(coords={"coef": ["intercept", "height", "male", "height:male"]}) as model:
-        beta = pm.Flat("beta", dims="coef")
-        sigma = pm.HalfFlat("sigma")
-        mu = beta[0] + beta[1] * height + beta[2] * male + beta[3] * height * male
-        pm.Normal("log_earn", mu, sigma, observed=np.log(np.asarray(data["earn"], float)))
     return model
 
 
@@ -115,26 +110,6 @@ def _low_dim_gauss_mix(data: dict[str, Any]) -> pm.Model:
     return model
 
 
-def _mesquite(data: dict[str, Any]) -> pm.Model:
-    d = {k: np.asarray(v, float) for k, v in data.items() if k != "N"}
-    X = np.column_stack(
-        [
-            np.ones_like(d["weight"]),
-            np.log(d["diam1"] * d["diam2"] * d["canopy_height"]),
-            np.log(d["diam1"] * d["diam2"]),
-            np.log(d["diam1"] / d["diam2"]),
-            np.log(d["total_height"]),
-            np.log(d["density"]),
-            d["group"],
-        ]
-    )
-    with pm.Model(coords={"coef": np.arange(1, 8)}) as model:
-        beta = pm.Flat("beta", dims="coef")
-        sigma = pm.HalfFlat("sigma")
-        pm.Normal("log_weight", pt.dot(X, beta), sigma, observed=np.log(d["weight"]))
-    return model
-
-
 def _blr(data: dict[str, Any]) -> pm.Model:
     X = np.asarray(data["X"], float)
     with pm.Model(coords={"coef": np.arange(1, int(data["D"]) + 1)}) as model:
@@ -144,16 +119,26 @@ def _blr(data: dict[str, Any]) -> pm.Model:
     return model
 
 
+_REGRESSION_BUILDERS = {name: partial(regression_model, name) for name in REGRESSIONS}
+
 MODEL_BUILDERS: dict[str, Callable[[dict[str, Any]], pm.Model]] = {
+    # the first eight reference posteriors, in the order of REFERENCE_NAMES
     "eight_schools-eight_schools_noncentered": eight_schools,
-    "kidiq-kidscore_momiq": _kidiq,
-    "earnings-logearn_interaction": _earnings,
+    "kidiq-kidscore_momiq": _REGRESSION_BUILDERS["kidiq-kidscore_momiq"],
+    "earnings-logearn_interaction": _REGRESSION_BUILDERS["earnings-logearn_interaction"],
     "arK-arK": _ark,
     "gp_pois_regr-gp_pois_regr": _gp_pois_regr,
     "low_dim_gauss_mix-low_dim_gauss_mix": _low_dim_gauss_mix,
-    "mesquite-logmesquite_logvas": _mesquite,
+    "mesquite-logmesquite_logvas": _REGRESSION_BUILDERS["mesquite-logmesquite_logvas"],
     "sblrc-blr": _blr,
+    # the wider set
+    **_REGRESSION_BUILDERS,
+    "bball_drive_event_1-hmm_drive_1": hmm_drive_model,
+    "hudson_lynx_hare-lotka_volterra": lotka_volterra_model,
 }
+
+#: The reference posteriors that have a PyMC version (the keys of :data:`MODEL_BUILDERS`).
+PYMC_REFERENCE_NAMES: tuple[str, ...] = tuple(MODEL_BUILDERS)
 
 
 def reference_model(name: str, data: dict[str, Any] | None = None) -> pm.Model:
@@ -176,4 +161,10 @@ def reference_model(name: str, data: dict[str, Any] | None = None) -> pm.Model:
     from pymc_ext.references.posteriors import canonical_name, load_reference_data
 
     name = canonical_name(name)
+    if name not in MODEL_BUILDERS:
+        raise KeyError(
+            f"The reference posterior {name!r} has no PyMC version (its Stan program is "
+            f"{name}/model.stan in the reference folder). These have one: "
+            f"{', '.join(PYMC_REFERENCE_NAMES)}"
+        )
     return MODEL_BUILDERS[name](data if data is not None else load_reference_data(name))

@@ -24,6 +24,7 @@ import numpy as np
 
 __all__ = [
     "REFERENCE_NAMES",
+    "ALL_REFERENCE_NAMES",
     "canonical_name",
     "reference_dir",
     "load_reference",
@@ -42,6 +43,36 @@ REFERENCE_NAMES = (
     "low_dim_gauss_mix-low_dim_gauss_mix",
     "mesquite-logmesquite_logvas",
     "sblrc-blr",
+)
+
+#: Every reference posterior in the folder: the eight above, then the 23 of the wider set
+#: (each has ``model.stan``, ``data.json`` and reference draws; see
+#: :data:`pymc_ext.references.models.PYMC_REFERENCE_NAMES` for those with a PyMC version).
+ALL_REFERENCE_NAMES = (
+    *REFERENCE_NAMES,
+    "kidiq-kidscore_momhs",
+    "kidiq-kidscore_momhsiq",
+    "kidiq-kidscore_interaction",
+    "kidiq_with_mom_work-kidscore_interaction_z",
+    "kidiq_with_mom_work-kidscore_interaction_c2",
+    "kidiq_with_mom_work-kidscore_mom_work",
+    "earnings-log10earn_height",
+    "earnings-logearn_height",
+    "earnings-logearn_height_male",
+    "earnings-logearn_logheight_male",
+    "earnings-logearn_interaction_z",
+    "mesquite-mesquite",
+    "mesquite-logmesquite",
+    "mesquite-logmesquite_logva",
+    "mesquite-logmesquite_logvolume",
+    "nes1972-nes",
+    "nes1976-nes",
+    "nes1984-nes",
+    "nes1988-nes",
+    "nes1992-nes",
+    "nes1996-nes",
+    "bball_drive_event_1-hmm_drive_1",
+    "hudson_lynx_hare-lotka_volterra",
 )
 
 
@@ -76,23 +107,33 @@ def reference_dir() -> Path:
 def canonical_name(name: str) -> str:
     """The full posteriordb name of a reference posterior, from its full or short name.
 
+    A short name is the data name before the ``-``. Where several posteriors
+    share it, it names the one among the first eight (``"kidiq"`` is
+    ``kidiq-kidscore_momiq``); a short name that is still ambiguous
+    (``"kidiq_with_mom_work"``) is an error that lists the full names.
+
     Raises
     ------
     KeyError
-        For a name that is not one of :data:`REFERENCE_NAMES` (nor its short form).
+        For a name that is not one of :data:`ALL_REFERENCE_NAMES` (nor a short form).
 
     Examples
     --------
     >>> from pymc_ext.references.posteriors import canonical_name
-    >>> canonical_name("kidiq")
-    'kidiq-kidscore_momiq'
+    >>> canonical_name("kidiq"), canonical_name("nes1996")
+    ('kidiq-kidscore_momiq', 'nes1996-nes')
     """
-    if name not in REFERENCE_NAMES:
-        short = {n.split("-")[0]: n for n in REFERENCE_NAMES}
-        if name in short:
-            return short[name]
-        raise KeyError(f"Unknown reference posterior {name!r}; known: {', '.join(REFERENCE_NAMES)}")
-    return name
+    if name in ALL_REFERENCE_NAMES:
+        return name
+    first = {n.split("-")[0]: n for n in REFERENCE_NAMES}
+    if name in first:
+        return first[name]
+    matches = [n for n in ALL_REFERENCE_NAMES if n.split("-")[0] == name]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise KeyError(f"{name!r} names several reference posteriors; give one of {matches}")
+    raise KeyError(f"Unknown reference posterior {name!r}; known: {', '.join(ALL_REFERENCE_NAMES)}")
 
 
 def load_reference_data(name: str) -> dict[str, Any]:

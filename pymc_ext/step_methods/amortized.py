@@ -103,7 +103,10 @@ class AmortizedMH(BlockedStep):
         model other than the amortizer's own, built by the same model
         function (a new dataset), gets the trained weights through
         :meth:`Amortizer.attach <pymc_ext.Amortizer.attach>`; one of another
-        structure raises ``AmortizerMismatchError`` naming what differs.
+        structure raises ``AmortizerMismatchError`` naming what differs. The
+        proposal conditions on the model's data as they are when the step is
+        made (after ``pm.set_data`` in the training model, the new values;
+        data of another shape raise ``AmortizerMismatchError``).
     proposal_batch : int
         Proposals drawn (and evaluated) per vectorised batch.
     adapt : bool or {"dense", "diag"}
@@ -211,7 +214,7 @@ class AmortizedMH(BlockedStep):
         vars = list(density.value_vars)
         self.vars = vars
         self.density = density
-        _, ctx = amortizer.prepare([amortizer.target.current_data()])
+        _, ctx = amortizer.prepare([amortizer.model_data()])
         self.proposal = AmortizedProposal(
             amortizer.flow,
             ctx[0],

@@ -130,7 +130,12 @@ class FlowMC(BlockedStep):
     model : pm.Model, optional
     **adapt_kwargs
         Passed to :func:`~pymc_ext.flow_sampler.adaptation.flow_mcmc_adapt` (``n_rounds``,
-        ``train_steps``, ``flow_kwargs``, ``num_paths``, ...).
+        ``train_steps``, ``flow_kwargs``, ``num_paths``, ...). ``explore="tempering"``
+        finds the modes by tempering (see :func:`pymc_ext.flow_mcmc`): each of the
+        ``explorations`` trains its own flow, and the flow proposal is then their equal
+        mixture (:class:`~pymc_ext.flow_sampler.exploration.MixtureFlow`; a ``pm.sample``
+        chain cannot know its index, so it cannot keep to one flow). The mode census is
+        ``step.adaptation.census``; its warnings are issued when the step is built.
 
     Attributes
     ----------
@@ -201,7 +206,9 @@ class FlowMC(BlockedStep):
             density, adaptation, walkers, random_seed, progressbar, adapt_kwargs
         )
         self.adaptation = adaptation
-        self.flow = adaptation.kernel.flow
+        # The frozen flow proposes in small blocks, which the CPU does as fast as a GPU,
+        # and pm.sample's forked chain processes cannot use a CUDA context made here.
+        self.flow = adaptation.kernel.flow.to("cpu")
         self.inverse_metric = np.asarray(adaptation.kernel.inverse_metric, dtype=float)
         self._metric = Metric(self.inverse_metric)  # diagonal or dense
         self.mala_step_size = float(adaptation.kernel.step_size)

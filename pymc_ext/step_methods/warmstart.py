@@ -8,18 +8,23 @@ What it does, per chain:
    ``mean``, ``covariance``, ``inverse_metric_diag``, ``grad_evals`` and
    ``pareto_k``; see :mod:`pymc_ext.step_methods.warmstart_init`).
 2. Each chain starts from its own Pathfinder draw, and the inverse mass
-   matrix starts from the Pathfinder covariance (diagonal by default; dense
-   or low-rank on request; see :mod:`pymc_ext.step_methods.warmstart_potential`).
+   matrix starts from the Pathfinder covariance: diagonal, dense or low-rank
+   as :func:`~pymc_ext.blocks.metric_choice.choose_metric` decides
+   (``metric="auto"``), or as asked; a warm start that is not trusted falls
+   back to a diagonal metric and a longer adaptation
+   (:mod:`pymc_ext.step_methods.warmstart_metric`).
 3. A short adaptation (``warmup`` iterations, default
    :data:`DEFAULT_WARMUP`) refines step size and mass matrix: the metric is
    re-estimated from the chain's draws at a couple of points, blended with
    the Pathfinder estimate, and dual averaging restarts after each update.
-4. When ``pm.sample``'s ``tune`` is longer than that, the remaining tuning
-   iterations do nothing at all: they return the current point, cost no
+   A chain whose adaptation has not settled extends it
+   (:mod:`pymc_ext.step_methods.warmstart_schedule`).
+4. When ``pm.sample``'s ``tune`` is longer than the adaptation, the remaining
+   tuning iterations do nothing at all: they return the current point, cost no
    gradient evaluation and are marked ``warmup_idle`` in the stats. Tuning
    draws are discarded, so this changes nothing but the cost. When the user
-   leaves ``tune`` unset, ``pm.sample`` asks the step (``default_tune_steps``)
-   and tunes for exactly ``warmup`` iterations.
+   leaves ``tune`` unset, ``pm.sample`` asks the step (``default_tune_steps``:
+   ``warmup`` plus room for the extensions, idle unless needed).
 
 The warm-start cost travels with the result: every draw carries the
 per-draw stats ``warmstart_grad_evals`` and ``warmstart_pareto_k`` (the channel
@@ -33,6 +38,7 @@ them into ``sample_stats.attrs`` (:func:`~pymc_ext.sampling.lift_warmstart_attrs
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -47,15 +53,22 @@ from pymc.step_methods.state import dataclass_state
 from pymc_ext.pymc_adapter.logdensity import PyMCLogDensity
 from pymc_ext.step_methods.pymc_internals import NUTSInternals, check_pymc_version
 from pymc_ext.step_methods.warmstart_init import (
-    AUTO_DENSE_MAX_DIM,
-    DEFAULT_WARMUP,
-    TRUSTED_PARETO_K,
     WARMSTART_PATHFINDER_DEFAULTS,
     StepLogDensity,
     WarmStart,
+    check_covers_model,
+    check_step_arguments,
     run_warmstart,
+    value_var_slices,
+)
+from pymc_ext.step_methods.warmstart_metric import (
+    MAX_WARMUP_EXTENSIONS,
+    initial_covariance,
+    plan_warmstart_nuts,
+    starting_points,
 )
 from pymc_ext.step_methods.warmstart_potential import WarmStartPotential
+from pymc_ext.step_methods.warmstart_schedule import MIN_EXTENSION, AdaptationSchedule
 
 __all__ = [
     "WarmStartNUTS",
@@ -66,38 +79,7 @@ __all__ = [
 #: The per-draw statistics that carry the warm start's figures (constant over draws).
 WARMSTART_STATS = ("warmstart_grad_evals", "warmstart_pareto_k")
 
-_METRICS = ("auto", "diag", "dense", "lowrank")
-
-
-def _trusted(pareto_k: float) -> bool:
-    return bool(not np.isnan(pareto_k) and pareto_k <= TRUSTED_PARETO_K)
-
-
-def _default_prior_weight(pareto_k: float) -> float:
-    """Weight (in draws) of the warm-start covariance against the chain's draws."""
-    if not np.isfinite(pareto_k) and pareto_k < 0:  # exact approximation
-        return 50.0
-    if pareto_k <= 0.5:
-        return 50.0
-    if pareto_k <= TRUSTED_PARETO_K:
-        return 20.0
-    return 5.0
-
-
-def _check_arguments(
-    metric: str, warmup: int | None, metric_windows: tuple[float, ...], nuts_kwargs: Mapping
-) -> None:
-    if "potential" in nuts_kwargs or "scaling" in nuts_kwargs:
-        raise ValueError(
-            "WarmStartNUTS sets the mass matrix from the warm start; do not pass "
-            "`potential` or `scaling` (use pm.NUTS for that)."
-        )
-    if metric not in _METRICS:
-        raise ValueError(f"metric must be 'auto', 'diag', 'dense' or 'lowrank'; got {metric!r}.")
-    if warmup is not None and int(warmup) < 0:
-        raise ValueError(f"warmup must be >= 0; got {warmup}.")
-    if any(not 0 < f < 1 for f in metric_windows):
-        raise ValueError(f"metric_windows must be fractions in (0, 1); got {metric_windows}.")
+_log = logging.getLogger("pymc_ext")
 
 
 def _warn_lift_attrs() -> None:
@@ -108,46 +90,6 @@ def _warn_lift_attrs() -> None:
         DeprecationWarning,
         stacklevel=3,
     )
-
-
-def _value_var_slices(model: Any, ip: Mapping[str, Any]) -> dict[str, slice]:
-    """``value variable name -> slice`` in model.value_vars order (log_density's ordering)."""
-    out, start = {}, 0
-    for v in model.value_vars:
-        size = int(np.prod(np.shape(ip[v.name]), dtype=int))
-        out[v.name] = slice(start, start + size)
-        start += size
-    return out
-
-
-def _check_covers_model(names: list[str], model_slices: Mapping[str, slice]) -> None:
-    """The step must cover the whole (continuous) model: Pathfinder fits all of it."""
-    if sorted(names) != sorted(model_slices) or any(n not in model_slices for n in names):
-        raise ValueError(
-            "WarmStartNUTS samples all free variables of the model together (Pathfinder "
-            f"fits the joint density); it was given {names} of {sorted(model_slices)}. "
-            "Models with discrete variables are not supported."
-        )
-
-
-def _starting_points(ws: WarmStart, perm: np.ndarray, random_seed: Any) -> np.ndarray:
-    """The warm start's distinct finite draws (step ordering), shuffled reproducibly."""
-    draws = np.asarray(ws.draws, dtype=float)[:, perm]
-    draws = draws[np.all(np.isfinite(draws), axis=1)]
-    if draws.shape[0] == 0:
-        raise ValueError("The warm start gave no finite draws to start chains from.")
-    uniq = np.unique(draws, axis=0)
-    rng = np.random.default_rng(random_seed)
-    return uniq[rng.permutation(uniq.shape[0])]
-
-
-def _initial_covariance(ws: WarmStart, perm: np.ndarray, metric: str) -> np.ndarray:
-    """The warm start's covariance on the step's ordering (its diagonal for ``diag``)."""
-    cov = np.asarray(ws.covariance, dtype=float)[np.ix_(perm, perm)]
-    if metric == "diag":
-        diag = np.asarray(ws.inverse_metric_diag, dtype=float)[perm]
-        cov = np.diag(np.where(np.isfinite(diag) & (diag > 0), diag, np.diag(cov)))
-    return cov
 
 
 # ---------------------------------------------------------------------------
@@ -165,9 +107,14 @@ class WarmStartNUTSState(NUTSState):
     _chain_start: np.ndarray | None
     _last_logp: float
     _window_ends: list
+    _restart_ends: list
+    _chain_adapt: int
+    _extensions: int
+    _settle_factor: float
+    _pending_warning: Any
 
 
-class WarmStartNUTS(NUTS):
+class WarmStartNUTS(AdaptationSchedule, NUTS):
     """NUTS started from Pathfinder draws, with the Pathfinder covariance as mass matrix.
 
     Use it as ``pm.sample(step=WarmStartNUTS())`` inside a model context.
@@ -185,15 +132,20 @@ class WarmStartNUTS(NUTS):
         unconstrained space, for example a
         :class:`~pymc_ext.vi.result.PathfinderResult`) is used as is.
     metric : {"auto", "diag", "dense", "lowrank"}
-        Mass-matrix structure. ``auto`` (default): ``dense`` up to
-        :data:`AUTO_DENSE_MAX_DIM` parameters, ``lowrank`` above. ``diag`` is
-        the cheapest and what PyMC uses; ``dense`` pays off on correlated
-        posteriors (regressions, time series); ``lowrank`` keeps the ``rank``
-        directions whose variance differs most from the diagonal.
+        Mass-matrix structure. ``auto`` (default): chosen from the warm
+        start's covariance and Pareto k by
+        :func:`~pymc_ext.blocks.metric_choice.choose_metric` (diagonal for a
+        well-conditioned correlation matrix, dense up to 50 parameters, low
+        rank above; diagonal, with a longer adaptation, when the warm start
+        is not trusted). ``diag`` is the cheapest and what PyMC uses;
+        ``dense`` pays off on correlated posteriors (regressions, time
+        series); ``lowrank`` keeps the ``rank`` directions whose variance
+        differs most from the diagonal.
     warmup : int, optional
         Adaptation iterations after the warm start (default
-        :data:`DEFAULT_WARMUP`). Also the ``tune`` that ``pm.sample`` uses
-        when it is not given. Tuning iterations beyond it are free no-ops.
+        :data:`DEFAULT_WARMUP`, or ``FALLBACK_WARMUP`` when the warm start
+        is not trusted). Tuning iterations beyond the adaptation are free
+        no-ops.
     metric_windows : sequence of float
         Fractions of ``warmup`` at which the metric is re-estimated from the
         chain's draws, each followed by a dual-averaging restart. The draws
@@ -238,6 +190,14 @@ class WarmStartNUTS(NUTS):
         The warm-start result (Pathfinder's, with per-path diagnostics).
     warmstart_grad_evals : int
     warmstart_pareto_k : float
+    metric : str
+        The metric used: ``"diag"``, ``"dense"`` or ``"lowrank"``.
+    metric_reason : str
+        Why (the rule's sentence; on a fallback, also the fallback).
+    metric_choice : MetricChoice
+        The choice with the statistics it used.
+    warmstart_fallback : bool
+        Whether the warm start was not trusted.
 
     Notes
     -----
@@ -267,8 +227,10 @@ class WarmStartNUTS(NUTS):
     >>> idata = lift_warmstart_attrs(idata)  # what pymc_ext.sample does
     >>> idata.sample_stats.attrs["warmstart_grad_evals"] == step.warmstart_grad_evals
     True
-    >>> int(idata.posterior.attrs["tuning_steps"]) == step.warmup
+    >>> int(idata.posterior.attrs["tuning_steps"]) == step.default_tune_steps  # room to extend
     True
+    >>> step.metric, int(idata.sample_stats["warmup_extensions"].max())
+    ('diag', 0)
     """
 
     name = "warmstart_nuts"
@@ -277,6 +239,8 @@ class WarmStartNUTS(NUTS):
     stats_dtypes_shapes = {
         **NUTS.stats_dtypes_shapes,
         "warmup_idle": (bool, []),
+        "warmup_extensions": (np.int64, []),
+        "warmup_settle_factor": (np.float64, []),
         "warmstart_grad_evals": (np.int64, []),
         "warmstart_pareto_k": (np.float64, []),
     }
@@ -302,7 +266,7 @@ class WarmStartNUTS(NUTS):
         progressbar: bool = False,
         **nuts_kwargs: Any,
     ) -> None:
-        _check_arguments(metric, warmup, metric_windows, nuts_kwargs)
+        check_step_arguments(metric, warmup, metric_windows, nuts_kwargs)
         check_pymc_version()  # before compiling anything: the internals used below
         if lift_attrs is not None:
             _warn_lift_attrs()
@@ -311,8 +275,8 @@ class WarmStartNUTS(NUTS):
         names = [v.name for v in value_vars]
         if initial_point is None:
             initial_point = model.initial_point()  # computed once, also given to NUTS
-        model_slices = _value_var_slices(model, initial_point)
-        _check_covers_model(names, model_slices)
+        model_slices = value_var_slices(model, initial_point)
+        check_covers_model(names, model_slices)
         n = sum(s.stop - s.start for s in model_slices.values())
 
         # NUTS first, with a placeholder metric: this compiles the model's logp and
@@ -336,27 +300,88 @@ class WarmStartNUTS(NUTS):
                 init_kwargs.setdefault(key, value)
             init_kwargs.setdefault("progressbar", progressbar)
         ws = run_warmstart(density, init, random_seed=random_seed, **init_kwargs)
-        self._record_warmstart(ws, time.perf_counter() - t0, prior_weight)
+        self._record_warmstart(ws, time.perf_counter() - t0)
 
-        if metric == "auto":
-            metric = "dense" if n <= AUTO_DENSE_MAX_DIM else "lowrank"
-        self._init_points = _starting_points(ws, perm, random_seed)
-        potential = WarmStartPotential(
-            _initial_covariance(ws, perm, metric),
-            kind=metric,
-            prior_weight=self.prior_weight,
+        plan = plan_warmstart_nuts(
+            ws,
+            initial_covariance(ws, perm, "dense"),
+            metric=metric,
             rank=rank,
+            warmup=warmup,
+            prior_weight=prior_weight,
+        )
+        self._record_plan(plan)
+        x0 = np.concatenate(
+            [np.asarray(initial_point[k], dtype=float).ravel() for k in names] or [np.zeros(0)]
+        )
+        self._init_points = starting_points(ws, perm, random_seed, x0)
+        potential = WarmStartPotential(
+            initial_covariance(ws, perm, plan.metric),
+            kind=plan.metric,
+            prior_weight=plan.prior_weight,
+            rank=plan.rank,
             use_grads=use_grads,
             rng=self.rng.spawn(1)[0],
         )
         self._pymc.replace_potential(potential)
-        self.metric = metric
         self.metric_windows = tuple(float(f) for f in metric_windows)
-        self.warmup = DEFAULT_WARMUP if warmup is None else int(warmup)
-        self.default_tune_steps = self.warmup
+        #: Adaptation iterations a chain adds when its warmup has not settled.
+        self.extension = max(self.warmup, MIN_EXTENSION)
+        self.default_tune_steps = self.warmup + MAX_WARMUP_EXTENSIONS * self.extension
         self._reset_chain(self.warmup)
         self._chain_start = None
         self._last_logp = np.nan
+
+    def _record_plan(self, plan: Any) -> None:
+        self.warmstart_plan = plan
+        self.metric = plan.metric
+        self.metric_reason = plan.reason
+        self.metric_choice = plan.choice
+        self.warmstart_fallback = plan.fallback
+        self.warmstart_trusted = plan.choice.trusted
+        self.prior_weight = plan.prior_weight
+        self.warmup = plan.warmup
+        if plan.fallback:
+            _log.info("WarmStartNUTS: %s.", plan.reason)
+            k = plan.choice.pareto_k
+            if not (np.isfinite(k) and k > 0.7):  # failed paths / a broken covariance
+                warnings.warn(
+                    f"The warm start is not usable ({plan.choice.reason}); NUTS adapts a "
+                    f"diagonal metric over {plan.warmup} iterations instead. Check the model "
+                    "at its initial point (model.debug()), look at step.warmstart.summary(), "
+                    "or pass init_kwargs={'num_paths': 8}.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+
+    def warmstart_attrs(self) -> dict[str, Any]:
+        """The warm start's figures and choices, for ``sample_stats.attrs``.
+
+        Returns
+        -------
+        dict
+            ``warmstart_grad_evals``, ``warmstart_pareto_k``, ``warmstart_metric``,
+            ``warmstart_metric_reason``, ``warmstart_fallback`` and
+            ``warmstart_warmup``.
+
+        Examples
+        --------
+        >>> import pymc as pm
+        >>> from pymc_ext.step_methods.warmstart import WarmStartNUTS
+        >>> with pm.Model():
+        ...     x = pm.Normal("x", 0, 1)
+        ...     step = WarmStartNUTS(random_seed=1)
+        >>> step.warmstart_attrs()["warmstart_metric"]
+        'diag'
+        """
+        return {
+            "warmstart_grad_evals": int(self.warmstart_grad_evals),
+            "warmstart_pareto_k": float(self.warmstart_pareto_k),
+            "warmstart_metric": str(self.metric),
+            "warmstart_metric_reason": str(self.metric_reason),
+            "warmstart_fallback": int(self.warmstart_fallback),
+            "warmstart_warmup": int(self.warmup),
+        }
 
     @property
     def _pymc(self) -> NUTSInternals:
@@ -385,28 +410,11 @@ class WarmStartNUTS(NUTS):
             return density, density.slices
         return density, model_slices  # any other density: log_density's ordering
 
-    def _record_warmstart(self, ws: WarmStart, seconds: float, prior_weight: float | None) -> None:
+    def _record_warmstart(self, ws: WarmStart, seconds: float) -> None:
         self.warmstart = ws
         self.warmstart_seconds = seconds
         self.warmstart_grad_evals = int(ws.grad_evals)
         self.warmstart_pareto_k = float(ws.pareto_k)
-        self.warmstart_trusted = _trusted(self.warmstart_pareto_k)
-        if prior_weight is None:
-            prior_weight = _default_prior_weight(self.warmstart_pareto_k)
-        self.prior_weight = float(prior_weight)
-
-    # -- schedule -------------------------------------------------------------
-    def _schedule(self, n_adapt: int) -> list[int]:
-        """Iterations (0-based) after which the metric is re-estimated."""
-        ends = sorted({int(round(f * n_adapt)) for f in self.metric_windows})
-        return [e for e in ends if 10 <= e < n_adapt - 10]
-
-    def _reset_chain(self, tune: int) -> None:
-        self._chain_tune = int(tune)
-        self._chain_iter = 0
-        self._warm_iter = 0
-        self._start_pending = True
-        self._window_ends = self._schedule(min(self.warmup, int(tune)))
 
     # -- chain set-up ---------------------------------------------------------------
     def setup_chain(self, rng: Any, tune: int, draws: int) -> None:
@@ -446,8 +454,7 @@ class WarmStartNUTS(NUTS):
                 )
         in_tuning = self.tune and self._chain_iter < self._chain_tune
         self._chain_iter += 1
-        n_adapt = min(self.warmup, self._chain_tune)
-        if in_tuning and self._warm_iter >= n_adapt:
+        if in_tuning and self._warm_iter >= self._chain_adapt:
             return q0, [self._idle_stats()]
         q, stats = super().astep(q0)
         st = stats[0]
@@ -455,14 +462,25 @@ class WarmStartNUTS(NUTS):
         if in_tuning:
             self.potential.collect(q.data, self._last_grad(q))
             if self._warm_iter in self._window_ends and self.potential.refresh(
-                restart=self._warm_iter == self._window_ends[0]
+                restart=self._warm_iter in self._restart_ends
             ):
                 self._pymc.restart_step_size_adaptation()
             self._warm_iter += 1
-        st["warmup_idle"] = False
-        st["warmstart_grad_evals"] = self.warmstart_grad_evals
-        st["warmstart_pareto_k"] = self.warmstart_pareto_k
+            if self._warm_iter == self._chain_adapt:
+                self._end_of_adaptation()
+        if self._pending_warning is not None and st.get("warning") is None:
+            st["warning"], self._pending_warning = self._pending_warning, None
+        st.update(self._warmstart_stats(idle=False))
         return q, stats
+
+    def _warmstart_stats(self, idle: bool) -> dict[str, Any]:
+        return {
+            "warmup_idle": idle,
+            "warmup_extensions": self._extensions,
+            "warmup_settle_factor": self._settle_factor,
+            "warmstart_grad_evals": self.warmstart_grad_evals,
+            "warmstart_pareto_k": self.warmstart_pareto_k,
+        }
 
     def _last_grad(self, q: RaveledVars) -> np.ndarray:
         if not self.potential.use_grads:
@@ -493,8 +511,6 @@ class WarmStartNUTS(NUTS):
             "index_in_trajectory": 0,
             "reached_max_treedepth": False,
             "warning": None,
-            "warmup_idle": True,
-            "warmstart_grad_evals": self.warmstart_grad_evals,
-            "warmstart_pareto_k": self.warmstart_pareto_k,
+            **self._warmstart_stats(idle=True),
         }
         return st

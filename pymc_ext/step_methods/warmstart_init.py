@@ -13,6 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from pymc_ext.blocks.metric_choice import DEFAULT_MAX_DENSE_DIM
 from pymc_ext.density import BaseLogDensity
 from pymc_ext.step_methods.pymc_internals import nuts_internals
 
@@ -25,6 +26,9 @@ __all__ = [
     "WARMSTART_INITS",
     "run_warmstart",
     "StepLogDensity",
+    "check_step_arguments",
+    "value_var_slices",
+    "check_covers_model",
 ]
 
 #: Default number of adaptation iterations after a warm start (chosen from
@@ -32,12 +36,13 @@ __all__ = [
 DEFAULT_WARMUP = 75
 
 #: Pareto k up to which the warm start's covariance gets a large weight in
-#: the mass-matrix estimates.
+#: the mass-matrix estimates (above it: 5 draws' worth).
 TRUSTED_PARETO_K = 0.7
 
 #: ``metric="auto"`` uses a dense mass matrix up to this many parameters, and
-#: the low-rank-plus-diagonal one above.
-AUTO_DENSE_MAX_DIM = 50
+#: the low-rank-plus-diagonal one above (where the posterior is correlated:
+#: :func:`~pymc_ext.blocks.metric_choice.choose_metric`).
+AUTO_DENSE_MAX_DIM = DEFAULT_MAX_DENSE_DIM
 
 #: Pathfinder settings for a warm start: fewer draws than a stand-alone fit and
 #: a looser L-BFGS tolerance (a warm start needs start points in the typical set
@@ -226,3 +231,66 @@ class StepLogDensity(BaseLogDensity):
             out[k] = np.asarray(x[start : start + size]).reshape(self.shapes[k])
             start += size
         return out
+
+
+# ---------------------------------------------------------------------------
+# Checks of the step's arguments
+# ---------------------------------------------------------------------------
+def check_step_arguments(
+    metric: str, warmup: int | None, metric_windows: tuple[float, ...], nuts_kwargs: Mapping
+) -> None:
+    """Check :class:`WarmStartNUTS`'s arguments before anything is compiled or run.
+
+    Examples
+    --------
+    >>> from pymc_ext.step_methods.warmstart_init import check_step_arguments
+    >>> check_step_arguments("auto", 75, (0.25, 0.5), {})
+    """
+    if "potential" in nuts_kwargs or "scaling" in nuts_kwargs:
+        raise ValueError(
+            "WarmStartNUTS sets the mass matrix from the warm start; do not pass "
+            "`potential` or `scaling` (use pm.NUTS for that)."
+        )
+    if metric not in ("auto", "diag", "dense", "lowrank"):
+        raise ValueError(f"metric must be 'auto', 'diag', 'dense' or 'lowrank'; got {metric!r}.")
+    if warmup is not None and int(warmup) < 0:
+        raise ValueError(f"warmup must be >= 0; got {warmup}.")
+    if any(not 0 < f < 1 for f in metric_windows):
+        raise ValueError(f"metric_windows must be fractions in (0, 1); got {metric_windows}.")
+
+
+def value_var_slices(model: Any, ip: Mapping[str, Any]) -> dict[str, slice]:
+    """``value variable name -> slice`` in model.value_vars order (log_density's ordering).
+
+    Examples
+    --------
+    >>> import pymc as pm
+    >>> from pymc_ext.step_methods.warmstart_init import value_var_slices
+    >>> with pm.Model() as m:
+    ...     a = pm.Normal("a", shape=2)
+    ...     b = pm.HalfNormal("b")
+    >>> value_var_slices(m, m.initial_point())
+    {'a': slice(0, 2, None), 'b_log__': slice(2, 3, None)}
+    """
+    out, start = {}, 0
+    for v in model.value_vars:
+        size = int(np.prod(np.shape(ip[v.name]), dtype=int))
+        out[v.name] = slice(start, start + size)
+        start += size
+    return out
+
+
+def check_covers_model(names: list[str], model_slices: Mapping[str, slice]) -> None:
+    """The step must cover the whole (continuous) model: Pathfinder fits all of it.
+
+    Examples
+    --------
+    >>> from pymc_ext.step_methods.warmstart_init import check_covers_model
+    >>> check_covers_model(["a"], {"a": slice(0, 1)})
+    """
+    if sorted(names) != sorted(model_slices) or any(n not in model_slices for n in names):
+        raise ValueError(
+            "WarmStartNUTS samples all free variables of the model together (Pathfinder "
+            f"fits the joint density); it was given {names} of {sorted(model_slices)}. "
+            "Models with discrete variables are not supported."
+        )

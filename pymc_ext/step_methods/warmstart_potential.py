@@ -16,6 +16,8 @@ from pymc.step_methods.hmc.quadpotential import PotentialState, QuadPotential
 from pymc.step_methods.state import dataclass_state
 from scipy import linalg
 
+from pymc_ext.blocks.metric_choice import metric_mismatch
+
 __all__ = ["WarmStartPotential", "WarmStartPotentialState"]
 
 
@@ -36,6 +38,9 @@ class WarmStartPotentialState(PotentialState):
     _mean_g: np.ndarray
     _m2_g: np.ndarray
     _n_updates: int
+    _last_mismatch: float
+    _last_window: int
+    _prior_scale: float
 
     kind: str = field(metadata={"frozen": True})
     dtype: Any = field(metadata={"frozen": True})
@@ -110,6 +115,19 @@ class WarmStartPotential(QuadPotential):
         self.reset()
 
     @property
+    def last_mismatch(self) -> tuple[float, int]:
+        """At the last :meth:`refresh`: the chain's variances against the metric in use.
+
+        ``(factor, draws)``: the largest factor between the variances of the
+        draws and the metric's (NaN before any refresh), and how many draws.
+        """
+        return self._last_mismatch, self._last_window
+
+    def distrust_prior(self, scale: float = 0.1) -> None:
+        """Give the warm-start covariance ``scale`` times its weight from now on."""
+        self._prior_scale = float(scale)
+
+    @property
     def use_grads(self) -> bool:
         """Whether :meth:`collect` needs the gradients (``use_grads`` of the constructor)."""
         return self._use_grads
@@ -124,6 +142,9 @@ class WarmStartPotential(QuadPotential):
         self._mean_g = np.zeros(n)
         self._m2_g = np.zeros(n)
         self._n_updates = 0
+        self._last_mismatch = np.nan
+        self._last_window = 0
+        self._prior_scale = 1.0
         self._set_cov(self._initial_cov.copy())
 
     def _set_cov(self, cov: np.ndarray) -> None:
@@ -209,7 +230,7 @@ class WarmStartPotential(QuadPotential):
         n = self._n_x
         if n < 5:
             return False
-        w0 = self._prior_weight
+        w0 = self._prior_weight * self._prior_scale
         if self.kind == "diag":
             var = self._m2_x / (n - 1)
             if self._use_grads:
@@ -219,6 +240,8 @@ class WarmStartPotential(QuadPotential):
             est = np.diag(var)
         else:
             est = _shrunk_covariance(np.asarray(self._draws))
+        self._last_mismatch = metric_mismatch(np.diag(self._cov), np.diag(est))
+        self._last_window = n
         prior = self._initial_cov
         if self.kind == "diag":
             prior = np.diag(np.diag(prior))

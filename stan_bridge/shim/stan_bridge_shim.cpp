@@ -1,17 +1,21 @@
-// stan_bridge shim: a small C interface around one Stan model class.
+// stan_bridge shim: a small C interface around any Stan program.
 //
-// This file is not compiled on its own. stan_bridge writes a translation
-// unit per model that includes, in order,
+// This file is compiled on its own, once per toolchain and set of flags, into
+// stan_bridge_shim.o, after stan_bridge_pch.hpp (the Stan headers, precompiled;
+// passed with -include). A program's library is
 //
-//   stan_bridge_pch.hpp   (Stan headers; precompiled)
-//   model.hpp             (stanc's C++ for the program; defines `stan_model`)
-//   stan_bridge_shim.cpp  (this file)
+//   model.o (stanc's C++ for the program, compiled with CmdStan's own flags
+//            plus -fPIC; the same object goes into CmdStan's executable)
+//   + stan_bridge_shim.o
 //
-// and compiles it into a shared library that Python loads with ctypes.
-// Everything goes through the public `stan::model::model_base` interface
-// of the generated class (log_prob, write_array, transform_inits, names and
-// dims), so the same file works with the Stan in CmdStan 2.27 and with the
-// newer Stan inside the httpstan wheel.
+// linked into a shared library that Python loads with ctypes. The shim knows
+// nothing about the program: it makes the model with the factory `new_model`
+// that stanc generates in every model.hpp, and calls it only through the
+// virtual `stan::model::model_base` interface (log_prob and its propto /
+// jacobian variants for double and var vectors, write_array,
+// transform_inits, names and dims). That is how BridgeStan works too, and the
+// same file works with the Stan in CmdStan 2.27 and with the newer Stan inside
+// the httpstan wheel.
 //
 // Conventions of the C interface:
 // * Every call that can fail returns an int status: 0 ok, 1 the model
@@ -21,6 +25,13 @@
 // * Arrays are C-contiguous doubles; a batch of n points is (n, dim).
 // * Constrained values are in Stan's write_array order (each variable
 //   flattened column-major, as in CmdStan's CSV columns).
+
+#include "stan_bridge_pch.hpp"
+
+// Defined by stanc's code for the program (model.o), declared here as CmdStan's
+// command.hpp declares it.
+stan::model::model_base& new_model(stan::io::var_context& data_context, unsigned int seed,
+                                   std::ostream* msg_stream);
 
 #define SB_API extern "C" __attribute__((visibility("default")))
 
@@ -119,7 +130,7 @@ inline void unpack_vars(int n, const char** names, const T* vals, const int* ndi
 }
 
 struct Model {
-  stan_model* model;
+  stan::model::model_base* model;
   size_t dim;                                    // unconstrained size
   size_t n_params;                               // constrained scalars, parameters
   size_t n_params_tp;                            // ... plus transformed parameters
@@ -250,7 +261,7 @@ SB_API Model* sb_new(int n_r, const char** names_r, const double* vals_r, const 
     stan::io::array_var_context data(nr, vr, dr, ni, vi, di);
     std::ostringstream msgs;
     stan_bridge_shim::ensure_ad_stack();
-    auto* model = new stan_model(data, seed, &msgs);
+    stan::model::model_base* model = &new_model(data, seed, &msgs);
     out = new Model();
     out->model = model;
     std::vector<std::string> c_names;

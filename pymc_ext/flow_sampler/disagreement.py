@@ -1,0 +1,198 @@
+"""When the mode census says the answer could be wrong: the explorations disagree, the flow
+misses a mode, or an exploration ran out of temperatures (:func:`census_warnings`)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.special import logsumexp
+
+from pymc_ext.flow_sampler.census import (
+    MIN_WARN_WEIGHT,
+    CensusMode,
+    ModeCensus,
+    assign_modes,
+    laplace_shares,
+    mode_weight,
+)
+from pymc_ext.flow_sampler.tempering import Exploration
+
+__all__ = [
+    "DISAGREE_ABS",
+    "DISAGREE_Z",
+    "LAPLACE_RATIO",
+    "POPULATION_Z",
+    "census_warnings",
+    "population_warnings",
+]
+
+#: shares of two explorations' chains disagree beyond this many standard errors ...
+DISAGREE_Z = 4.0
+#: ... and by at least this much
+DISAGREE_ABS = 0.03
+#: a production weight below its Laplace share divided by this (and 0.05 below it) warns
+LAPLACE_RATIO = 4.0
+#: an exploration's within-mode mean this many within-mode sds from production's warns
+POPULATION_Z = 0.5
+
+
+def _where(mode: CensusMode) -> str:
+    loc = np.asarray(mode.location)
+    head = ", ".join(f"{v:.3g}" for v in loc[:3]) + (", ..." if loc.size > 3 else "")
+    return f"[{head}]"
+
+
+_WHAT_TO_TRY = (
+    "What to try: more tempering walkers (tempering_walkers), smaller temperature steps "
+    "(tempering_ess closer to 1), more explorations, or another reference_scale; and treat "
+    "the mode weights as uncertain until the explorations agree."
+)
+
+
+def census_warnings(
+    census: ModeCensus, budget: int | None = None, stage: str = "adaptation"
+) -> list[str]:
+    """What in the census says the answer could be wrong, each with what to try.
+
+    At ``stage="adaptation"``:
+
+    - an exploration ran out of temperatures (``budget``) before ``beta = 1``;
+    - a mode that one exploration found and another did not, with an
+      exploration weight of at least 0.01.
+
+    At ``stage="production"`` (after :func:`production_shares` and
+    :func:`flow_shares`):
+
+    - a mode missed by an exploration whose exploration weights were all
+      below 0.01 but whose production weight is not (tempering found it late
+      and weighed it low; the exact moves gave it its weight);
+    - a mode whose share differs between the chains of two explorations' flows
+      beyond Monte Carlo error (by 4 standard errors and at least 0.03);
+    - a mode the production flow puts less than a tenth of its weight on;
+    - a mode whose production weight is below a quarter of its share by the
+      modes' Laplace approximations (and 0.05 below it): the chains may be
+      missing it, whatever the flow says.
+
+    Examples
+    --------
+    >>> from pymc_ext.flow_sampler.census import CensusMode, ModeCensus
+    >>> from pymc_ext.flow_sampler.disagreement import census_warnings
+    >>> a = CensusMode([0.0], [1.0], [0, 1], [0.6, 0.6], [0.0, 0.0], 0.01)
+    >>> b = CensusMode([8.0], [0.3], [1], [0.0, 0.4], [0.0, 0.0], 0.2)
+    >>> msgs = census_warnings(ModeCensus([a, b], 0.0, 0.1, [0.0, 0.0], 2, [9, 9],
+    ...                                   [True, True]))
+    >>> msgs[0][:60]
+    'Exploration 0 found no mode at [8] that exploration 1 found '
+    """
+    production = stage == "production"
+    out = []
+    laplace = laplace_shares(census) if census.n_modes > 1 else np.full(census.n_modes, np.nan)
+    if not production:
+        out += [
+            f"Exploration {e} ran out of temperatures (tempering_max_steps={budget}) before "
+            "beta = 1 and jumped there in one step, so it may have lost modes and its "
+            "weights are unreliable. What to try: a larger tempering_max_steps, or a lower "
+            "tempering_ess (larger steps)."
+            for e, ok in enumerate(census.reached_target) if not ok
+        ]
+    for mode, lap in zip(census.modes, laplace, strict=True):
+        w = mode_weight(mode)
+        missing = [e for e in range(census.explorations) if e not in mode.found_by]
+        early = max(mode.exploration_weight) >= MIN_WARN_WEIGHT
+        if missing and w >= MIN_WARN_WEIGHT and early != production:
+            out.append(
+                f"Exploration {', '.join(map(str, missing))} found no mode at {_where(mode)} "
+                f"that exploration {', '.join(map(str, sorted(set(mode.found_by))))} found "
+                f"(weight {w:.3f}): the explorations disagree on the modes, so a mode all of "
+                f"them missed is possible too. {_WHAT_TO_TRY}"
+            )
+        if not production:
+            continue
+        out += _share_disagreement(mode)
+        if np.isfinite(lap) and w < lap / LAPLACE_RATIO and lap - w > 0.05:
+            out.append(
+                f"The production chains put {w:.3f} of their draws in the mode at "
+                f"{_where(mode)}, but its Laplace approximation holds {lap:.3f} of the modes' "
+                "mass: the chains and the flow may be missing most of it. What to try: more "
+                "adaptation rounds (n_rounds), more walkers (chains), a larger flow "
+                "(flow_kwargs); check the mode's shape, as a Laplace mass is only a guide "
+                "away from a normal."
+            )
+        if not mode.covered:
+            out.append(
+                f"The flow puts {mode.flow_share:.3f} of its mass on the mode at {_where(mode)}, "
+                f"much less than its weight {w:.3f}: global moves rarely reach or leave it, so "
+                "its weight may be off. What to try: more adaptation rounds (n_rounds), more "
+                "walkers (chains), or a larger flow (flow_kwargs)."
+            )
+    return out
+
+
+def _share_disagreement(mode: CensusMode) -> list[str]:
+    shares = np.asarray(mode.share_per_exploration, dtype=float)
+    ses = np.asarray(mode.share_se_per_exploration, dtype=float)
+    ok = np.isfinite(shares)
+    if ok.sum() < 2:
+        return []
+    idx = np.flatnonzero(ok)
+    a, b = idx[np.argmin(shares[ok])], idx[np.argmax(shares[ok])]
+    gap = shares[b] - shares[a]
+    if gap <= max(DISAGREE_ABS, DISAGREE_Z * math.hypot(ses[a], ses[b])):
+        return []
+    return [
+        f"The chains of exploration {a}'s flow put {shares[a]:.3f} (± {ses[a]:.3f}) of their "
+        f"draws in the mode at {_where(mode)}, those of exploration {b}'s flow "
+        f"{shares[b]:.3f} (± {ses[b]:.3f}): the explorations disagree on its weight beyond "
+        f"Monte Carlo error (R-hat shows it too). {_WHAT_TO_TRY}"
+    ]
+
+
+def population_warnings(
+    census: ModeCensus, explorations: list[Exploration], draws: np.ndarray
+) -> list[str]:
+    """Explorations whose walkers at ``beta = 1`` do not look like the production draws.
+
+    Within each mode, the walkers' weighted mean is compared with the
+    production draws' (in the draws' within-mode sd), and so is their
+    spread. The production chains are exact; an exploration whose local
+    moves never reached part of the posterior (a funnel's neck) shows here,
+    and then its log evidence and weights are not to be trusted.
+
+    Parameters
+    ----------
+    census : ModeCensus
+    explorations : list of Exploration
+    draws : ndarray, shape (n, dim)
+        Production draws.
+
+    Returns
+    -------
+    list of str
+    """
+    out = []
+    labels = assign_modes(draws, census.tops, census.scales)
+    for e, ex in enumerate(explorations):
+        w = np.exp(ex.log_weights - logsumexp(ex.log_weights))
+        walker_labels = assign_modes(ex.position, census.tops, census.scales)
+        for k, mode in enumerate(census.modes):
+            mine, theirs = draws[labels == k], walker_labels == k
+            if mine.shape[0] < 50 or w[theirs].sum() < 1e-3 or theirs.sum() < 10:
+                continue
+            wk = w[theirs] / w[theirs].sum()
+            mean, sd = mine.mean(0), mine.std(0) + 1e-300
+            m = wk @ ex.position[theirs]
+            s = np.sqrt(wk @ (ex.position[theirs] - m) ** 2)
+            z, ratio = np.abs(m - mean) / sd, s / sd
+            i = int(np.argmax(np.maximum(z / POPULATION_Z, np.abs(np.log(ratio)) / np.log(1.5))))
+            if z[i] > POPULATION_Z or not 1 / 1.5 < ratio[i] < 1.5:
+                out.append(
+                    f"Exploration {e}'s walkers in the mode at {_where(mode)} have mean "
+                    f"{m[i]:.3g} and sd {s[i]:.3g} in coordinate {i}, the production draws "
+                    f"{mean[i]:.3g} and {sd[i]:.3g}: the tempering's local moves did not reach "
+                    "part of the posterior (a funnel's neck, say), so its log evidence "
+                    f"({ex.log_evidence:.3g}) and weights are not to be trusted. The production "
+                    "draws are exact MCMC; check their R-hat."
+                )
+                break
+    return out

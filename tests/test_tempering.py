@@ -1,0 +1,263 @@
+"""Exploration by tempering: the SMC core, the strata, the census, and flow MCMC with it.
+
+Real densities (numpy mixtures with exact gradients, a PyMC model for FlowMC),
+real zuko flows; every weight is checked against the truth within Monte Carlo
+error.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+from scipy.special import logsumexp
+from toy_densities import gaussian_density, mixture_density, share_and_se
+
+from pymc_ext.density import FunctionLogDensity
+from pymc_ext.flow_sampler import (
+    FlowMCMCConfig,
+    FlowMCMCWarning,
+    distinct_modes,
+    flow_mcmc,
+    flow_mcmc_adapt,
+)
+from pymc_ext.flow_sampler.census import build_census, exploration_modes
+from pymc_ext.flow_sampler.disagreement import census_warnings
+from pymc_ext.flow_sampler.mode_search import search_modes
+from pymc_ext.flow_sampler.reference import default_reference
+from pymc_ext.flow_sampler.strata import stratified_resample
+from pymc_ext.flow_sampler.tempering import explore_tempering, next_beta
+from pymc_ext.flows import pathfinder_seed
+
+#: N(0, I) with weight 0.6 and a narrow N((10, 10), 0.3^2 I) with weight 0.4, off to one side:
+#: 1 climb in 3,000 from the default overdispersed starts ends at the narrow mode
+WEIGHTS, CENTERS, SCALES = [0.6, 0.4], [[0.0, 0.0], [10.0, 10.0]], [1.0, 0.3]
+SMALL_FLOW = {
+    "chains": 64, "n_rounds": 3, "first_train_steps": 200, "train_steps": 50,
+    "flow_kwargs": {"hidden_features": (32, 32), "transforms": 2}, "progressbar": False,
+}
+
+
+@pytest.fixture(scope="module")
+def narrow_off_side():
+    return mixture_density(2, WEIGHTS, CENTERS, SCALES)
+
+
+def test_next_beta_keeps_the_conditional_ess_at_its_target():
+    rng = np.random.default_rng(0)
+    logw = np.log(rng.dirichlet(np.ones(500)))
+    delta = rng.normal(0.0, 30.0, 500)
+    b = next_beta(logw, delta, 0.2, 0.9)
+    inc = (b - 0.2) * delta
+    cess = np.exp(2 * logsumexp(logw + inc) - logsumexp(logw + 2 * inc))
+    assert 0.2 < b < 1.0
+    assert cess == pytest.approx(0.9, abs=1e-6)
+    assert next_beta(logw, np.zeros(500), 0.2, 0.9) == 1.0  # nothing changes: straight to 1
+
+
+def test_stratified_resampling_keeps_each_stratum_weight_and_a_floor_of_walkers():
+    rng = np.random.default_rng(1)
+    n = 400
+    labels = rng.choice(3, size=n, p=[0.9, 0.09, 0.01])
+    logw = np.log(rng.dirichlet(np.ones(n)))
+    logw[labels == 2] -= 12.0  # a stratum of almost no weight
+    logw -= logsumexp(logw)
+    f = rng.normal(size=n)
+    estimates = []
+    for _ in range(400):
+        idx, lw = stratified_resample(logw, labels, 20, rng)
+        assert idx.shape == (n,) and lw.shape == (n,)
+        for k in range(3):
+            assert np.sum(labels[idx] == k) >= 20
+            assert logsumexp(lw[labels[idx] == k]) == pytest.approx(
+                logsumexp(logw[labels == k]), abs=1e-9)
+        estimates.append(np.exp(lw) @ f[idx])
+    truth = np.exp(logw) @ f
+    se = np.std(estimates) / np.sqrt(len(estimates))
+    assert abs(np.mean(estimates) - truth) < 4 * se + 1e-12  # resampling is unbiased
+
+
+def test_tempered_population_has_the_posterior_moments_and_log_evidence():
+    # unnormalised N((3, -1), diag(0.5^2, 2^2)): log Z = log(2 pi * 0.5 * 2) + log(7)
+    mean, cov = np.array([3.0, -1.0]), np.diag([0.25, 4.0])
+    base = gaussian_density(mean, cov)
+    d = FunctionLogDensity(2, lambda x: base.logp(x) + np.log(7.0),
+                           lambda x: base.logp_and_grad(x)[1],
+                           lambda X: base.logp_batch(X) + np.log(7.0),
+                           lambda X: base.logp_and_grad_batch(X)[1])
+    ex = explore_tempering(d, default_reference(d, 5.0), n_walkers=1024, random_seed=3,
+                           progressbar=False)
+    w = np.exp(ex.log_weights)
+    m = w @ ex.position
+    v = w @ (ex.position - m) ** 2
+    ess = 1.0 / np.sum(w**2)
+    assert np.all(np.abs(m - mean) < 5 * np.sqrt(np.diag(cov) / ess))
+    assert np.allclose(v, np.diag(cov), rtol=0.2)
+    truth = np.log(2 * np.pi * 0.5 * 2.0) + np.log(7.0)
+    assert 0 < ex.log_evidence_se < 0.3
+    assert abs(ex.log_evidence - truth) < 4 * ex.log_evidence_se
+    assert ex.reached_target and ex.betas[-1] == 1.0
+
+
+def test_log_evidence_of_a_normalised_mixture_is_zero_within_its_error(narrow_off_side):
+    ex = explore_tempering(narrow_off_side, default_reference(narrow_off_side, 5.0),
+                           n_walkers=1024, random_seed=0, progressbar=False)
+    assert ex.log_evidence_se < 0.3
+    assert abs(ex.log_evidence) < 4 * ex.log_evidence_se
+
+
+def test_no_climb_from_the_default_starts_finds_the_narrow_mode(narrow_off_side):
+    """The climbs' lottery loses: Pathfinder's paths and 128 more climbs find one mode."""
+    seed = pathfinder_seed(narrow_off_side, num_paths=16, random_seed=1)
+    known = distinct_modes(narrow_off_side, seed.centers)
+    found = search_modes(narrow_off_side, seed, known, num_climbs=128,
+                         rng=np.random.default_rng(1))
+    tops = np.vstack([known, found.tops])
+    assert not np.any(np.linalg.norm(tops - np.array(CENTERS[1]), axis=1) < 1.0)
+
+
+@pytest.mark.slow
+def test_tempering_gives_a_narrow_mode_off_to_one_side_its_weight(
+    narrow_off_side, one_torch_thread
+):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FlowMCMCWarning)  # a healthy run warns of nothing
+        idata = flow_mcmc(narrow_off_side, explore="tempering", tempering_walkers=512,
+                          draws=200, random_seed=1, **SMALL_FLOW)
+    attrs = idata.sample_stats.attrs
+    census = json.loads(attrs["mode_census"])
+    tops = np.array([m["location"] for m in census["modes"]])
+    assert tops.shape == (2, 2)
+    narrow = int(np.argmin(np.linalg.norm(tops - np.array(CENTERS[1]), axis=1)))
+    assert np.allclose(tops[narrow], CENTERS[1], atol=0.05)
+    assert np.allclose(tops[1 - narrow], CENTERS[0], atol=0.05)
+    mode = census["modes"][narrow]
+    assert mode["found_by"] == [0, 1] and mode["covered"]
+    assert 0.0 < mode["first_seen_beta"] <= 1.0
+    # the census weight (production draws, MC error from the ESS) and the exact truth
+    assert abs(mode["weight"] - 0.4) < 4 * mode["weight_se"] + 0.01
+    x = idata.posterior["x"].values.reshape(-1, 2)
+    share = np.mean(np.linalg.norm(x - CENTERS[1], axis=1) < 3.0)
+    assert abs(share - 0.4) < 4 * mode["weight_se"] + 0.01
+    # chains split between the two explorations' flows; the log evidence of a normalised target
+    assert sorted(set(attrs["chain_exploration"])) == [0, 1]
+    assert abs(attrs["log_evidence"]) < 4 * attrs["log_evidence_se"] + 0.05
+
+
+def test_explorations_that_disagree_on_the_modes_raise_the_warning(narrow_off_side):
+    """One exploration tempers properly; the other jumps to beta = 1 in one step and loses
+    the narrow mode."""
+    q0 = default_reference(narrow_off_side, 5.0)
+    good = explore_tempering(narrow_off_side, q0, n_walkers=512, random_seed=2,
+                             progressbar=False)
+    rushed = explore_tempering(narrow_off_side, q0, n_walkers=128, max_temperatures=1,
+                               random_seed=2, progressbar=False)
+    assert good.reached_target and not rushed.reached_target
+    found = [exploration_modes(narrow_off_side, ex) for ex in (good, rushed)]
+    census = build_census(narrow_off_side, [good, rushed], found)
+    assert census.n_modes == 2
+    messages = census_warnings(census, budget=1)
+    assert any("Exploration 1 ran out of temperatures" in m for m in messages)
+    missed = [m for m in messages if m.startswith("Exploration 1 found no mode at [10, 10]")]
+    assert len(missed) == 1 and "exploration 0 found" in missed[0]
+
+
+def test_an_exploration_out_of_temperatures_warns_through_flow_mcmc(
+    narrow_off_side, one_torch_thread
+):
+    with pytest.warns(FlowMCMCWarning, match="ran out of temperatures"):
+        ad = flow_mcmc_adapt(
+            narrow_off_side, explore="tempering", tempering_walkers=64, tempering_max_steps=2,
+            random_seed=0, **{**SMALL_FLOW, "n_rounds": 1, "first_train_steps": 20,
+                              "chains": 16})
+    assert ad.census.reached_target == [False, False]
+    assert ad.census.temperatures == [2, 2]
+
+
+def test_explore_options_are_checked_before_any_work():
+    with pytest.raises(ValueError, match="explore must be 'climbs'"):
+        FlowMCMCConfig(explore="anneal")
+    with pytest.raises(ValueError, match="tempering_ess must be in"):
+        FlowMCMCConfig(tempering_ess=1.0)
+    with pytest.raises(ValueError, match="explorations must be a positive integer"):
+        FlowMCMCConfig(explorations=0)
+    with pytest.raises(ValueError, match="reference must be"):
+        FlowMCMCConfig(reference="prior")
+
+
+NARROW_OFF_SIDE_STAN = """
+parameters {
+  vector[2] x;
+}
+model {
+  target += log_mix(0.6, normal_lpdf(x | 0, 1), normal_lpdf(x | 10, 0.3));
+}
+"""
+
+
+def _narrow_share(x: np.ndarray) -> float:
+    return float(np.mean(np.linalg.norm(x.reshape(-1, 2) - CENTERS[1], axis=1) < 3.0))
+
+
+@pytest.mark.slow
+def test_flowmc_with_tempering_proposes_from_both_explorations_flows(one_torch_thread):
+    import pymc as pm
+    import pytensor.tensor as pt
+
+    from pymc_ext.flow_sampler import MixtureFlow
+    from pymc_ext.flow_step import FlowMC
+
+    with pm.Model():
+        x = pm.Flat("x", shape=2)
+        comps = [np.log(w) + pm.logp(pm.Normal.dist(np.asarray(c), s), x).sum()
+                 for w, c, s in zip(WEIGHTS, CENTERS, SCALES, strict=True)]
+        pm.Potential("mixture", pt.logsumexp(pt.stack(comps)))
+        step = FlowMC(explore="tempering", tempering_walkers=512, random_seed=0,
+                      local="mala", walkers=64,
+                      **{k: v for k, v in SMALL_FLOW.items() if k != "chains"})
+        idata = pm.sample(draws=400, tune=100, chains=2, cores=1, step=step, random_seed=1,
+                          progressbar=False, compute_convergence_checks=False)
+    assert isinstance(step.flow, MixtureFlow) and len(step.adaptation.members) == 2
+    assert step.adaptation.census.n_modes == 2
+    x = idata.posterior["x"].values
+    share, se = share_and_se(np.linalg.norm(x - CENTERS[1], axis=-1) < 3.0)
+    assert abs(share - 0.4) < 4 * se + 0.02
+
+
+@pytest.mark.slow
+def test_a_stan_program_explored_by_tempering(one_torch_thread):
+    from stan_bridge import StanModel
+
+    sm = StanModel(NARROW_OFF_SIDE_STAN, {}, progressbar=False)
+    idata = flow_mcmc(sm, explore="tempering", tempering_walkers=512, draws=200,
+                      random_seed=3, **SMALL_FLOW)
+    census = json.loads(idata.sample_stats.attrs["mode_census"])
+    assert len(census["modes"]) == 2
+    narrow = min(census["modes"], key=lambda m: np.linalg.norm(np.subtract(m["location"], 10)))
+    assert abs(narrow["weight"] - 0.4) < 4 * narrow["weight_se"] + 0.01
+    assert abs(_narrow_share(idata.posterior["x"].values) - 0.4) < 4 * narrow["weight_se"] + 0.01
+
+
+def test_production_checks_name_a_weight_disagreement_and_a_mode_the_chains_miss():
+    from pymc_ext.flow_sampler.census import CensusMode, ModeCensus
+
+    def census(shares, ses, weight, laplace):
+        a = CensusMode([0.0, 0.0], [1.0, 1.0], [0, 1], [0.6, 0.6], [0.05, 0.05], 0.01,
+                       weight=1 - weight, weight_se=0.01, share_per_exploration=[0.6, 0.6],
+                       share_se_per_exploration=[0.01, 0.01], laplace_log_mass=np.log(1 - laplace),
+                       flow_share=0.6)
+        b = CensusMode([10.0, 10.0], [0.3, 0.3], [0, 1], [0.4, 0.4], [0.05, 0.05], 0.1,
+                       weight=weight, weight_se=0.01, share_per_exploration=shares,
+                       share_se_per_exploration=ses, laplace_log_mass=np.log(laplace),
+                       flow_share=0.4)
+        return ModeCensus([a, b], 0.0, 0.1, [0.0, 0.0], 2, [10, 10], [True, True])
+
+    agree = census([0.39, 0.41], [0.01, 0.01], 0.4, 0.4)
+    assert census_warnings(agree, stage="production") == []
+    split = census_warnings(census([0.2, 0.6], [0.02, 0.02], 0.4, 0.4), stage="production")
+    assert len(split) == 1 and "exploration 0's flow put 0.200" in split[0]
+    missed = census_warnings(census([0.01, 0.01], [0.005, 0.005], 0.01, 0.4),
+                             stage="production")
+    assert any("Laplace approximation holds 0.400" in m for m in missed)
