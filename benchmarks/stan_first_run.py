@@ -32,6 +32,10 @@ its median.
 folder that holds it goes first on ``PYTHONPATH``): this is how the "before"
 figures were made, from a copy of the package as it was.
 
+``--baseline PATH`` also measures the warm-started run with another copy of the
+package (as ``--stan-bridge``), in the same run, so that both meet the same
+load on a shared machine: a before/after comparison.
+
 ``--check-exe`` also samples with the executable stan_bridge built (no warm
 start, ``seed=1``) and compares its draws with plain cmdstanpy's: ``same``
 means equal to the last digit CmdStan writes (NaN where both are NaN).
@@ -173,20 +177,18 @@ def _prepare(stan_bridge_path: Path | None, cache: Path) -> float:
         "t0 = time.perf_counter()\n"
         "from stan_bridge import StanModel\n"
         "StanModel(sys.argv[1], progressbar=False)\n"
-        "try:\n"
+        "import stan_bridge\n"
+        "if (pathlib.Path(stan_bridge.__path__[0]) / 'cmdstan_build.py').exists():\n"
         "    from stan_bridge.cmdstan_build import shared_executable\n"
-        "except ImportError:  # a stan_bridge that builds no executable\n"
-        "    pass\n"
-        "else:\n"
         "    prog = pathlib.Path(tempfile.mkdtemp()) / 'prepare.stan'\n"
         "    prog.write_text(sys.argv[1])\n"
         "    assert shared_executable(prog, progressbar=False) is not None\n"
         "print(time.perf_counter() - t0)\n"
     )
     env = _environment(stan_bridge_path, cache)
-    proc = subprocess.run(
+    proc = subprocess.run(  # not in the repository: `-c` puts the working folder first
         [sys.executable, "-c", code, _PREPARE_PROGRAM],
-        capture_output=True, text=True, env=env, timeout=3600,
+        capture_output=True, text=True, env=env, timeout=3600, cwd=cache,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"preparing the toolchain objects failed:\n{proc.stderr[-3000:]}")
@@ -210,6 +212,7 @@ def _one_program(name: str, opts: argparse.Namespace, prepared: Path | None) -> 
     folder = REFERENCES / name
     row: dict[str, Any] = {"program": name}
     modes = ["plain", "warm"] + (["exe"] if opts.check_exe else [])
+    modes += ["baseline"] if opts.baseline is not None else []
     for mode in modes:
         with tempfile.TemporaryDirectory(prefix="stan_first_run_") as tmp:
             tmp = Path(tmp)
@@ -219,18 +222,22 @@ def _one_program(name: str, opts: argparse.Namespace, prepared: Path | None) -> 
             _seed_cache(prepared, cache)
             stan_file = work / "model.stan"
             shutil.copy(folder / "model.stan", stan_file)
-            env = _environment(opts.stan_bridge, cache)
-            args = ["--one", mode, str(stan_file), str(folder / "data.json"), str(work)]
+            package = opts.baseline if mode == "baseline" else opts.stan_bridge
+            env = _environment(package, cache)
+            run = "warm" if mode == "baseline" else mode  # the baseline's warm start
+            args = ["--one", run, str(stan_file), str(folder / "data.json"), str(work)]
             try:
                 row[mode] = _child(args, env, timeout=opts.timeout)
             except (RuntimeError, subprocess.TimeoutExpired) as err:
                 row["error"] = f"{mode}: {err}"
                 print(f"  {name} {mode} FAILED:\n{err}", flush=True)
                 return row
-            if mode != "warm":
+            if mode in ("plain", "exe"):
                 shutil.copy(work / f"draws_{mode}.npy", opts.scratch / f"{name}_{mode}.npy")
         print(f"  {name} {mode}: {row[mode]['total_s']:.1f} s", flush=True)
     row["ratio"] = row["warm"]["total_s"] / row["plain"]["total_s"]
+    if "baseline" in row:
+        row["baseline_ratio"] = row["baseline"]["total_s"] / row["plain"]["total_s"]
     if opts.check_exe:
         import numpy as np
 
@@ -247,6 +254,9 @@ def _table(rows: list[dict[str, Any]], toolchain_objects: str, prepare_s: float 
     check = any("exe_same_draws" in r for r in rows)
     if check:
         head += ["stan_bridge exe: sampling (s)", "its draws = CmdStan's"]
+    baseline = any("baseline_ratio" in r for r in rows)
+    if baseline:
+        head += ["baseline warm-started (s)", "baseline ratio"]
     lines = [md_row(head), md_row(["---"] * len(head))]
     for r in rows:
         if "error" in r:
@@ -269,10 +279,15 @@ def _table(rows: list[dict[str, Any]], toolchain_objects: str, prepare_s: float 
         if check:
             same = r.get("exe_same_draws")
             cells += [fmt(r["exe"]["sample_s"], 1), "same" if same else "differ"]
+        if baseline:
+            cells += [fmt(r["baseline"]["total_s"], 1), fmt(r["baseline_ratio"], 2)]
         lines.append(md_row(cells))
     median = statistics.median(r["ratio"] for r in rows if "ratio" in r)
     lines.append("")
     lines.append(f"Median ratio: **{median:.2f}** (target <= 1.3).")
+    if baseline:
+        base = statistics.median(r["baseline_ratio"] for r in rows if "baseline_ratio" in r)
+        lines.append(f"Median ratio of the baseline package: {base:.2f}.")
     what = {"cold": "an empty cache (per-toolchain objects built in each measurement)",
             "prepared": "per-program builds from scratch; per-toolchain objects prepared once"}
     lines.append(f"Caches: {what[toolchain_objects]}.")
@@ -298,6 +313,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--stan-bridge", type=Path, default=None,
                    help="folder holding another copy of the stan_bridge package")
     p.add_argument("--check-exe", action="store_true")
+    p.add_argument("--baseline", type=Path, default=None,
+                   help="folder holding a baseline stan_bridge package, measured alongside")
     p.add_argument("--tag", default="")
     p.add_argument("--timeout", type=float, default=1800.0)
     p.add_argument("--render", type=Path, default=None,
@@ -317,7 +334,10 @@ def main(argv: list[str] | None = None) -> None:
             prepared = Path(prep) / "cache"
             prepared.mkdir()
             prepare_s = _prepare(opts.stan_bridge, prepared)
-            print(f"per-toolchain objects prepared in {prepare_s:.0f} s", flush=True)
+            if opts.baseline is not None:  # its own per-toolchain objects, beside ours
+                _prepare(opts.baseline, prepared)
+            kept = sorted(e.name for e in prepared.iterdir() if e.name not in ("models", "logs"))
+            print(f"per-toolchain objects prepared in {prepare_s:.0f} s: {kept}", flush=True)
         suffix = f"_{opts.tag}" if opts.tag else ""
         command = "python benchmarks/stan_first_run.py " + " ".join(argv or sys.argv[1:])
         out = {"command": command.strip(), "machine": machine_info(), "rows": rows,

@@ -50,7 +50,6 @@ import json
 import logging
 import sys
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -108,15 +107,9 @@ def load_program(name: str) -> tuple[Path, dict[str, Any], str]:
 
 def reference_errors(dt, name: str) -> dict[str, Any]:
     """Mean/sd errors against the reference draws (any folder of the reference set)."""
-    from pymc_ext.references.posteriors import compare_draws, compare_to_reference, flatten_draws
+    from pymc_ext.references.posteriors import compare_to_reference
 
-    try:
-        return compare_to_reference(dt, name)
-    except KeyError:  # a folder without a PyMC version: read its draws directly
-        with zipfile.ZipFile(_reference_folder(name) / "reference_draws.json.zip") as zf:
-            chains = json.load(zf.open(zf.namelist()[0]))
-        ref = {k: np.array([c[k] for c in chains], dtype=float) for k in chains[0]}
-        return compare_draws(flatten_draws(dt), ref)
+    return compare_to_reference(dt, name)
 
 
 def _min_ess_bulk(dt) -> float:

@@ -35,6 +35,7 @@ Usage::
     python benchmarks/warmstart.py                      # everything
     python benchmarks/warmstart.py --models eight_schools,kidiq --quick
     python benchmarks/warmstart.py --no-cold --samplers pymc,warm
+    python benchmarks/warmstart.py --models nes1972-nes,mesquite-logmesquite --samplers pymc,warm
 
 ``--quick`` keeps 1000 draws but skips the cold-cache Pathfinder runs and the
 ``warm-nutpie`` sampler. ``--samplers warm@75,warm@150,warm@300`` sweeps the
@@ -71,6 +72,15 @@ from benchmarks.common import (  # noqa: E402
 )
 
 ALL_MODELS = list(REFERENCE_NAMES)
+
+
+def _model_name(name: str) -> str:
+    """A posterior with a PyMC version: a full name of any of them, or a short one of the eight."""
+    from pymc_ext.references.models import PYMC_REFERENCE_NAMES
+
+    return name if name in PYMC_REFERENCE_NAMES else full_reference_name(name)
+
+
 ALL_SAMPLERS = ["pymc", "nutpie", "warm", "warm-diag", "warm-nutpie"]
 ESS_TARGET = 400.0
 RHAT_TARGET = 1.01
@@ -615,9 +625,7 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     models = (
-        ALL_MODELS
-        if args.models == "all"
-        else [full_reference_name(m) for m in args.models.split(",")]
+        ALL_MODELS if args.models == "all" else [_model_name(m) for m in args.models.split(",")]
     )
     samplers = [s for s in args.samplers.split(",") if s]
     if args.quick:

@@ -102,7 +102,10 @@ def sample(
     -------
     xarray.DataTree
         As ``pm.sample``, with ``sample_stats.attrs["warmstart_grad_evals"]``
-        (int) and ``["warmstart_pareto_k"]`` (float) when a warm start ran.
+        (int) and ``["warmstart_pareto_k"]`` (float) when a warm start ran;
+        with PyMC's NUTS also ``["warmstart_metric"]``,
+        ``["warmstart_metric_reason"]``, ``["warmstart_fallback"]`` and
+        ``["warmstart_warmup"]`` (``WarmStartNUTS.warmstart_attrs``).
 
     Examples
     --------
@@ -113,7 +116,10 @@ def sample(
     ...     idata = pymc_ext.sample(draws=200, chains=2, cores=1, random_seed=1,
     ...                             progressbar=False, compute_convergence_checks=False)
     >>> sorted(k for k in idata.sample_stats.attrs if k.startswith("warmstart"))
-    ['warmstart_grad_evals', 'warmstart_pareto_k']
+    ['warmstart_fallback', 'warmstart_grad_evals', 'warmstart_metric',
+     'warmstart_metric_reason', 'warmstart_pareto_k', 'warmstart_warmup']
+    >>> idata.sample_stats.attrs["warmstart_metric"]  # one parameter: nothing to correlate
+    'diag'
     """
     import pymc as pm
 

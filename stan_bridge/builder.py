@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -360,7 +361,11 @@ def _build_fresh(
     found = job.cached()
     total = len(job.missing(products)) + (0 if found is not None else 3)
     if found is None and progressbar:  # the compiler's output goes to the log, not here
-        print(f"Building Stan model {job.display_name}; compiler output in {job.log}", flush=True)
+        print(
+            f"Building Stan model {job.display_name}; compiler output in {job.log}",
+            file=sys.stderr,
+            flush=True,
+        )
     title = f"{'Linking' if found else 'Building'} {job.display_name}"
     with ProgressBar(total, title, show=progressbar) as bar, file_lock(models / f"{job.key}.lock"):
         if found is None:

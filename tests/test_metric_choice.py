@@ -88,3 +88,10 @@ def test_a_sampler_can_limit_dense_to_near_normal_posteriors():
     assert choose_metric(cov, 1.2).kind == "dense"  # no limit by default
     choice = choose_metric(cov, 1.2, max_dense_pareto_k=1.0)
     assert choice.kind == "diag" and choice.trusted and "far from normal" in choice.reason
+
+
+def test_high_k_on_flat_weights_is_noise():
+    """Nearly equal importance weights (an exact approximation): a high fitted k is noise."""
+    cov = np.array([[1.0, 0.95], [0.95, 1.0]])
+    assert choose_metric(cov, 2.6, relative_ess=0.99).trusted
+    assert not choose_metric(cov, 2.6, relative_ess=0.5).trusted

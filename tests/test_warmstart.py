@@ -328,7 +328,7 @@ def test_fallback_when_pathfinder_is_poor():
     model = correlated_model(0.97)
     with model, warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a high k alone does not warn
-        step = WarmStartNUTS(init=_poor(model, pareto_k=2.4), random_seed=1)
+        step = WarmStartNUTS(init=_poor(model, pareto_k=2.4, ess=20.0), random_seed=1)
         idata = pm.sample(draws=200, step=step, chains=2, cores=1, random_seed=2, **SAMPLE_KW)
     assert step.warmstart_fallback and not step.warmstart_trusted
     assert step.metric == "diag" and step.warmup == FALLBACK_WARMUP

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -58,6 +59,7 @@ class ProgressBar:
             TimeRemainingColumn(),
             TextColumn("{task.fields[info]}"),
             disable=not self.show,
+            console=Console(stderr=True),  # like tqdm: results on stdout stay clean
         )
         self._task = self._progress.add_task(description, total=total, info="")
         self._started = False
