@@ -323,8 +323,9 @@ def main(argv: list[str] | None = None) -> None:
     if opts.render is not None:
         print(_write(json.loads(opts.render.read_text()), opts.render.stem[len("stan_first_run"):]))
         return
-    names = [n if (REFERENCES / n).is_dir() else full_reference_name(n)
-             for n in opts.programs.split(",")]
+    listed = (sorted(d.name for d in REFERENCES.iterdir() if (d / "model.stan").is_file())
+              if opts.programs == "all" else opts.programs.split(","))
+    names = [n if (REFERENCES / n).is_dir() else full_reference_name(n) for n in listed]
     rows = []
     with tempfile.TemporaryDirectory(prefix="stan_first_run_prep_") as prep:
         prepared, prepare_s = None, None

@@ -310,16 +310,19 @@ def _summary_lines(results: dict[str, Any], variants: list[str]) -> list[str]:
     warm = [v for v in variants if v != "plain"]
     head = ["program", "dim", "Pareto k", "metric (auto)", "warmup", "why"]
     for v in warm:
-        head += [f"{v}: total vs plain", f"{v}: grads/ESS vs plain"]
+        head += [f"{v}: total vs plain", f"{v}: grads/ESS vs plain", f"{v}: wall vs plain"]
     head += ["max mean err (warm)", "max sd err (warm)"]
     lines = [md_row(head), md_row(["---"] * len(head))]
-    ratios: dict[str, dict[str, list[float]]] = {v: {"total": [], "ess": []} for v in warm}
+    ratios: dict[str, dict[str, list[float]]] = {
+        v: {"total": [], "ess": [], "wall": []} for v in warm
+    }
     for name, res in results["programs"].items():
         by = _by_variant(res["rows"])
         if "plain" not in by:
             continue
         base_tot = _mean(by["plain"], "total_grad_evals")
         base_ess = _mean(by["plain"], "grad_evals_per_ess")
+        base_wall = _mean(by["plain"], "wall_time")
         first = next((by[v][0] for v in warm if v in by and by[v][0].get("metric_choice")), {})
         choice = first.get("metric_choice") or {}
         auto = by.get("warm", [{}])[0]
@@ -333,13 +336,15 @@ def _summary_lines(results: dict[str, Any], variants: list[str]) -> list[str]:
         ]
         for v in warm:
             if v not in by:
-                cells += ["–", "–"]
+                cells += ["–", "–", "–"]
                 continue
             t = _mean(by[v], "total_grad_evals") / base_tot
             e = _mean(by[v], "grad_evals_per_ess") / base_ess
+            w = _mean(by[v], "wall_time") / base_wall
             ratios[v]["total"].append(t)
             ratios[v]["ess"].append(e)
-            cells += [fmt(t), fmt(e)]
+            ratios[v]["wall"].append(w)
+            cells += [fmt(t), fmt(e), fmt(w)]
         ref = by.get("warm", by["plain"])
         cells += [
             fmt(max(r["max_mean_error"] for r in ref), 3),
@@ -349,7 +354,7 @@ def _summary_lines(results: dict[str, Any], variants: list[str]) -> list[str]:
     foot = ["median", "", "", "", "", ""]
     worst = ["worst", "", "", "", "", ""]
     for v in warm:
-        for key in ("total", "ess"):
+        for key in ("total", "ess", "wall"):
             vals = ratios[v][key]
             foot.append(fmt(float(np.median(vals))) if vals else "–")
             worst.append(fmt(float(np.max(vals))) if vals else "–")
@@ -464,6 +469,8 @@ def rewrite_report(out_dir: Path, tag: str = "") -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--render", action="store_true",
+                        help="only write the markdown again from the JSON of --tag")
     parser.add_argument("--programs", default=",".join(PROGRAMS), help="names, or 'all'")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds (1, 2, ...)")
@@ -473,6 +480,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tag", default="", help="suffix of the output files")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args(argv)
+    if args.render:
+        rewrite_report(Path(args.out), args.tag)
+        return
     import cmdstanpy
     from cmdstanpy.utils.logging import get_logger as cmdstanpy_logger
 

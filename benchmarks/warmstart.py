@@ -7,6 +7,7 @@ For every reference posterior (PyMC versions from ``pymc_ext.models``), in one r
 
    - ``pymc``: default ``pm.sample(nuts_sampler="pymc")`` (tune=1000);
    - ``nutpie``: ``pm.sample(nuts_sampler="nutpie")`` (nutpie's tune=400);
+   - ``nutpie-lowrank``: the same with nutpie's ``adaptation="low_rank"``;
    - ``warm``: ``pymc_ext.sample(warmstart="pathfinder")`` (PyMC NUTS, the
      default ``metric="auto"``: diagonal, dense or low-rank as
      :func:`pymc_ext.blocks.metric_choice.choose_metric` decides from
@@ -81,7 +82,7 @@ def _model_name(name: str) -> str:
     return name if name in PYMC_REFERENCE_NAMES else full_reference_name(name)
 
 
-ALL_SAMPLERS = ["pymc", "nutpie", "warm", "warm-diag", "warm-nutpie"]
+ALL_SAMPLERS = ["pymc", "nutpie", "nutpie-lowrank", "warm", "warm-diag", "warm-nutpie"]
 ESS_TARGET = 400.0
 RHAT_TARGET = 1.01
 CHECK_EVERY = 25
@@ -181,6 +182,10 @@ def _run_sampler(kind: str, name: str, seed: int, draws: int, chains: int) -> An
             return pm.sample(nuts_sampler="pymc", **common)
         if kind == "nutpie":
             return pm.sample(nuts_sampler="nutpie", **common)
+        if kind == "nutpie-lowrank":
+            return pm.sample(
+                nuts_sampler="nutpie", nuts_sampler_kwargs={"adaptation": "low_rank"}, **common
+            )
         if kind == "warm":
             return pymc_ext.sample(warmstart="pathfinder", nuts_sampler="pymc", **common)
         if kind == "warm-diag":
@@ -193,7 +198,13 @@ def _run_sampler(kind: str, name: str, seed: int, draws: int, chains: int) -> An
 
 
 def bench_sampler(
-    kind: str, name: str, seed: int, draws: int, chains: int, repeats: int = 1
+    kind: str,
+    name: str,
+    seed: int,
+    draws: int,
+    chains: int,
+    repeats: int = 1,
+    warm_cache: bool = True,
 ) -> dict[str, Any]:
     """One sampler on one posterior; with ``repeats`` > 1 the identical run (same
     seed, so the same draws and gradient counts) is timed that many times and
@@ -201,7 +212,8 @@ def bench_sampler(
     from pymc_ext.reference import compare_to_reference
 
     # Warm the compile caches (PyTensor C code; pymc_ext's compiled density).
-    _run_sampler_warmup(kind, name)
+    if warm_cache:
+        _run_sampler_warmup(kind, name)
     walls, to_target = [], []
     for _ in range(max(1, repeats)):
         t0 = time.perf_counter()

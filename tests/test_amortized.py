@@ -622,3 +622,30 @@ def test_set_data_on_the_training_model_is_what_sample_and_amortized_mh_conditio
             pymc_ext.AmortizedMH(amortizer)
     with pytest.raises(AmortizerMismatchError, match="pm.set_data"):
         amortizer.sample()
+
+
+def test_raw_draws_that_are_off_warn_although_k_is_small():
+    """A briefly trained amortizer: bounded weights (small k) but raw draws off in mean or sd.
+
+    The importance-weighted moments estimate that error (``raw_shift``); it must
+    agree with the exact conjugate posterior and trigger the warning, and PSIS
+    draws must not get it.
+    """
+    y = np.array([1.5, 2.0, 2.5])
+    with pm.Model() as model:
+        mu = pm.Normal("mu", 0.0, 1.0)
+        pm.Normal("y", mu, 1.0, observed=y)
+    amortizer = pymc_ext.Amortizer(model).fit(300, epochs=4, random_seed=0, progressbar=False)
+    exact_mean, exact_sd = y.sum() / (len(y) + 1), 1.0 / math.sqrt(len(y) + 1)
+    with pytest.warns(AmortizedDataWarning, match="off by about"):
+        raw = amortizer.sample({"y": y}, draws=4000, random_seed=1)
+    draws = raw.posterior["mu"].values.ravel()
+    actual = max(abs(draws.mean() - exact_mean) / exact_sd, abs(draws.std() / exact_sd - 1))
+    attrs = raw.posterior.attrs
+    print(f"actual raw error {actual:.2f} sd, estimated {attrs['raw_shift']:.2f}, "
+          f"k {attrs['pareto_k']:.2f}")
+    assert attrs["pareto_k"] < 0.7 and actual > 0.3
+    assert abs(attrs["raw_shift"] - actual) < 0.1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AmortizedDataWarning)
+        amortizer.sample({"y": y}, draws=4000, random_seed=1, correct="psis")

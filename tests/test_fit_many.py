@@ -112,6 +112,27 @@ def test_routing_sends_a_dataset_far_outside_training_to_exact_mcmc(amortizer):
 
 
 @pytest.mark.slow
+def test_a_short_importance_ess_is_topped_up_with_more_draws_before_mcmc(amortizer):
+    """200 draws cannot give an ESS of 400: typical datasets are drawn again (more draws)
+    and stay on the PSIS route, with the resampled posterior's mean the exact one."""
+    data = datasets(3, 0)
+    out = amortizer.fit_many(data, draws=200, random_seed=2, progressbar=False)
+    table = out.table
+    topped = table[table["reason"].str.contains("x the draws")]
+    assert len(topped) >= 2, table[["route", "reason", "ess"]]
+    assert (topped["route"] == "psis").all() and (topped["ess"] >= 400).all()
+    for i in topped.index:
+        post = out.posteriors[i].posterior
+        assert post.sizes["draw"] == 200
+        exact = normal_model_posterior_means(data[i]["y"])
+        x = post["mu"].values
+        assert abs(x.mean() - exact["mu"]) < 4 * x.std() / np.sqrt(400), (i, x.mean(), exact)
+    none = amortizer.fit_many(data, draws=200, random_seed=2, progressbar=False,
+                              max_psis_factor=1)
+    assert not none.table["reason"].str.contains("x the draws").any()
+    assert (none.table["route"] != "psis").all()  # an ESS of 400 is out of reach
+
+
 def test_local_cluster_gives_the_local_posteriors_and_survives_a_killed_worker(amortizer, client):
     data = datasets(2, 4)
     local = amortizer.fit_many(data, draws=300, random_seed=2, progressbar=False)

@@ -23,11 +23,14 @@ import torch
 from pymc_ext.amortized.calibration import CalibrationResult, simulation_based_calibration
 from pymc_ext.amortized.diagnostics import (
     PARETO_K_THRESHOLD,
+    RAW_MAX_SHIFT,
     RAW_MIN_EFFICIENCY,
     AmortizedDataWarning,
     importance_ess,
     importance_resample,
     psis_log_weights,
+    raw_draw_shift,
+    raw_shift_allowance,
     warn_high_pareto_k,
 )
 from pymc_ext.amortized.networks import TorchSeed, contexts_no_grad
@@ -171,13 +174,18 @@ def batch_datasets(amortizer: Any, draws: int, max_rows: int | None = None) -> i
 
 
 def warn_many_high_k(
-    pareto_k: np.ndarray, stacklevel: int, efficiency: np.ndarray | None = None
+    pareto_k: np.ndarray,
+    stacklevel: int,
+    efficiency: np.ndarray | None = None,
+    shifted: np.ndarray | None = None,
 ) -> None:
     """One warning for all datasets of ``sample_many`` with Pareto k above the threshold.
 
     With ``efficiency`` (importance ESS / draws per dataset, given for raw
     draws only), a second warning names the datasets whose ``k`` passed but
-    whose efficiency is below :data:`~pymc_ext.amortized.diagnostics.RAW_MIN_EFFICIENCY`.
+    whose efficiency is below :data:`~pymc_ext.amortized.diagnostics.RAW_MIN_EFFICIENCY`,
+    or (``shifted``, a boolean per dataset) whose estimated raw error exceeds
+    :data:`~pymc_ext.amortized.diagnostics.RAW_MAX_SHIFT` and its allowance.
 
     Examples
     --------
@@ -201,13 +209,18 @@ def warn_many_high_k(
         )
     if efficiency is None:
         return
-    low = np.flatnonzero(~(pareto_k > PARETO_K_THRESHOLD) & (efficiency < RAW_MIN_EFFICIENCY))
+    off = efficiency < RAW_MIN_EFFICIENCY
+    if shifted is not None:
+        off = off | np.asarray(shifted, dtype=bool)
+    low = np.flatnonzero(~(pareto_k > PARETO_K_THRESHOLD) & off)
     if len(low):
         warnings.warn(
             f"{len(low)} of {len(pareto_k)} datasets have raw amortized draws that are off "
             f"although their Pareto k passed (e.g. datasets {low[:5].tolist()}): under "
-            f"{100 * RAW_MIN_EFFICIENCY:.0f}% of their draws carry the importance weight. "
-            "Use correct='psis' for those.",
+            f"{100 * RAW_MIN_EFFICIENCY:.0f}% of their draws carry the importance weight, or "
+            f"their importance-weighted mean or sd differs from the raw one by more than "
+            f"{RAW_MAX_SHIFT} posterior sd (diagnostic 'raw_shift'). Use correct='psis' for "
+            "those.",
             AmortizedDataWarning,
             stacklevel=stacklevel + 1,
         )
@@ -294,6 +307,7 @@ def draws_and_checks(
     log_w, k = psis_log_weights(log_p - log_q)
     diag["pareto_k"] = np.atleast_1d(k)
     diag["importance_ess"] = np.atleast_1d(importance_ess(log_w))
+    diag["raw_shift"] = np.atleast_1d(raw_draw_shift(theta, log_w))
     stats.update(log_p=log_p, log_weight=log_p - log_q)
     if correction is Correction.PSIS:
         theta, stats = psis_correct(theta, stats, log_w, int(draws), seeds[1], first)
@@ -328,7 +342,7 @@ def posterior_draws(
     >>> from pymc_ext.amortized.sampling import posterior_draws
     >>> _, theta, stats, diag = posterior_draws(a, [{"y": np.ones(3)}], 50, 1, None, True)
     >>> theta.shape, sorted(stats), sorted(diag)
-    ((1, 50, 1), ['log_p', 'log_q', 'log_weight'], ['importance_ess', 'pareto_k'])
+    ((1, 50, 1), ['log_p', 'log_q', 'log_weight'], ['importance_ess', 'pareto_k', 'raw_shift'])
     """
     amortizer.check_fitted()
     correction = Correction.parse(correct)
@@ -354,11 +368,20 @@ def posterior_draws(
             corrected=correction is Correction.PSIS,
             stacklevel=stacklevel + 2,  # warn_high_pareto_k's own frame, then this one
             efficiency=float(diag["importance_ess"][0]) / max(int(draws), 1),
+            shift=float(diag["raw_shift"][0]) if "raw_shift" in diag else None,
+            allowance=float(raw_shift_allowance(diag["importance_ess"][0], int(draws))),
         )
     else:
         raw = correction is not Correction.PSIS
         efficiency = diag["importance_ess"] / max(int(draws), 1) if raw else None
-        warn_many_high_k(diag["pareto_k"], stacklevel=stacklevel + 1, efficiency=efficiency)
+        shifted = None
+        if raw and "raw_shift" in diag:
+            shifted = diag["raw_shift"] > RAW_MAX_SHIFT + raw_shift_allowance(
+                diag["importance_ess"], int(draws)
+            )
+        warn_many_high_k(
+            diag["pareto_k"], stacklevel=stacklevel + 1, efficiency=efficiency, shifted=shifted
+        )
     return checked, theta, stats, diag
 
 
