@@ -41,13 +41,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 import numpy as np
 
-from pymc_ext.blocks.importance import importance_ess, importance_resample, psis_log_weights
+from pymc_ext.amortized.many_psis import psis_posteriors, top_up
+from pymc_ext.amortized.many_types import FitManyResult, FitManySettings, Route, table_row
 from pymc_ext.blocks.progress import ProgressBar
 
 __all__ = [
@@ -60,92 +59,6 @@ __all__ = [
 ]
 
 
-class Route(StrEnum):
-    """The path a dataset took in :func:`fit_many`."""
-
-    PSIS = "psis"
-    MH = "mh"
-    NUTS = "nuts"
-    FAILED = "failed"
-
-
-@dataclass(frozen=True)
-class FitManySettings:
-    """Thresholds and sizes of :func:`fit_many` (checked once).
-
-    Attributes
-    ----------
-    draws : int
-        Draws per dataset (per chain for MH and NUTS).
-    chains : int
-        Chains for MH and NUTS.
-    mcmc_k : float
-        Pareto k from which MCMC is used (PSIS below it).
-    min_psis_ess : float
-        Importance ESS (of the amortized draws) under which MCMC is used even
-        at a small k: few effective draws make the resampled moments noisy.
-    max_psis_factor : int
-        A dataset whose k passes but whose ESS is short is drawn again with
-        up to this many times ``draws`` before it goes to MCMC.
-    min_acceptance : float
-        MH acceptance rate below which NUTS takes over.
-    max_rhat, min_ess : float
-        MH chains with a larger R-hat or a smaller bulk ESS (any variable)
-        are replaced by NUTS.
-    nuts_kwargs : dict
-        Passed to ``pm.sample`` on the NUTS route (PyMC models).
-    """
-
-    draws: int = 1000
-    chains: int = 4
-    mcmc_k: float = 0.7
-    min_psis_ess: float = 400.0
-    max_psis_factor: int = 16
-    min_acceptance: float = 0.1
-    max_rhat: float = 1.01
-    min_ess: float = 400.0
-    nuts_kwargs: Mapping[str, Any] | None = None
-
-    def __post_init__(self) -> None:
-        if self.draws < 1 or self.chains < 1:
-            raise ValueError("draws and chains must be at least 1.")
-        if not self.mcmc_k >= 0:
-            raise ValueError(f"mcmc_k must be at least 0, got {self.mcmc_k}.")
-        if self.max_psis_factor < 1:
-            raise ValueError(f"max_psis_factor must be at least 1, got {self.max_psis_factor}.")
-        if not 0 <= self.min_acceptance < 1:
-            raise ValueError(f"min_acceptance must be in [0, 1), got {self.min_acceptance}.")
-
-
-@dataclass
-class FitManyResult:
-    """What :func:`fit_many` returns.
-
-    Attributes
-    ----------
-    posteriors : list of xarray.DataTree
-        One per dataset, in order, with the model's names, dims and coords
-        (``None`` for a failed dataset).
-    table : pandas.DataFrame
-        One row per dataset: ``route``, ``reason``, ``pareto_k``,
-        ``acceptance`` (MH), ``rhat`` and ``ess`` (MCMC: the worst variable;
-        PSIS: the importance ESS), ``divergences`` (NUTS), ``seconds`` and
-        ``error``.
-    """
-
-    posteriors: list[Any]
-    table: Any
-
-    def route_counts(self) -> dict[str, int]:
-        """How many datasets took each route."""
-        return {str(k): int(v) for k, v in self.table["route"].value_counts().items()}
-
-    @property
-    def share_mcmc(self) -> float:
-        """The share of datasets that needed MCMC (MH or NUTS)."""
-        return float(self.table["route"].isin([Route.MH, Route.NUTS]).mean())
-
-
 def _convergence(idata: Any) -> tuple[float, float]:
     """The largest R-hat and the smallest bulk ESS over the posterior's variables."""
     import arviz as az
@@ -154,13 +67,6 @@ def _convergence(idata: Any) -> tuple[float, float]:
     rhat = float(az.rhat(posterior).to_array().max())
     ess = float(az.ess(posterior, method="bulk").to_array().min())
     return rhat, ess
-
-
-def _row(route: Route, reason: str, k: float, **extra: Any) -> dict[str, Any]:
-    row = {"route": route, "reason": reason, "pareto_k": k, "acceptance": np.nan,
-           "rhat": np.nan, "ess": np.nan, "divergences": 0, "seconds": 0.0, "error": ""}
-    row.update(extra)
-    return row
 
 
 def _nuts(amortizer: Any, data: Mapping[str, Any], seed: int, settings: FitManySettings) -> Any:
@@ -228,7 +134,7 @@ def mcmc_one(
     if not ess >= settings.min_ess:
         failed.append(f"MH bulk ESS {ess:.0f} < {settings.min_ess:.0f}")
     if not failed:
-        row = _row(Route.MH, reason, k, acceptance=rate, rhat=rhat, ess=ess)
+        row = table_row(Route.MH, reason, k, acceptance=rate, rhat=rhat, ess=ess)
     else:
         idata = _nuts(amortizer, data, seed, settings)
         rhat, ess = _convergence(idata)
@@ -238,7 +144,7 @@ def mcmc_one(
             if stats is not None and "diverging" in stats.data_vars
             else 0
         )
-        row = _row(Route.NUTS, "; ".join([reason, *failed]), k, acceptance=rate, rhat=rhat,
+        row = table_row(Route.NUTS, "; ".join([reason, *failed]), k, acceptance=rate, rhat=rhat,
                    ess=ess, divergences=divergences)
     row["seconds"] = time.perf_counter() - start
     return idata, row
@@ -270,7 +176,7 @@ def _run_mcmc(
                 try:
                     out[i] = mcmc_one(amortizer, data, seed, k, settings)
                 except (ValueError, FloatingPointError, RuntimeError) as err:
-                    out[i] = (None, _row(Route.FAILED, f"k = {k:.2f}", k, error=repr(err)))
+                    out[i] = (None, table_row(Route.FAILED, f"k = {k:.2f}", k, error=repr(err)))
                 bar.update()
             return out
         results = cluster.run(
@@ -283,7 +189,7 @@ def _run_mcmc(
         )
         for (i, _, _, k), result in zip(jobs, results, strict=True):
             if isinstance(result, BaseException):
-                result = (None, _row(Route.FAILED, f"k = {k:.2f}", k, error=repr(result)))
+                result = (None, table_row(Route.FAILED, f"k = {k:.2f}", k, error=repr(result)))
             out[i] = result
     return out
 
@@ -316,88 +222,6 @@ def _warn_unconverged(table: Any, settings: FitManySettings) -> None:
             UserWarning,
             stacklevel=5,  # the caller of Amortizer.fit_many
         )
-
-
-def _top_up(
-    amortizer: Any, checked: list[dict], jobs: list[tuple[int, Mapping[str, Any], int, float]],
-    done: dict[int, tuple[Any, dict[str, Any]]], diag: dict[str, np.ndarray], seeds: list[int],
-    settings: FitManySettings, cluster: Any,
-) -> list[tuple[int, Mapping[str, Any], int, float]]:
-    """Datasets whose k passed but whose ESS fell short: drawn again with more draws.
-
-    One batched call for all of them, with the factor the worst of them needs
-    (by its first-pass efficiency, with a 25% margin, at most
-    ``max_psis_factor``). Those that pass now join ``done``; the others stay
-    MCMC jobs. Returns the remaining jobs.
-    """
-    import warnings
-
-    from pymc_ext.amortized.diagnostics import AmortizedDataWarning
-    from pymc_ext.amortized.sampling import posterior_draws
-
-    ess = diag["importance_ess"]
-    reach = settings.min_psis_ess / settings.max_psis_factor
-    short = [job for job in jobs
-             if np.isfinite(job[3]) and job[3] < settings.mcmc_k and ess[job[0]] >= reach / 1.25]
-    if settings.max_psis_factor == 1 or not short:
-        return jobs
-    worst = min(float(ess[i]) for i, _, _, _ in short)
-    factor = int(min(settings.max_psis_factor,
-                     np.ceil(1.25 * settings.min_psis_ess / max(worst, 1.0))))
-    draws = settings.draws * factor
-    # chunks of at most ~2e7 numbers of draws (160 MB), whatever the number of datasets
-    per_chunk = max(1, int(2e7 // (draws * max(int(amortizer.dim), 1))))
-    still: list[tuple[int, Mapping[str, Any], int, float]] = []
-    for start in range(0, len(short), per_chunk):
-        index = [i for i, _, _, _ in short[start:start + per_chunk]]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", AmortizedDataWarning)
-            sub, theta, stats, sub_diag = posterior_draws(
-                amortizer, [checked[i] for i in index], draws, seeds[index[0]] + 1, None, True,
-                cores=None, stacklevel=4, cluster=cluster,
-            )
-        more, rest = _amortized_posteriors(
-            amortizer, sub, theta, stats, sub_diag["pareto_k"], [seeds[i] for i in index],
-            settings, index=index, note=f", {factor}x the draws",
-        )
-        done.update(more)
-        still += rest
-    retried = {i for i, _, _, _ in short}
-    return [job for job in jobs if job[0] not in retried] + still
-
-
-def _amortized_posteriors(
-    amortizer: Any, checked: list[dict], theta: np.ndarray, stats: dict[str, np.ndarray],
-    ks: np.ndarray, seeds: list[int], settings: FitManySettings,
-    index: list[int] | None = None, note: str = "",
-) -> tuple[dict[int, tuple[Any, dict[str, Any]]], list[tuple[int, Mapping[str, Any], int, float]]]:
-    """PSIS-resampled posteriors for the datasets with a good k; the MCMC jobs for the rest.
-
-    ``index`` maps the rows of ``checked`` (a subset) to the datasets' numbers.
-    """
-    from pymc_ext.pymc_adapter.datatree import to_datatree
-
-    done, jobs = {}, []
-    for j, k in enumerate(ks):
-        i = j if index is None else index[j]
-        lw, _ = psis_log_weights(stats["log_weight"][j])
-        psis_ess = float(importance_ess(lw)) if np.isfinite(k) else 0.0
-        if not (np.isfinite(k) and k < settings.mcmc_k and psis_ess >= settings.min_psis_ess):
-            jobs.append((i, checked[j], seeds[j], float(k)))
-            continue
-        idx = importance_resample(lw, settings.draws, np.random.default_rng(seeds[j]))
-        draws = theta[j][idx]
-        row_stats = {key: v[j][idx] for key, v in stats.items()}
-        row = _row(Route.PSIS, f"k = {k:.2f} < {settings.mcmc_k}, ESS {psis_ess:.0f}{note}",
-                   float(k), ess=psis_ess)
-        idata = to_datatree(
-            amortizer.density, draws[None], observed_data=checked[j],
-            sample_stats={key: v[None] for key, v in row_stats.items()},
-            attrs={"inference_library": "pymc_ext.fit_many", "route": str(row["route"]),
-                   "pareto_k": float(k)},
-        )
-        done[i] = (idata, row)
-    return done, jobs
 
 
 def fit_many(
@@ -445,10 +269,10 @@ def _fit_many(
             amortizer, list(datasets), settings.draws, seeds[0] if seeds else None, None, True,
             cores=None, stacklevel=3, cluster=cluster,
         )
-    done, jobs = _amortized_posteriors(
+    done, jobs = psis_posteriors(
         amortizer, checked, theta, stats, diag["pareto_k"], seeds, settings
     )
-    jobs = _top_up(amortizer, checked, jobs, done, diag, seeds, settings, cluster)
+    jobs = top_up(amortizer, checked, jobs, done, diag, seeds, settings, cluster)
     amortized_seconds = (time.perf_counter() - start) / max(len(datasets), 1)
     for _, row in done.values():
         row["seconds"] = amortized_seconds
