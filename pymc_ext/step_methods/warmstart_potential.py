@@ -7,6 +7,7 @@ of the warmup, from the chain's own draws blended with that covariance
 
 from __future__ import annotations
 
+import math
 from dataclasses import field
 from typing import Any
 
@@ -19,6 +20,10 @@ from scipy import linalg
 from pymc_ext.blocks.metric_choice import metric_mismatch
 
 __all__ = ["WarmStartPotential", "WarmStartPotentialState"]
+
+#: The most draws' worth a distrusted warm-start covariance keeps
+#: (:meth:`WarmStartPotential.distrust_prior`).
+DISTRUSTED_WEIGHT = 5.0
 
 
 @dataclass_state
@@ -68,7 +73,9 @@ class WarmStartPotential(QuadPotential):
         ``lowrank``: the diagonal plus the ``rank`` directions whose
         variance differs most from it (cheap for large models).
     prior_weight : float
-        Weight of the warm-start estimate, in draws.
+        Weight of the warm-start estimate, in draws. ``inf`` keeps it as the
+        metric (the draws' estimates are computed, for the settle check, but
+        not blended in) until :meth:`distrust_prior`.
     rank : int
         Rank of the low-rank part (``kind="lowrank"``).
     use_grads : bool
@@ -124,8 +131,17 @@ class WarmStartPotential(QuadPotential):
         return self._last_mismatch, self._last_window
 
     def distrust_prior(self, scale: float = 0.1) -> None:
-        """Give the warm-start covariance ``scale`` times its weight from now on."""
-        self._prior_scale = float(scale)
+        """Give the warm-start covariance ``scale`` times its weight from now on.
+
+        At most :data:`DISTRUSTED_WEIGHT` draws' worth: a kept metric (a weight
+        of thousands of draws) that the chain's draws disagree with must yield
+        to them.
+        """
+        if math.isinf(self._prior_weight):
+            self._prior_scale = 0.0  # the kept metric yields to the draws (see refresh)
+        else:
+            cap = DISTRUSTED_WEIGHT / max(self._prior_weight, 1e-12)
+            self._prior_scale = min(float(scale), cap)
 
     @property
     def use_grads(self) -> bool:
@@ -217,6 +233,12 @@ class WarmStartPotential(QuadPotential):
             self._mean_g = self._mean_g + dg / k
             self._m2_g = self._m2_g + dg * (grad - self._mean_g)
 
+    def _weight(self) -> float:
+        """The warm-start covariance's weight now: infinite keeps it, until distrusted."""
+        if math.isinf(self._prior_weight):
+            return DISTRUSTED_WEIGHT if self._prior_scale == 0.0 else math.inf
+        return self._prior_weight * self._prior_scale
+
     def refresh(self, restart: bool = True) -> bool:
         """Re-estimate the metric from the draws collected so far; True if it changed.
 
@@ -230,7 +252,7 @@ class WarmStartPotential(QuadPotential):
         n = self._n_x
         if n < 5:
             return False
-        w0 = self._prior_weight * self._prior_scale
+        w0 = self._weight()
         if self.kind == "diag":
             var = self._m2_x / (n - 1)
             if self._use_grads:
@@ -245,7 +267,7 @@ class WarmStartPotential(QuadPotential):
         prior = self._initial_cov
         if self.kind == "diag":
             prior = np.diag(np.diag(prior))
-        new = (w0 * prior + n * est) / (w0 + n)
+        new = prior if math.isinf(w0) else (w0 * prior + n * est) / (w0 + n)
         new = _regularise_cov(new)
         if not np.all(np.isfinite(new)):
             return False
