@@ -47,6 +47,7 @@ import numpy as np
 
 from pymc_ext.amortized.many_psis import psis_posteriors, top_up
 from pymc_ext.amortized.many_types import FitManyResult, FitManySettings, Route, table_row
+from pymc_ext.amortized.nuts_route import compiled_nuts, nutpie_available
 from pymc_ext.blocks.progress import ProgressBar
 
 __all__ = [
@@ -57,6 +58,11 @@ __all__ = [
     "fit_many",
     "mcmc_one",
 ]
+
+
+#: ``nuts_kwargs`` the compiled-once nutpie route takes; any other sends the
+#: NUTS route to ``pm.sample`` on the conditioned model.
+NUTPIE_OPTIONS = frozenset({"tune", "target_accept", "maxdepth"})
 
 
 def _convergence(idata: Any) -> tuple[float, float]:
@@ -79,17 +85,24 @@ def _nuts(amortizer: Any, data: Mapping[str, Any], seed: int, settings: FitManyS
 
         from pymc_ext.pymc_adapter.conditioning import condition_on
 
+        options = dict(settings.nuts_kwargs or {})
+        sampler = options.pop("nuts_sampler", "nutpie" if nutpie_available() else "pymc")
+        if sampler == "nutpie" and set(options) <= NUTPIE_OPTIONS:
+            tune = int(options.pop("tune", 1000))
+            return compiled_nuts(target.model).sample(
+                data, draws=settings.draws, tune=tune, chains=settings.chains, seed=seed,
+                **options,
+            )
         logger = logging.getLogger("pymc")
         level = logger.level
         logger.setLevel(logging.WARNING)  # no "NUTS[...]" line per dataset
         try:
             with condition_on(target.model, data):
-                # PyMC's own NUTS: its compiled C code is cached on disk across the many
-                # conditioned models (nutpie compiles each one anew), and its draws do not
-                # depend on the process they run in
+                # pm.sample on the conditioned model: where nutpie is missing, or for
+                # pm.sample keywords the compiled route does not take
                 kwargs = {"progressbar": False, "compute_convergence_checks": False,
-                          "cores": 1, "nuts_sampler": "pymc"}
-                kwargs.update(settings.nuts_kwargs or {})
+                          "cores": 1, "nuts_sampler": sampler}
+                kwargs.update(options)
                 return pm.sample(draws=settings.draws, chains=settings.chains, random_seed=seed,
                                  **kwargs)
         finally:
