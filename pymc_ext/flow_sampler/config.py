@@ -226,6 +226,14 @@ class FlowMCMCConfig:
         Keep every ``thin``-th production iteration.
     min_global_acceptance : float
         Warn when the production global acceptance is below this.
+    max_rhat : float or None
+        Warn when the production chains' largest rank-normalised R-hat (over
+        the coordinates) is above this; ``None`` turns it off. 1.05, not
+        PyMC's 1.01: on the 20 random mixtures of the family benchmark first
+        measured, 1.01 fired on 5 correct answers (R-hat 1.012-1.086 with
+        weight errors at most 0.018), while 1.05 fired only on the one wrong
+        answer that nothing else warned about (a narrow heavy mode never found
+        in 20-D, R-hat 1.051) and on one already warned.
     progressbar : bool
         Progress bars for adaptation and sampling.
 
@@ -280,6 +288,7 @@ class FlowMCMCConfig:
     restart_threshold: float | None = 6.0
     thin: int = 1
     min_global_acceptance: float = 0.05
+    max_rhat: float | None = 1.05
     progressbar: bool = True
 
     def __post_init__(self) -> None:

@@ -233,6 +233,30 @@ def _low_acceptance_warning(global_acc: float, threshold: float) -> list[str]:
     return [msg]
 
 
+def _rhat_warning(out: np.ndarray, threshold: float | None) -> list[str]:
+    """A warning when the production chains have not mixed (largest R-hat above ``threshold``)."""
+    if threshold is None or out.shape[0] < 2 or out.shape[1] < 4:
+        return []
+    from arviz_stats.base import array_stats
+
+    rhat = np.asarray(
+        array_stats.rhat(np.moveaxis(out, -1, 0), method="rank", chain_axis=-2, draw_axis=-1),
+        dtype=float,
+    )
+    worst = float(np.nanmax(rhat)) if np.isfinite(rhat).any() else float("nan")
+    if not worst > threshold:
+        return []
+    msg = (
+        f"The production chains have not mixed: the largest R-hat is {worst:.3f} "
+        f"(> {threshold}). The mode weights may be off, and a mode the explorations never "
+        "found would not show anywhere else. What to try: more draws, more adaptation rounds "
+        "(n_rounds), more tempering walkers (tempering_walkers) or explorations; compare the "
+        "mode census (sample_stats.attrs['mode_census']) between runs with other seeds."
+    )
+    warnings.warn(msg, FlowMCMCWarning, stacklevel=3)
+    return [msg]
+
+
 def _sample_stats_attrs(
     adaptation: FlowMCMCAdaptation,
     tally: _Tally,
@@ -378,6 +402,7 @@ def flow_mcmc(
     warn_list = list(adaptation.warnings)
     warn_list += _low_acceptance_warning(tally.global_acceptance, cfg.min_global_acceptance)
     warn_list += _census_warnings(adaptation, out, groups)
+    warn_list += _rhat_warning(out, cfg.max_rhat)
     evals = {
         "total": int(density.grad_evals) - grad_before,
         "adaptation": grad_adapt,
