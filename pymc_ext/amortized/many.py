@@ -66,13 +66,24 @@ NUTPIE_OPTIONS = frozenset({"tune", "target_accept", "maxdepth"})
 
 
 def _convergence(idata: Any) -> tuple[float, float]:
-    """The largest R-hat and the smallest bulk ESS over the posterior's variables."""
-    import arviz as az
+    """The largest R-hat and the smallest bulk ESS over the posterior's scalars.
 
-    posterior = idata["posterior"].to_dataset()
-    rhat = float(az.rhat(posterior).to_array().max())
-    ess = float(az.ess(posterior, method="bulk").to_array().min())
-    return rhat, ess
+    On the stacked arrays with ``arviz_stats``' array functions: the same
+    rank-normalised R-hat and bulk ESS as ``az.rhat`` / ``az.ess`` on the
+    DataTree, for a few milliseconds instead of a few hundred (it runs once or
+    twice for every dataset that needs MCMC).
+    """
+    from arviz_stats.base import array_stats
+
+    posterior = idata["posterior"]
+    cols = []
+    for name in posterior.data_vars:
+        arr = np.asarray(posterior[name].values, dtype=float)
+        cols.append(arr.reshape(arr.shape[0], arr.shape[1], -1))
+    x = np.moveaxis(np.concatenate(cols, axis=2), 2, 0)  # (scalar, chain, draw)
+    rhat = np.asarray(array_stats.rhat(x, method="rank", chain_axis=-2, draw_axis=-1))
+    ess = np.asarray(array_stats.ess(x, method="bulk", chain_axis=-2, draw_axis=-1))
+    return float(np.nanmax(rhat)), float(np.nanmin(ess))
 
 
 def _nuts(amortizer: Any, data: Mapping[str, Any], seed: int, settings: FitManySettings) -> Any:
