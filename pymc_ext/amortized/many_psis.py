@@ -35,9 +35,9 @@ def top_up(
 ) -> list[Job]:
     """Datasets whose k passed but whose ESS fell short: drawn again with more draws.
 
-    One batched call for all of them, with the factor the worst of them needs
-    (by its first-pass efficiency, with a 25% margin, at most
-    ``max_psis_factor``). Those that pass now join ``done``; the others stay
+    Each gets the factor its own first-pass efficiency asks for (with a 25%
+    margin, rounded up to a power of two, at most ``max_psis_factor``); those
+    with the same factor share batched calls. Those that pass now join ``done``; the others stay
     MCMC jobs. Returns the remaining jobs.
 
     Examples
@@ -58,11 +58,6 @@ def top_up(
     >>> len(done) + len(jobs)
     1
     """
-    import warnings
-
-    from pymc_ext.amortized.diagnostics import AmortizedDataWarning
-    from pymc_ext.amortized.sampling import posterior_draws
-
     ess = diag["importance_ess"]
     reach = settings.min_psis_ess / settings.max_psis_factor
     short = [
@@ -72,42 +67,16 @@ def top_up(
     ]
     if settings.max_psis_factor == 1 or not short:
         return jobs
-    worst = min(float(ess[i]) for i, _, _, _ in short)
-    factor = int(
-        min(settings.max_psis_factor, np.ceil(1.25 * settings.min_psis_ess / max(worst, 1.0)))
-    )
-    draws = settings.draws * factor
-    # chunks of at most ~2e7 numbers of draws (160 MB), whatever the number of datasets
-    per_chunk = max(1, int(2e7 // (draws * max(int(amortizer.dim), 1))))
+    # each dataset gets the factor its own first-pass efficiency asks for (25% margin),
+    # rounded up to a power of two so that datasets share a few batched calls
+    groups: dict[int, list[Job]] = {}
+    for job in short:
+        need = 1.25 * settings.min_psis_ess / max(float(ess[job[0]]), 1.0)
+        factor = min(settings.max_psis_factor, 2 ** int(np.ceil(np.log2(max(need, 2.0)))))
+        groups.setdefault(int(factor), []).append(job)
     still: list[Job] = []
-    for start in range(0, len(short), per_chunk):
-        index = [i for i, _, _, _ in short[start : start + per_chunk]]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", AmortizedDataWarning)
-            sub, theta, stats, sub_diag = posterior_draws(
-                amortizer,
-                [checked[i] for i in index],
-                draws,
-                seeds[index[0]] + 1,
-                None,
-                True,
-                cores=None,
-                stacklevel=4,
-                cluster=cluster,
-            )
-        more, rest = psis_posteriors(
-            amortizer,
-            sub,
-            theta,
-            stats,
-            sub_diag["pareto_k"],
-            [seeds[i] for i in index],
-            settings,
-            index=index,
-            note=f", {factor}x the draws",
-        )
-        done.update(more)
-        still += rest
+    for factor, group in sorted(groups.items()):
+        still += _draw_again(amortizer, checked, group, done, seeds, settings, cluster, factor)
     retried = {i for i, _, _, _ in short}
     return [job for job in jobs if job[0] not in retried] + still
 
@@ -176,3 +145,54 @@ def psis_posteriors(
         )
         done[i] = (idata, row)
     return done, jobs
+
+
+def _draw_again(
+    amortizer: Any,
+    checked: list[dict],
+    group: list[Job],
+    done: dict[int, tuple[Any, dict[str, Any]]],
+    seeds: list[int],
+    settings: FitManySettings,
+    cluster: Any,
+    factor: int,
+) -> list[Job]:
+    """``group``'s datasets drawn again with ``factor`` times the draws; the jobs still left."""
+    import warnings
+
+    from pymc_ext.amortized.diagnostics import AmortizedDataWarning
+    from pymc_ext.amortized.sampling import posterior_draws
+
+    draws = settings.draws * factor
+    # chunks of at most ~2e7 numbers of draws (160 MB), whatever the number of datasets
+    per_chunk = max(1, int(2e7 // (draws * max(int(amortizer.dim), 1))))
+    still: list[Job] = []
+    for start in range(0, len(group), per_chunk):
+        index = [i for i, _, _, _ in group[start : start + per_chunk]]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AmortizedDataWarning)
+            sub, theta, stats, sub_diag = posterior_draws(
+                amortizer,
+                [checked[i] for i in index],
+                draws,
+                seeds[index[0]] + factor,
+                None,
+                True,
+                cores=None,
+                stacklevel=4,
+                cluster=cluster,
+            )
+        more, rest = psis_posteriors(
+            amortizer,
+            sub,
+            theta,
+            stats,
+            sub_diag["pareto_k"],
+            [seeds[i] for i in index],
+            settings,
+            index=index,
+            note=f", {factor}x the draws",
+        )
+        done.update(more)
+        still += rest
+    return still
