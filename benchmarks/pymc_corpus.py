@@ -184,13 +184,53 @@ def write_report(results: dict[str, Any], tag: str) -> Path:
                             ]
                         )
                     )
+    lines += ["", "## One row per posterior", "", *compact_lines(results)]
     path = RESULTS_DIR / f"pymc_corpus{suffix}.md"
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
+def compact_lines(results: dict[str, Any]) -> list[str]:
+    """Ours against nutpie, one row per posterior (the docs' table)."""
+    head = [
+        "posterior",
+        "warm: grads vs pm.sample()",
+        "vs low_rank",
+        "wall vs pm.sample()",
+        "warm-nutpie: grads vs pm.sample()",
+        "vs low_rank",
+        "wall vs pm.sample()",
+        "max err (warm)",
+    ]
+    lines = [md_row(head), md_row(["---"] * len(head))]
+    for name, rows in results["models"].items():
+        nut, lr = rows.get("nutpie", {}), rows.get("nutpie-lowrank", {})
+        cells = [name]
+        for kind in OURS:
+            r = rows.get(kind, {})
+            if not r or "error" in r:
+                cells += ["–", "–", "–"]
+                continue
+            cells += [
+                fmt(_ratio(r, nut, "total_grad_evals_to_target")),
+                fmt(_ratio(r, lr, "total_grad_evals_to_target")),
+                fmt(_ratio(r, nut, "wall_time_to_target")),
+            ]
+        w = rows.get("warm", {})
+        cells.append(
+            fmt(max(w["max_mean_error"], w["max_sd_error"]), 3) if w and "error" not in w else "–"
+        )
+        lines.append(md_row(cells))
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--render":
+        suffix = f"_{argv[1]}" if len(argv) > 1 else ""
+        results = json.loads((RESULTS_DIR / f"pymc_corpus{suffix}.json").read_text())
+        print(write_report(results, argv[1] if len(argv) > 1 else "").read_text())
+        return
     if argv and argv[0] in ("--one", "--warm"):
         print(json.dumps(_one(argv[1], argv[2], argv[0] == "--warm"), default=float))
         return

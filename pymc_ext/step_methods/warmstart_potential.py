@@ -267,7 +267,12 @@ class WarmStartPotential(QuadPotential):
         prior = self._initial_cov
         if self.kind == "diag":
             prior = np.diag(np.diag(prior))
-        new = prior if math.isinf(w0) else (w0 * prior + n * est) / (w0 + n)
+        if math.isinf(w0):
+            new = prior
+        elif self.kind == "dense" and self._prior_scale == 1.0:
+            new = _rescaled(prior, np.asarray(self._draws), w0)
+        else:
+            new = (w0 * prior + n * est) / (w0 + n)
         new = _regularise_cov(new)
         if not np.all(np.isfinite(new)):
             return False
@@ -295,6 +300,21 @@ class WarmStartPotential(QuadPotential):
                 "The warm-start mass matrix has non-finite or zero entries; run with "
                 "metric='diag' or a different init."
             )
+
+
+def _rescaled(prior: np.ndarray, draws: np.ndarray, w0: float) -> np.ndarray:
+    """The warm start's dense covariance with its scales re-estimated from ``draws``.
+
+    ``L diag(d) L^T`` with ``L L^T = prior`` and ``d`` the variances of the
+    whitened draws ``L^{-1} x``, shrunk towards 1 with ``w0`` draws' worth: the
+    warm start's correlations are kept and only the scale of each whitened
+    direction is learnt, as nutpie's diagonal adaptation on ``z`` in
+    ``x = mu + L z`` does.
+    """
+    chol = np.linalg.cholesky(prior)
+    z = linalg.solve_triangular(chol, (draws - draws.mean(0)).T, lower=True).T
+    d = (w0 + z.shape[0] * z.var(0)) / (w0 + z.shape[0])
+    return (chol * d) @ chol.T
 
 
 def _shrunk_covariance(draws: np.ndarray) -> np.ndarray:
