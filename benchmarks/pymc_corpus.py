@@ -103,6 +103,8 @@ def write_report(results: dict[str, Any], tag: str) -> Path:
         "nutpie `low_rank`. Errors: max over scalars of |mean - ref| / ref_sd and "
         "|sd / ref_sd - 1| of our run.",
         "",
+        *[f"Note: {note}" for note in results.get("notes", [])],
+        *([""] if results.get("notes") else []),
     ]
     header = [
         "posterior",
