@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from pymc_ext.pymc_adapter.conditioning import with_shared_observations
+
 __all__ = ["CompiledNUTS", "compiled_nuts", "nutpie_available"]
 
 #: Suffix of the shared variable that holds an observed variable's data.
@@ -39,29 +41,6 @@ def nutpie_available() -> bool:
     except ImportError:
         return False
     return True
-
-
-def _with_shared_observations(model: Any) -> tuple[Any, dict[str, str]]:
-    """A copy of ``model`` whose observed data are shared variables; ``name -> shared name``."""
-    import pytensor
-    from pymc.model.fgraph import ModelObservedRV, fgraph_from_model, model_from_fgraph
-    from pytensor.compile.sharedvalue import SharedVariable
-
-    fgraph, _ = fgraph_from_model(model, inlined_views=True)
-    names: dict[str, str] = {}
-    for out in list(fgraph.outputs):
-        node = out.owner
-        if node is None or not isinstance(node.op, ModelObservedRV):
-            continue
-        old = node.inputs[1]
-        if isinstance(old, SharedVariable):  # already a pm.Data container
-            names[out.name] = old.name
-            continue
-        value = np.array(old.data, dtype=old.dtype, copy=True)
-        shared = pytensor.shared(value, name=out.name + DATA_SUFFIX, shape=(None,) * value.ndim)
-        fgraph.replace(old, shared, import_missing=True)
-        names[out.name] = shared.name
-    return model_from_fgraph(fgraph, mutate_fgraph=True), names
 
 
 class CompiledNUTS:
@@ -90,7 +69,7 @@ class CompiledNUTS:
     def __init__(self, model: Any) -> None:
         import nutpie
 
-        self.model, self.names = _with_shared_observations(model)
+        self.model, self.names = with_shared_observations(model, DATA_SUFFIX)
         self.compiled = nutpie.compile_pymc_model(self.model)
 
     def sample(

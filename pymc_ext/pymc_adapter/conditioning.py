@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["condition_on"]
+__all__ = ["condition_on", "with_shared_observations"]
 
 
 def condition_on(model: Any, data: Mapping[str, Any]) -> Any:
@@ -84,3 +84,49 @@ def condition_on(model: Any, data: Mapping[str, Any]) -> Any:
     if updates:
         pm.set_data(updates, model=new_model)
     return new_model
+
+
+def with_shared_observations(model: Any, suffix: str = "__observed") -> tuple[Any, dict[str, str]]:
+    """A copy of ``model`` whose observed data are shared variables, to swap without recompiling.
+
+    Parameters
+    ----------
+    model : pm.Model
+    suffix : str
+        Added to an observed variable's name to name its shared variable.
+
+    Returns
+    -------
+    (pm.Model, dict)
+        The new model, and ``observed name -> shared variable name`` (the
+        container's own name for data already in a ``pm.Data``).
+
+    Examples
+    --------
+    >>> import numpy as np, pymc as pm
+    >>> from pymc_ext.pymc_adapter.conditioning import with_shared_observations
+    >>> with pm.Model() as model:
+    ...     y = pm.Normal("y", pm.Normal("mu"), 1.0, observed=np.zeros(3))
+    >>> new, names = with_shared_observations(model)
+    >>> names
+    {'y': 'y__observed'}
+    """
+    import pytensor
+    from pymc.model.fgraph import ModelObservedRV, fgraph_from_model, model_from_fgraph
+    from pytensor.compile.sharedvalue import SharedVariable
+
+    fgraph, _ = fgraph_from_model(model, inlined_views=True)
+    names: dict[str, str] = {}
+    for out in list(fgraph.outputs):
+        node = out.owner
+        if node is None or not isinstance(node.op, ModelObservedRV):
+            continue
+        old = node.inputs[1]
+        if isinstance(old, SharedVariable):  # already a pm.Data container
+            names[out.name] = old.name
+            continue
+        value = np.array(old.data, dtype=old.dtype, copy=True)
+        shared = pytensor.shared(value, name=out.name + suffix, shape=(None,) * value.ndim)
+        fgraph.replace(old, shared, import_missing=True)
+        names[out.name] = shared.name
+    return model_from_fgraph(fgraph, mutate_fgraph=True), names
