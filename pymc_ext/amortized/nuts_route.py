@@ -12,7 +12,9 @@ the dataset as ``observed_data``.
 
 from __future__ import annotations
 
+import threading
 import time
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -137,7 +139,8 @@ def _observed(model: Any, data: Mapping[str, Any]) -> Any:
     return xr.DataTree(xr.Dataset(variables))
 
 
-_CACHE: Any = None
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_CACHE_LOCK = threading.Lock()
 
 
 def compiled_nuts(model: Any) -> CompiledNUTS:
@@ -152,14 +155,7 @@ def compiled_nuts(model: Any) -> CompiledNUTS:
     >>> compiled_nuts(model) is compiled_nuts(model)
     True
     """
-    import threading
-    import weakref
-
-    global _CACHE
-    if _CACHE is None:
-        _CACHE = (weakref.WeakKeyDictionary(), threading.Lock())
-    cache, lock = _CACHE
-    with lock:
-        if model not in cache:
-            cache[model] = CompiledNUTS(model)
-        return cache[model]
+    with _CACHE_LOCK:
+        if model not in _CACHE:
+            _CACHE[model] = CompiledNUTS(model)
+        return _CACHE[model]
