@@ -133,6 +133,26 @@ def test_a_short_importance_ess_is_topped_up_with_more_draws_before_mcmc(amortiz
     assert (none.table["route"] != "psis").all()  # an ESS of 400 is out of reach
 
 
+@pytest.mark.slow
+def test_mh_that_fails_its_pilot_is_not_tried_on_the_other_datasets(amortizer):
+    """MH that cannot pass (acceptance must be 0.99) on the first MCMC dataset: the other
+    MCMC datasets go straight to NUTS, say why, and are still exact."""
+    data = datasets(0, 3)
+    out = amortizer.fit_many(data, draws=300, random_seed=3, progressbar=False,
+                             mh_pilot=1, min_acceptance=0.99)
+    table = out.table
+    assert (table["route"] == "nuts").all(), table[["route", "reason"]]
+    assert "MH acceptance" in table["reason"][0] and np.isfinite(table["acceptance"][0])
+    for i in (1, 2):
+        assert "MH not tried: it passed on 0 of the 1 first" in table["reason"][i]
+        assert np.isnan(table["acceptance"][i])
+        x = out.posteriors[i].posterior["mu"].values
+        exact = normal_model_posterior_means(data[i]["y"])["mu"]
+        assert abs(x.mean() - exact) < 4 * x.std() / np.sqrt(x.size * 0.25), (i, x.mean(), exact)
+    with pytest.raises(ValueError, match="mh_pilot"):
+        amortizer.fit_many(data, mh_pilot=-1, progressbar=False)
+
+
 def test_local_cluster_gives_the_local_posteriors_and_survives_a_killed_worker(amortizer, client):
     data = datasets(2, 4)
     local = amortizer.fit_many(data, draws=300, random_seed=2, progressbar=False)
@@ -261,3 +281,25 @@ def test_a_stan_program_on_a_cluster_gives_the_local_results(client):
         se = np.hypot(x.std(), y.std()) / np.sqrt(0.25 * x.size)
         assert abs(x.mean() - y.mean()) < 4 * se, (x.mean(), y.mean())
     assert float(remote.posteriors[1].posterior["mu"].mean()) > 30
+
+
+@pytest.mark.slow
+def test_the_nuts_route_swaps_counts_held_in_a_pm_data_container():
+    """Integer counts in ``pm.Data`` reach the likelihood through a cast: the compiled-once
+    NUTS route finds the container behind it, and each dataset's posterior is exact
+    (Gamma(2 + sum y, 1 + n) for a Poisson rate)."""
+    import pymc as pm
+
+    from pymc_ext.amortized.nuts_route import CompiledNUTS
+
+    with pm.Model() as model:
+        counts = pm.Data("counts", np.zeros(5, dtype="int64"))
+        rate = pm.Gamma("rate", 2.0, 1.0)
+        pm.Poisson("y", rate, observed=counts)
+    nuts = CompiledNUTS(model)
+    assert nuts.names == {"y": "counts"}
+    for y in (np.array([0, 1, 0, 2, 1]), np.array([9, 12, 8, 11, 10])):
+        idata = nuts.sample({"y": y}, draws=500, tune=300, chains=2, seed=3)
+        x = idata.posterior["rate"].values
+        exact = (2 + y.sum()) / (1 + y.size)
+        assert abs(x.mean() - exact) < 4 * x.std() / np.sqrt(x.size * 0.3), (x.mean(), exact)

@@ -21,7 +21,10 @@ For each dataset (Li, Schmitt et al., "Amortized Bayesian Workflow", 2024):
    (R-hat above 1.01 or a bulk ESS under ``min_ess``), NUTS on the model at
    that dataset instead (``"nuts"``). A dataset whose MCMC raised is
    reported as ``"failed"`` with the error, by name; NUTS chains that fail
-   the same check are kept, and a warning names their datasets.
+   the same check are kept, and a warning names their datasets. MH is tried
+   on the first ``mh_pilot`` (8) MCMC datasets; where it passes on fewer than
+   half of them, the others go straight to NUTS (on eight schools' funnel it
+   failed on 78 of 84, each attempt costing more than the NUTS run after it).
 
 Step 3 is the expensive part and the part that scales out: given a
 ``dask.distributed`` ``Client``, step 1 runs in tasks of whole batches and
@@ -128,10 +131,25 @@ def _nuts(amortizer: Any, data: Mapping[str, Any], seed: int, settings: FitManyS
     return to_datatree(density, draws, sample_stats=per_draw, observed_data=dict(data))
 
 
+def _mh_failures(rate: float, rhat: float, ess: float, settings: FitManySettings) -> list[str]:
+    """Why MH chains are not good enough (empty when they are)."""
+    failed = []
+    if rate < settings.min_acceptance:
+        failed.append(f"MH acceptance {rate:.3f} < {settings.min_acceptance}")
+    if not rhat <= settings.max_rhat:
+        failed.append(f"MH R-hat {rhat:.3f} > {settings.max_rhat}")
+    if not ess >= settings.min_ess:
+        failed.append(f"MH bulk ESS {ess:.0f} < {settings.min_ess:.0f}")
+    return failed
+
+
 def mcmc_one(
-    amortizer: Any, data: Mapping[str, Any], seed: int, k: float, settings: FitManySettings
+    amortizer: Any, data: Mapping[str, Any], seed: int, k: float, settings: FitManySettings,
+    skip_mh: str = "",
 ) -> tuple[Any, dict[str, Any]]:
     """The exact path for one dataset: MH with the amortized proposal, else NUTS.
+
+    ``skip_mh``: why MH is not tried (straight to NUTS); empty to try it.
 
     Returns
     -------
@@ -145,18 +163,16 @@ def mcmc_one(
     start = time.perf_counter()
     reason = f"k = {k:.2f}" + (f" >= {settings.mcmc_k}" if k >= settings.mcmc_k else
                                 ", importance ESS too small")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the low acceptance is handled here, by NUTS
-        idata = exact_draws(amortizer, data, settings.draws, settings.chains, seed)
-    rate = float(idata.posterior.attrs["acceptance_rate"])
-    rhat, ess = _convergence(idata)
-    failed = []
-    if rate < settings.min_acceptance:
-        failed.append(f"MH acceptance {rate:.3f} < {settings.min_acceptance}")
-    if not rhat <= settings.max_rhat:
-        failed.append(f"MH R-hat {rhat:.3f} > {settings.max_rhat}")
-    if not ess >= settings.min_ess:
-        failed.append(f"MH bulk ESS {ess:.0f} < {settings.min_ess:.0f}")
+    rate = np.nan
+    if skip_mh:
+        failed = [skip_mh]
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the low acceptance is handled here, by NUTS
+            idata = exact_draws(amortizer, data, settings.draws, settings.chains, seed)
+        rate = float(idata.posterior.attrs["acceptance_rate"])
+        rhat, ess = _convergence(idata)
+        failed = _mh_failures(rate, rhat, ess, settings)
     if not failed:
         row = table_row(Route.MH, reason, k, acceptance=rate, rhat=rhat, ess=ess)
     else:
@@ -176,7 +192,7 @@ def mcmc_one(
 
 def mcmc_task(
     token: str, recipe: Any, payload: bytes, data: Mapping[str, Any], seed: int, k: float,
-    settings: FitManySettings,
+    settings: FitManySettings, skip_mh: str = "",
 ) -> tuple[Any, dict[str, Any]]:
     """A worker's task: :func:`mcmc_one`, the amortizer and model rebuilt from what was sent."""
     from pymc_ext.amortized.cluster import worker_amortizer
@@ -184,37 +200,61 @@ def mcmc_task(
     amortizer = worker_amortizer(token, recipe, payload)
     # arrays unpickled from the scheduler can be unaligned views, which PyTensor refuses
     data = {name: np.array(value, copy=True) for name, value in data.items()}
-    return mcmc_one(amortizer, data, seed, k, settings)
+    return mcmc_one(amortizer, data, seed, k, settings, skip_mh)
 
 
 def _run_mcmc(
     amortizer: Any, jobs: list[tuple[int, Mapping[str, Any], int, float]],
     settings: FitManySettings, cluster: Any, progressbar: bool,
 ) -> dict[int, tuple[Any, dict[str, Any]]]:
-    """Every MCMC job, locally or as one dask task each; failures become rows, by name."""
-    out: dict[int, tuple[Any, dict[str, Any]]] = {}
+    """Every MCMC job, locally or as one dask task each; failures become rows, by name.
+
+    MH is tried on the first ``mh_pilot`` jobs; where it passes on fewer than
+    ``min_mh_pass`` of them, the others go straight to NUTS. The pilot is the
+    first jobs by dataset number, so a cluster run routes as a local one."""
+    jobs = sorted(jobs, key=lambda job: job[0])
+    pilot = len(jobs) if settings.mh_pilot == 0 else min(settings.mh_pilot, len(jobs))
     with ProgressBar(len(jobs), "exact MCMC on the datasets that need it",
                      show=progressbar and bool(jobs)) as bar:
-        if cluster is None:
-            for i, data, seed, k in jobs:
-                try:
-                    out[i] = mcmc_one(amortizer, data, seed, k, settings)
-                except (ValueError, FloatingPointError, RuntimeError) as err:
-                    out[i] = (None, table_row(Route.FAILED, f"k = {k:.2f}", k, error=repr(err)))
-                bar.update()
-            return out
-        results = cluster.run(
-            mcmc_task,
-            [(cluster.token, cluster.recipe, cluster.remote_payload, data, seed, k, settings)
-             for _, data, seed, k in jobs],
-            [f"dataset {i}" for i, _, _, _ in jobs],
-            "fit_many",
-            bar,
-        )
-        for (i, _, _, k), result in zip(jobs, results, strict=True):
-            if isinstance(result, BaseException):
-                result = (None, table_row(Route.FAILED, f"k = {k:.2f}", k, error=repr(result)))
-            out[i] = result
+        out = _mcmc_batch(amortizer, jobs[:pilot], settings, cluster, bar, "")
+        if pilot < len(jobs):
+            passed = sum(out[i][1]["route"] == Route.MH for i, _, _, _ in jobs[:pilot])
+            skip = ""
+            if passed < settings.min_mh_pass * pilot:
+                skip = (f"MH not tried: it passed on {passed} of the {pilot} first MCMC "
+                        "datasets")
+            out.update(_mcmc_batch(amortizer, jobs[pilot:], settings, cluster, bar, skip))
+    return out
+
+
+def _mcmc_batch(
+    amortizer: Any, jobs: list[tuple[int, Mapping[str, Any], int, float]],
+    settings: FitManySettings, cluster: Any, bar: ProgressBar, skip_mh: str,
+) -> dict[int, tuple[Any, dict[str, Any]]]:
+    """:func:`mcmc_one` on each job, locally or as dask tasks."""
+    out: dict[int, tuple[Any, dict[str, Any]]] = {}
+    if not jobs:
+        return out
+    if cluster is None:
+        for i, data, seed, k in jobs:
+            try:
+                out[i] = mcmc_one(amortizer, data, seed, k, settings, skip_mh)
+            except (ValueError, FloatingPointError, RuntimeError) as err:
+                out[i] = (None, table_row(Route.FAILED, f"k = {k:.2f}", k, error=repr(err)))
+            bar.update()
+        return out
+    results = cluster.run(
+        mcmc_task,
+        [(cluster.token, cluster.recipe, cluster.remote_payload, data, seed, k, settings, skip_mh)
+         for _, data, seed, k in jobs],
+        [f"dataset {i}" for i, _, _, _ in jobs],
+        "fit_many",
+        bar,
+    )
+    for (i, _, _, k), result in zip(jobs, results, strict=True):
+        if isinstance(result, BaseException):
+            result = (None, table_row(Route.FAILED, f"k = {k:.2f}", k, error=repr(result)))
+        out[i] = result
     return out
 
 
@@ -348,8 +388,9 @@ class ManyDatasetsMixin:
         progressbar : bool
             A progress bar over the MCMC datasets.
         **options
-            ``chains``, ``mcmc_k``, ``min_acceptance``, ``max_rhat``,
-            ``min_ess``, ``nuts_kwargs``: see :class:`FitManySettings`.
+            ``chains``, ``mcmc_k``, ``min_psis_ess``, ``max_psis_factor``,
+            ``min_acceptance``, ``max_rhat``, ``min_ess``, ``mh_pilot``,
+            ``min_mh_pass``, ``nuts_kwargs``: see :class:`FitManySettings`.
 
         Returns
         -------

@@ -123,7 +123,7 @@ def psis_posteriors(
         if not (np.isfinite(k) and k < settings.mcmc_k and psis_ess >= settings.min_psis_ess):
             jobs.append((i, checked[j], seeds[j], float(k)))
             continue
-        idx = importance_resample(lw, settings.draws, np.random.default_rng(seeds[j]))
+        idx = importance_resample(lw, settings.draws, np.random.default_rng(seeds[j]), "systematic")
         draws = theta[j][idx]
         row_stats = {key: v[j][idx] for key, v in stats.items()}
         row = table_row(

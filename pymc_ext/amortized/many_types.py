@@ -44,6 +44,15 @@ class FitManySettings:
     max_rhat, min_ess : float
         MH chains with a larger R-hat or a smaller bulk ESS (any variable)
         are replaced by NUTS.
+    mh_pilot : int
+        MH is tried first on this many of the MCMC datasets (the first by
+        number). Where it passes on fewer than ``min_mh_pass`` of them, the
+        other MCMC datasets go straight to NUTS: on a posterior the amortized
+        proposal cannot cover (a funnel), each MH attempt costs seconds and
+        ends in NUTS anyway. 0 tries MH on every dataset.
+    min_mh_pass : float
+        The share of the pilot on which MH must pass for it to be tried on
+        the rest.
     nuts_kwargs : dict
         Passed to ``pm.sample`` on the NUTS route (PyMC models).
     """
@@ -56,6 +65,8 @@ class FitManySettings:
     min_acceptance: float = 0.1
     max_rhat: float = 1.01
     min_ess: float = 400.0
+    mh_pilot: int = 8
+    min_mh_pass: float = 0.5
     nuts_kwargs: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
@@ -65,6 +76,9 @@ class FitManySettings:
             raise ValueError(f"mcmc_k must be at least 0, got {self.mcmc_k}.")
         if self.max_psis_factor < 1:
             raise ValueError(f"max_psis_factor must be at least 1, got {self.max_psis_factor}.")
+        if self.mh_pilot < 0 or not 0 <= self.min_mh_pass <= 1:
+            raise ValueError("mh_pilot must be at least 0 and min_mh_pass in [0, 1], got "
+                             f"{self.mh_pilot} and {self.min_mh_pass}.")
         if not 0 <= self.min_acceptance < 1:
             raise ValueError(f"min_acceptance must be in [0, 1), got {self.min_acceptance}.")
 

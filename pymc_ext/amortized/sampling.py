@@ -257,7 +257,7 @@ def psis_correct(
         if np.isnan(lw).any():
             lw = np.full(lw.shape, -np.log(lw.shape[0]))
         rng = np.random.default_rng([int(seed), int(first) + i])
-        rows.append(importance_resample(lw, int(draws), rng))
+        rows.append(importance_resample(lw, int(draws), rng, "systematic"))
     idx = np.stack(rows)
     theta = np.take_along_axis(theta, idx[..., None], axis=1)
     stats = {key: np.take_along_axis(v, idx, axis=1) for key, v in stats.items()}

@@ -114,6 +114,12 @@ def with_shared_observations(model: Any, suffix: str = "__observed") -> tuple[An
     import pytensor
     from pymc.model.fgraph import ModelObservedRV, fgraph_from_model, model_from_fgraph
     from pytensor.compile.sharedvalue import SharedVariable
+    from pytensor.graph.basic import Constant
+
+    try:
+        from pytensor.graph.traversal import graph_inputs
+    except ImportError:  # PyTensor before 2.32
+        from pytensor.graph.basic import graph_inputs
 
     fgraph, _ = fgraph_from_model(model, inlined_views=True)
     names: dict[str, str] = {}
@@ -122,10 +128,17 @@ def with_shared_observations(model: Any, suffix: str = "__observed") -> tuple[An
         if node is None or not isinstance(node.op, ModelObservedRV):
             continue
         old = node.inputs[1]
-        if isinstance(old, SharedVariable):  # already a pm.Data container
-            names[out.name] = old.name
+        roots = [v for v in graph_inputs([old]) if not isinstance(v, Constant)]
+        if roots and all(isinstance(v, SharedVariable) for v in roots) and len(roots) == 1:
+            # a pm.Data container, maybe behind a cast or a name (pm.Data int64 data)
+            names[out.name] = roots[0].name
             continue
-        value = np.array(old.data, dtype=old.dtype, copy=True)
+        if roots:
+            raise ValueError(
+                f"The observed data of {out.name!r} depend on {[v.name for v in roots]}: "
+                "give it a constant array or one pm.Data container."
+            )
+        value = np.array(old.eval(), dtype=old.dtype, copy=True)
         shared = pytensor.shared(value, name=out.name + suffix, shape=(None,) * value.ndim)
         fgraph.replace(old, shared, import_missing=True)
         names[out.name] = shared.name
