@@ -469,7 +469,7 @@ def write_report(results: list[dict[str, Any]], meta: dict[str, Any], out: Path,
 def _run_family(args: argparse.Namespace, argv: list[str] | None) -> int:
     import torch
 
-    from benchmarks.mixture_family import run_family
+    from benchmarks.mixture_family import parse_instances, run_family
 
     torch.set_num_threads(args.threads)
     meta = {
@@ -480,8 +480,14 @@ def _run_family(args: argparse.Namespace, argv: list[str] | None) -> int:
         "load": " ".join(f"{x:.1f}" for x in os.getloadavg()),
     }
     dims = tuple(int(d) for d in args.family_dims.split(","))
+    merge = None
+    if args.family_merge:
+        merge = json.loads(Path(args.family_merge).read_text())["results"]
+        meta["command"] += f" (joined with the rows of {Path(args.family_merge).name})"
     run_family(args.family, args.family_seed, dims, args.family_samplers.split(","),
-               Path(args.out), args.tag, meta, run_seed=args.seed)
+               Path(args.out), args.tag, meta, run_seed=args.seed,
+               instances=parse_instances(args.family_instances) if args.family_instances
+               else None, merge=merge)
     return 0
 
 
@@ -508,6 +514,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--family-seed", type=int, default=0)
     parser.add_argument("--family-dims", default="2,6,10,20")
     parser.add_argument("--family-samplers", default="tempering,climbs,smc")
+    parser.add_argument("--family-instances", default="",
+                        help="only these instances of the family, e.g. '8,24-39'")
+    parser.add_argument("--family-merge", default="",
+                        help="a family run's JSON whose rows this run joins (same instance "
+                             "and sampler: this run's row replaces it)")
     args = parser.parse_args(argv)
     if args.family:
         return _run_family(args, argv)

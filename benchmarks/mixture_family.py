@@ -223,10 +223,63 @@ def instance_lines(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def parse_instances(text: str) -> list[int]:
+    """``"8,24-39"`` -> ``[8, 24, 25, ..., 39]``.
+
+    Examples
+    --------
+    >>> from benchmarks.mixture_family import parse_instances
+    >>> parse_instances("8,24-26")
+    [8, 24, 25, 26]
+    """
+    out: list[int] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        lo, _, hi = part.partition("-")
+        out += list(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def merge_rows(*row_lists: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of several runs, one per (instance, sampler): a later run's row replaces an
+    earlier one; ordered by instance number, then sampler.
+
+    Examples
+    --------
+    >>> from benchmarks.mixture_family import merge_rows
+    >>> a = [{"instance": "family0_8", "sampler": "smc", "x": 1}]
+    >>> b = [{"instance": "family0_8", "sampler": "smc", "x": 2},
+    ...      {"instance": "family0_10", "sampler": "smc", "x": 3}]
+    >>> [r["x"] for r in merge_rows(a, b)]
+    [2, 3]
+    """
+    merged: dict[tuple[str, str], dict[str, Any]] = {}
+    for rows in row_lists:
+        for row in rows:
+            merged[(row["instance"], row["sampler"])] = row
+    return sorted(merged.values(),
+                  key=lambda r: (int(r["instance"].rsplit("_", 1)[1]), r["sampler"]))
+
+
+def family_report(rows: list[dict[str, Any]], meta: dict[str, Any], seed: int,
+                  dims: tuple[int, ...], run_seed: int) -> str:
+    """The markdown report of a family run."""
+    text = ["# Flow MCMC on a family of random mixtures", "",
+            f"Command: `{meta['command']}`  ",
+            f"Machine: {meta['machine']}; started {meta['started']}; load average at "
+            f"start {meta['load']}. Family seed {seed}, dimensions {list(dims)}, "
+            f"sampler seed {run_seed}.", "", "## Summary", "",
+            *summary_lines(rows), "", "## Instances", "", *instance_lines(rows)]
+    return "\n".join(text) + "\n"
+
+
 def run_family(n: int, seed: int, dims: tuple[int, ...], samplers: list[str], out_dir,
-               tag: str, meta: dict[str, Any], run_seed: int = 1) -> list[dict[str, Any]]:
-    """Run every sampler on instances ``0 .. n-1``; write ``flows_family<tag>.md/.json`` after
-    each run (a long run can be stopped)."""
+               tag: str, meta: dict[str, Any], run_seed: int = 1,
+               instances: list[int] | None = None,
+               merge: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Run every sampler on instances ``0 .. n-1`` (or ``instances``); write
+    ``flows_family<tag>.md/.json`` after each run (a long run can be stopped). ``merge``:
+    rows of an earlier run, which this run's rows join (or replace, for the same instance
+    and sampler) in the report."""
     import traceback
     from pathlib import Path
 
@@ -236,7 +289,8 @@ def run_family(n: int, seed: int, dims: tuple[int, ...], samplers: list[str], ou
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = "flows_family" + (f"_{tag}" if tag else "")
     rows: list[dict[str, Any]] = []
-    for i in range(n):
+    todo = list(range(n)) if instances is None else instances
+    for i in todo:
         spec = family_spec(i, seed, dims)
         for sampler in samplers:
             print(f"[{time.strftime('%H:%M:%S')}] {spec['name']} (D={spec['dim']}, "
@@ -249,13 +303,10 @@ def run_family(n: int, seed: int, dims: tuple[int, ...], samplers: list[str], ou
                        "error": f"{type(err).__name__}: {err}"}
             print("   ", {k: v for k, v in row.items() if k != "warnings"}, flush=True)
             rows.append(row)
-            write_json({"meta": meta, "specs": [family_spec(j, seed, dims) for j in range(n)],
-                        "results": rows}, out_dir / f"{stem}.json")
-            text = ["# Flow MCMC on a family of random mixtures", "",
-                    f"Command: `{meta['command']}`  ",
-                    f"Machine: {meta['machine']}; started {meta['started']}; load average at "
-                    f"start {meta['load']}. Family seed {seed}, dimensions {list(dims)}, "
-                    f"sampler seed {run_seed}.", "", "## Summary", "",
-                    *summary_lines(rows), "", "## Instances", "", *instance_lines(rows)]
-            (out_dir / f"{stem}.md").write_text("\n".join(text) + "\n")
+            everything = merge_rows(merge or [], rows)
+            write_json({"meta": meta, "specs": [family_spec(j, seed, dims)
+                                                for j in range(max(n, max(todo) + 1))],
+                        "results": everything}, out_dir / f"{stem}.json")
+            (out_dir / f"{stem}.md").write_text(
+                family_report(everything, meta, seed, dims, run_seed))
     return rows

@@ -261,3 +261,25 @@ def test_production_checks_name_a_weight_disagreement_and_a_mode_the_chains_miss
     missed = census_warnings(census([0.01, 0.01], [0.005, 0.005], 0.01, 0.4),
                              stage="production")
     assert any("Laplace approximation holds 0.400" in m for m in missed)
+
+
+def test_production_draws_above_every_known_top_warn_of_a_missed_mode(one_torch_thread):
+    """An adaptation that knows only a wide mode, reused on the target with a narrow, heavy
+    mode beside it (as in the benchmark's family0_8, where tempering in 20-D never put a
+    walker in the narrow mode, yet production chains fell into it): the draws above the
+    wide mode's top warn, and the climb from them finds the missed top."""
+    wide = mixture_density(2, [1.0], [[0.0, 0.0]], [1.0])
+    both = mixture_density(2, [0.3, 0.7], [[0.0, 0.0], [2.5, 0.0]], [1.0, 0.2])
+    adaptation = flow_mcmc_adapt(wide, random_seed=0, **SMALL_FLOW)
+    with pytest.warns(FlowMCMCWarning, match="a mode the explorations missed"):
+        idata = flow_mcmc(both, adaptation=adaptation, draws=200, random_seed=1,
+                          progressbar=False)
+    top = np.asarray(json.loads(idata.sample_stats.attrs["missed_modes"]))
+    assert top.shape == (1, 2) and np.allclose(top[0], [2.5, 0.0], atol=0.05), top
+    # the adaptation's own target: nothing above its top, no warning of the kind
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        same = flow_mcmc(wide, adaptation=adaptation, draws=100, random_seed=1,
+                         progressbar=False)
+    assert not [w for w in caught if "missed" in str(w.message)]
+    assert json.loads(same.sample_stats.attrs["missed_modes"]) == []

@@ -4,6 +4,7 @@ misses a mode, or an exploration ran out of temperatures (:func:`census_warnings
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from scipy.special import logsumexp
@@ -23,7 +24,9 @@ __all__ = [
     "DISAGREE_Z",
     "LAPLACE_RATIO",
     "POPULATION_Z",
+    "MISSED_MODE_NATS",
     "census_warnings",
+    "missed_mode_warnings",
     "population_warnings",
 ]
 
@@ -35,6 +38,8 @@ DISAGREE_ABS = 0.03
 LAPLACE_RATIO = 4.0
 #: an exploration's within-mode mean this many within-mode sds from production's warns
 POPULATION_Z = 0.5
+#: a production draw this many nats above the highest known mode's top is in another mode
+MISSED_MODE_NATS = 1.0
 
 
 def _where(mode: CensusMode) -> str:
@@ -196,3 +201,84 @@ def population_warnings(
                 )
                 break
     return out
+
+
+def missed_mode_warnings(
+    density: Any, tops: np.ndarray, draws: np.ndarray, lp: np.ndarray, scale: np.ndarray
+) -> tuple[list[str], np.ndarray]:
+    """Production draws above every known mode's top: a mode the explorations missed.
+
+    Inside a mode's basin no point is higher than its top, so a draw whose log
+    density exceeds the highest known top (climbed further first, so that a
+    top short of its maximum is no alarm; by :data:`MISSED_MODE_NATS`) lies
+    in the basin of a mode nobody found. It happens when a mode dominates
+    only near ``beta = 1``: a narrow, heavy mode beside a wide one in many
+    dimensions (the wide one holds the walkers at every temperature below
+    1), which the exact local moves of production can still fall into. The
+    chains that do cannot leave it by the flow, and the mode weights are
+    wrong.
+
+    Parameters
+    ----------
+    density : LogDensity
+    tops : ndarray, shape (k, dim)
+        The modes the adaptation knows.
+    draws : ndarray, shape (chains, draws, dim)
+    lp : ndarray, shape (chains, draws)
+        Log density of each draw.
+    scale : ndarray, shape (dim,)
+        Step scale for the climb from the highest draw.
+
+    Returns
+    -------
+    (list of str, ndarray)
+        The warning (empty when no draw is above) and the new top found by
+        climbing from the highest draw (shape ``(0, dim)`` when none).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pymc_ext.density import FunctionLogDensity
+    >>> from pymc_ext.flow_sampler.disagreement import missed_mode_warnings
+    >>> def lp(X):        # a wide mode at 0 and a narrow, higher one at 4
+    ...     return np.logaddexp(-0.5 * (X ** 2).sum(-1), 3 - 2 * ((X - 4) ** 2).sum(-1))
+    >>> def grad(X):
+    ...     a, b = -0.5 * (X ** 2).sum(-1), 3 - 2 * ((X - 4) ** 2).sum(-1)
+    ...     r = np.exp(b - np.logaddexp(a, b))[:, None]
+    ...     return (1 - r) * -X + r * -4 * (X - 4)
+    >>> d = FunctionLogDensity(1, lambda x: lp(x[None])[0], lambda x: grad(x[None])[0], lp, grad)
+    >>> draws = np.array([[[0.1], [-0.5]], [[3.9], [4.2]]])    # chain 1 fell into it
+    >>> msgs, new = missed_mode_warnings(d, np.zeros((1, 1)), draws, lp(draws), np.ones(1))
+    >>> msgs[0][:38], np.round(new, 2).tolist()
+    ('Production chain 1 reached log density', [[4.0]])
+    """
+    from pymc_ext.flow_sampler.strata import ascend_batch
+
+    dim = draws.shape[-1]
+    if tops.shape[0] == 0 or lp.size == 0:
+        return [], np.zeros((0, dim))
+    # the known tops climbed further first: a top short of its mode's maximum is no alarm
+    _, top_lp = ascend_batch(density, np.asarray(tops, dtype=float), scale, iters=200)
+    best = float(np.max(top_lp))
+    above = np.asarray(lp) > best + MISSED_MODE_NATS
+    if not above.any():
+        return [], np.zeros((0, dim))
+    chains = np.flatnonzero(above.any(axis=1))
+    c, t = np.unravel_index(int(np.argmax(np.where(above, lp, -np.inf))), lp.shape)
+    top, top_lp = ascend_batch(density, draws[c, t][None], scale, iters=200)
+    share = float(above.mean())
+    names = ", ".join(map(str, chains[:8])) + (", ..." if chains.size > 8 else "")
+    head = ", ".join(f"{v:.3g}" for v in top[0][:3]) + (", ..." if dim > 3 else "")
+    msg = (
+        f"Production chain{'s' if chains.size > 1 else ''} {names} reached log density "
+        f"{float(lp[c, t]):.3g}, {float(lp[c, t]) - best:.3g} nats above the top of the highest "
+        f"mode the adaptation found ({best:.3g}); a climb from there ends at [{head}] (log "
+        f"density {float(top_lp[0]):.3g}). That is a mode the explorations missed: it is not "
+        f"in the mode census, the flow does not cover it, and the {share:.1%} of draws in it "
+        "are far from its weight. The mode weights are wrong. What to try: more tempering "
+        "walkers (tempering_walkers) and smaller temperature steps (tempering_ess closer to "
+        "1), or the other reference (reference='pathfinder'); a mode that dominates only near "
+        "beta = 1 (narrow and heavy beside a wide one) can stay hidden from them all. Treat "
+        "the weights as unknown until a run finds it in its census."
+    )
+    return [msg], top

@@ -23,7 +23,11 @@ from pymc_ext.density import LogDensity
 from pymc_ext.flow_sampler.adaptation import default_num_draws, flow_mcmc_adapt
 from pymc_ext.flow_sampler.census import flow_shares, production_shares
 from pymc_ext.flow_sampler.config import FlowMCMCConfig, make_config
-from pymc_ext.flow_sampler.disagreement import census_warnings, population_warnings
+from pymc_ext.flow_sampler.disagreement import (
+    census_warnings,
+    missed_mode_warnings,
+    population_warnings,
+)
 from pymc_ext.flow_sampler.kernel import (
     FlowMCMCInfo,
     FlowMCMCState,
@@ -217,6 +221,19 @@ def _census_attrs(adaptation: FlowMCMCAdaptation, groups: np.ndarray) -> dict[st
     }
 
 
+def _missed_mode_warning(
+    density: LogDensity, adaptation: FlowMCMCAdaptation, out: np.ndarray, lp: np.ndarray
+) -> tuple[list[str], np.ndarray]:
+    """Production draws above every known mode's top (issued now); and the missed top."""
+    census = adaptation.census
+    tops = census.tops if census is not None and census.n_modes else adaptation.modes
+    scale = np.broadcast_to(np.asarray(adaptation.mode_scale, dtype=float), (out.shape[-1],))
+    messages, top = missed_mode_warnings(density, np.atleast_2d(tops), out, lp, scale)
+    for message in messages:
+        warnings.warn(message, FlowMCMCWarning, stacklevel=3)
+    return messages, top
+
+
 def _low_acceptance_warning(global_acc: float, threshold: float) -> list[str]:
     if global_acc >= threshold:
         return []
@@ -362,8 +379,11 @@ def flow_mcmc(
     Warns
     -----
     FlowMCMCWarning
-        Low global acceptance, a dimension beyond a few hundred, or a flow with
-        no mass near a mode the walkers found. With ``explore="tempering"``
+        Low global acceptance, a dimension beyond a few hundred, a flow with
+        no mass near a mode the walkers found, production chains that have not
+        mixed (R-hat above ``max_rhat``), or production draws above the top of
+        every mode the adaptation found (a missed mode: its top, found by a
+        climb, is in ``sample_stats.attrs["missed_modes"]``). With ``explore="tempering"``
         also: the explorations disagree on the modes or on a mode's weight,
         an exploration ran out of temperatures, or the flow puts much less
         mass on a mode than its weight. Each says what to try.
@@ -402,6 +422,8 @@ def flow_mcmc(
     warn_list = list(adaptation.warnings)
     warn_list += _low_acceptance_warning(tally.global_acceptance, cfg.min_global_acceptance)
     warn_list += _census_warnings(adaptation, out, groups)
+    missed, missed_top = _missed_mode_warning(density, adaptation, out, stats["lp"])
+    warn_list += missed
     warn_list += _rhat_warning(out, cfg.max_rhat)
     evals = {
         "total": int(density.grad_evals) - grad_before,
@@ -412,6 +434,7 @@ def flow_mcmc(
     attrs = _sample_stats_attrs(adaptation, tally, stats, evals, warn_list)
     if adaptation.census is not None:
         attrs.update(_census_attrs(adaptation, groups))
+    attrs["missed_modes"] = json.dumps(missed_top.tolist())
     return to_datatree(
         density,
         out,
