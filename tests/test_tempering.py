@@ -283,3 +283,21 @@ def test_production_draws_above_every_known_top_warn_of_a_missed_mode(one_torch_
                          progressbar=False)
     assert not [w for w in caught if "missed" in str(w.message)]
     assert json.loads(same.sample_stats.attrs["missed_modes"]) == []
+
+
+def test_laplace_masses_far_above_the_evidence_warn_that_walkers_missed_mass():
+    """The census of the benchmark's family0_8: one mode whose top is the narrow, heavy
+    component's (Laplace mass 0.86 of a normalised target), while the walkers sat in the
+    wide one and carried log Z = log 0.136 to beta = 1."""
+    from pymc_ext.flow_sampler.census import CensusMode, ModeCensus
+
+    def census(laplace_mass, log_z):
+        mode = CensusMode([0.0] * 3, [1.0] * 3, [0, 1], [1.0, 1.0], [0.0, 0.0], 0.01,
+                          laplace_log_mass=np.log(laplace_mass))
+        return ModeCensus([mode], log_z, 0.07, [log_z, log_z], 2, [20, 20], [True, True])
+
+    missed = census_warnings(census(0.864, np.log(0.136)))
+    assert len(missed) == 1 and "the walkers missed mass near that top" in missed[0]
+    assert "6.35 times the evidence" in missed[0]
+    assert census_warnings(census(0.95, 0.0)) == []        # a fair Laplace mass: no warning
+    assert census_warnings(census(0.864, np.log(0.136)), stage="production") == []

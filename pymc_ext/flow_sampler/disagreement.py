@@ -22,6 +22,7 @@ from pymc_ext.flow_sampler.tempering import Exploration
 __all__ = [
     "DISAGREE_ABS",
     "DISAGREE_Z",
+    "LAPLACE_EVIDENCE_RATIO",
     "LAPLACE_RATIO",
     "POPULATION_Z",
     "MISSED_MODE_NATS",
@@ -40,6 +41,8 @@ LAPLACE_RATIO = 4.0
 POPULATION_Z = 0.5
 #: a production draw this many nats above the highest known mode's top is in another mode
 MISSED_MODE_NATS = 1.0
+#: the modes' Laplace masses above this many times the tempering's evidence warn
+LAPLACE_EVIDENCE_RATIO = 3.0
 
 
 def _where(mode: CensusMode) -> str:
@@ -62,6 +65,9 @@ def census_warnings(
 
     At ``stage="adaptation"``:
 
+    - the modes' Laplace masses add up to more than
+      :data:`LAPLACE_EVIDENCE_RATIO` times the tempering's evidence (the
+      walkers missed mass near a top);
     - an exploration ran out of temperatures (``budget``) before ``beta = 1``;
     - a mode that one exploration found and another did not, with an
       exploration weight of at least 0.01.
@@ -94,6 +100,7 @@ def census_warnings(
     out = []
     laplace = laplace_shares(census) if census.n_modes > 1 else np.full(census.n_modes, np.nan)
     if not production:
+        out += _evidence_shortfall(census)
         out += [
             f"Exploration {e} ran out of temperatures (tempering_max_steps={budget}) before "
             "beta = 1 and jumped there in one step, so it may have lost modes and its "
@@ -132,6 +139,37 @@ def census_warnings(
                 "walkers (chains), or a larger flow (flow_kwargs)."
             )
     return out
+
+
+def _evidence_shortfall(census: ModeCensus) -> list[str]:
+    """The modes' Laplace masses far above the evidence the walkers carried to ``beta = 1``.
+
+    A Gaussian mode's Laplace mass is its mass, so the masses of the modes
+    found add up to at most ``Z``. Far more (:data:`LAPLACE_EVIDENCE_RATIO`
+    times, beyond three standard errors of ``log Z``) says the walkers missed
+    mass near a top: a narrow, heavy mode that the climbs from the walkers
+    reached but no walker populated (the climbs merge basins across shallow
+    barriers), so its weight is missing from every estimate.
+    """
+    lm = np.array([m.laplace_log_mass for m in census.modes], dtype=float)
+    ok = np.isfinite(lm)
+    if not ok.any() or not np.isfinite(census.log_evidence):
+        return []
+    total = float(logsumexp(lm[ok]))
+    limit = census.log_evidence + math.log(LAPLACE_EVIDENCE_RATIO) + 3 * census.log_evidence_se
+    if not total > limit:
+        return []
+    mode = census.modes[int(np.flatnonzero(ok)[np.argmax(lm[ok])])]
+    return [
+        f"The modes' Laplace approximations hold {math.exp(total - census.log_evidence):.3g} "
+        f"times the evidence the tempering carried to beta = 1 (log Z {census.log_evidence:.3g}"
+        f" ± {census.log_evidence_se:.2g}), most of it at the top {_where(mode)}: the walkers "
+        "missed mass near that top, as with a narrow, heavy mode beside a wide one that no "
+        "walker reached. The mode weights, and the flow fitted to the walkers, are not to be "
+        "trusted (a mode far from normal can also make its Laplace mass wrong). What to try: "
+        "more tempering walkers (tempering_walkers), smaller temperature steps (tempering_ess "
+        "closer to 1), more explorations; compare the census between seeds."
+    ]
 
 
 def _share_disagreement(mode: CensusMode) -> list[str]:
