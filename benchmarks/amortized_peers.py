@@ -80,7 +80,12 @@ from benchmarks.amortized import (  # noqa: E402
     sbi_draws,
     sbi_draws_batched,
 )
-from benchmarks.common import RESULTS_DIR, fmt, machine_info, md_row, write_json  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    fmt,
+    machine_info,
+    md_row,
+    write_results,
+)
 from benchmarks.fit_many_scale import default_pm_sample, nuts_health  # noqa: E402
 from pymc_ext.amortized import Amortizer  # noqa: E402
 from pymc_ext.amortized.calibration import sbc_ranks, simulation_based_calibration  # noqa: E402
@@ -414,10 +419,7 @@ def report_lines(results: dict[str, Any]) -> list[str]:
 
 
 def write_report(results: dict[str, Any], tag: str) -> Path:
-    write_json(results, RESULTS_DIR / f"amortized_peers{tag}.json")
-    md = RESULTS_DIR / f"amortized_peers{tag}.md"
-    md.write_text("\n".join(report_lines(results)) + "\n")
-    return md
+    return write_results(results, f"amortized_peers{tag}", report_lines(results))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

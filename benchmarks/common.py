@@ -114,3 +114,22 @@ def write_json(results: dict[str, Any], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2, default=float))
     return path
+
+
+def write_results(results: dict[str, Any], stem: str, lines: Sequence[str],
+                  out_dir: Path = RESULTS_DIR) -> Path:
+    r"""Write ``<stem>.json`` (the results) and ``<stem>.md`` (``lines``); return the markdown path.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from benchmarks.common import write_results
+    >>> out = pathlib.Path(tempfile.mkdtemp())
+    >>> md = write_results({"a": 1}, "bench_x", ["# x", "", "done"], out)
+    >>> md.name, md.read_text(), (out / "bench_x.json").exists()
+    ('bench_x.md', '# x\n\ndone\n', True)
+    """
+    write_json(results, Path(out_dir) / f"{stem}.json")
+    md = Path(out_dir) / f"{stem}.md"
+    md.write_text("\n".join(lines) + "\n")
+    return md

@@ -64,7 +64,12 @@ from benchmarks.amortized import (  # noqa: E402
     make_problem,
     set_dataset,
 )
-from benchmarks.common import RESULTS_DIR, fmt, machine_info, md_row, write_json  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    fmt,
+    machine_info,
+    md_row,
+    write_results,
+)
 from pymc_ext.amortized import Amortizer  # noqa: E402
 from pymc_ext.blocks.progress import ProgressBar  # noqa: E402
 
@@ -424,10 +429,7 @@ def detail_lines(results: dict[str, Any]) -> list[str]:
 
 
 def write_report(results: dict[str, Any], tag: str) -> Path:
-    write_json(results, RESULTS_DIR / f"fit_many_scale{tag}.json")
-    md = RESULTS_DIR / f"fit_many_scale{tag}.md"
-    md.write_text("\n".join(report_lines(results)) + "\n")
-    return md
+    return write_results(results, f"fit_many_scale{tag}", report_lines(results))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
