@@ -72,6 +72,24 @@ def full_reference_name(short: str) -> str:
     raise SystemExit(f"Unknown reference posterior {short!r}; choose from {list(REFERENCE_NAMES)}")
 
 
+def short_label(name: str) -> str:
+    """A reference posterior's short name where it names this posterior, else the full name.
+
+    Examples
+    --------
+    >>> from benchmarks.common import short_label
+    >>> short_label("kidiq-kidscore_momiq"), short_label("kidiq-kidscore_interaction")
+    ('kidiq', 'kidiq-kidscore_interaction')
+    >>> short_label("nes1972-nes")
+    'nes1972-nes'
+    """
+    short = name.split("-")[0]
+    try:
+        return short if full_reference_name(short) == name else name
+    except SystemExit:  # not one of the eight with a short name
+        return name
+
+
 def fmt(x: Any, nd: int = 2) -> str:
     """A table cell: ``–`` for missing/non-finite, thousands separators from 1000 up.
 

@@ -69,6 +69,7 @@ from benchmarks.common import (  # noqa: E402
     full_reference_name,
     machine_info,
     md_row,
+    short_label,
     write_json,
 )
 
@@ -505,7 +506,7 @@ def write_report(results: dict[str, Any], out_dir: Path, tag: str) -> tuple[Path
             lines.append(
                 md_row(
                     [
-                        name.split("-")[0],
+                        short_label(name),
                         kind,
                         str(r.get("warmstart_warmup") or r["tune"]),
                         _metric_cell(r),
@@ -588,7 +589,7 @@ def write_report(results: dict[str, Any], out_dir: Path, tag: str) -> tuple[Path
             lines.append(
                 md_row(
                     [
-                        name.split("-")[0],
+                        short_label(name),
                         r["impl"],
                         fmt(r.get("cold_wall_time"), 1),
                         fmt(r.get("warm_wall_time"), 1),
