@@ -84,6 +84,7 @@ from benchmarks.common import (  # noqa: E402
     fmt,
     machine_info,
     md_row,
+    run_problems,
     write_results,
 )
 from benchmarks.fit_many_scale import default_pm_sample, nuts_health  # noqa: E402
@@ -474,11 +475,8 @@ def main(argv: list[str] | None = None) -> None:
         "settings": vars(args),
         "problems": {},
     }
-    t0 = time.perf_counter()
-    for name in args.problems.split(","):
-        results["problems"][name] = bench_problem(name, args)
-        results["total_seconds"] = time.perf_counter() - t0
-        md = write_report(results, args.tag)
+    md = run_problems(results, args.problems.split(","), lambda n: bench_problem(n, args),
+                      lambda r: write_report(r, args.tag))
     print(md.read_text())
 
 

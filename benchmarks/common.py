@@ -17,7 +17,8 @@ from __future__ import annotations
 import json
 import os
 import platform
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -150,4 +151,30 @@ def write_results(results: dict[str, Any], stem: str, lines: Sequence[str],
     write_json(results, Path(out_dir) / f"{stem}.json")
     md = Path(out_dir) / f"{stem}.md"
     md.write_text("\n".join(lines) + "\n")
+    return md
+
+
+def run_problems(results: dict[str, Any], names: Sequence[str],
+                 bench: Callable[[str], dict[str, Any]],
+                 report: Callable[[dict[str, Any]], Path]) -> Path | None:
+    """``bench(name)`` for each problem into ``results["problems"]``, the report rewritten after
+    each (an interrupted run keeps what it measured); the report's path.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from benchmarks.common import run_problems, write_results
+    >>> out = pathlib.Path(tempfile.mkdtemp())
+    >>> res = {"problems": {}}
+    >>> md = run_problems(res, ["a", "b"], lambda n: {"x": len(n)},
+    ...                   lambda r: write_results(r, "demo", [str(sorted(r["problems"]))], out))
+    >>> md.read_text().strip(), "total_seconds" in res
+    ("['a', 'b']", True)
+    """
+    t0 = time.perf_counter()
+    md = None
+    for name in names:
+        results["problems"][name] = bench(name)
+        results["total_seconds"] = time.perf_counter() - t0
+        md = report(results)
     return md
