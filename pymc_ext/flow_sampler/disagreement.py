@@ -293,14 +293,20 @@ def missed_mode_warnings(
     from pymc_ext.flow_sampler.strata import ascend_batch
 
     dim = draws.shape[-1]
+    none = [], np.zeros((0, dim))
+    tops = np.asarray(tops, dtype=float)
     if tops.shape[0] == 0 or lp.size == 0:
-        return [], np.zeros((0, dim))
+        return none
+    lp = np.asarray(lp)
+    # climbing only raises the tops: nothing above them as they are, nothing to climb for
+    if not lp.max() > float(np.max(density.logp_batch(tops))) + MISSED_MODE_NATS:
+        return none
     # the known tops climbed further first: a top short of its mode's maximum is no alarm
-    _, top_lp = ascend_batch(density, np.asarray(tops, dtype=float), scale, iters=200)
+    _, top_lp = ascend_batch(density, tops, scale, iters=200)
     best = float(np.max(top_lp))
-    above = np.asarray(lp) > best + MISSED_MODE_NATS
+    above = lp > best + MISSED_MODE_NATS
     if not above.any():
-        return [], np.zeros((0, dim))
+        return none
     chains = np.flatnonzero(above.any(axis=1))
     c, t = np.unravel_index(int(np.argmax(np.where(above, lp, -np.inf))), lp.shape)
     top, top_lp = ascend_batch(density, draws[c, t][None], scale, iters=200)

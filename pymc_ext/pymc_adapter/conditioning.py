@@ -129,7 +129,7 @@ def with_shared_observations(model: Any, suffix: str = "__observed") -> tuple[An
             continue
         old = node.inputs[1]
         roots = [v for v in graph_inputs([old]) if not isinstance(v, Constant)]
-        if roots and all(isinstance(v, SharedVariable) for v in roots) and len(roots) == 1:
+        if len(roots) == 1 and isinstance(roots[0], SharedVariable):
             # a pm.Data container, maybe behind a cast or a name (pm.Data int64 data)
             names[out.name] = roots[0].name
             continue
