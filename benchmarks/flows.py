@@ -11,6 +11,12 @@ Targets (all written as PyMC models, so every sampler sees the same density):
   mixture's (other variants by name: ``mixture_spec``);
 - ``funnel_d10``: Neal's funnel, v ~ N(0, 3), x_i ~ N(0, exp(v / 2)), i = 1..9
   (centred, the hard way round);
+- ``phi4_n32`` / ``phi4_n64``: the 1-D Ginzburg-Landau (phi^4) field of Gabrie,
+  Rotskoff & Vanden-Eijnden (PNAS 2022) with N sites, ``phi_0 = phi_{N+1} =
+  0``, ``beta U = 20 [sum (phi_i - phi_{i-1})^2 / (2a) + sum (1 - phi_i^2)^2 /
+  (4a)]``, ``a = 0.1``, no external field: two modes (field near +1 or -1)
+  of weight 0.5 each by symmetry; judged by the share of draws with a positive
+  mean field;
 - ``eight_schools_centred``: eight schools written the centred way
   (theta ~ N(mu, tau)), a funnel in tau; it has the same posterior as the
   non-centred reference, so it is judged against that reference's draws;
@@ -86,7 +92,7 @@ from benchmarks.common import REFERENCE_NAMES, machine_info, write_json  # noqa:
 
 REFERENCES = list(REFERENCE_NAMES)
 TOY_TARGETS = ["mixture2_d10", "mixture2_d50", "mixture3_d10", "mixture3_d10_a3_s1-1-1.5",
-               "funnel_d10", "eight_schools_centred"]
+               "funnel_d10", "phi4_n32", "phi4_n64", "eight_schools_centred"]
 ALL_TARGETS = TOY_TARGETS + REFERENCES
 QUICK_TARGETS = ["mixture2_d10", "funnel_d10", "eight_schools-eight_schools_noncentered",
                  "kidiq-kidscore_momiq"]
@@ -151,6 +157,15 @@ def build_target(name: str):
             v = pm.Normal("v", 0.0, 3.0)
             pm.Normal("x", 0.0, pm.math.exp(v / 2), shape=dim - 1)
         return model, {"kind": "funnel", "dim": dim}
+    if name.startswith("phi4"):
+        n, a, beta = int(name.split("_n")[1]), 0.1, 20.0
+        with pm.Model() as model:
+            phi = pm.Flat("phi", shape=n)
+            padded = pt.concatenate([pt.zeros(1), phi, pt.zeros(1)])
+            kinetic = pt.sum(pt.diff(padded) ** 2) / (2 * a)
+            potential = pt.sum((1 - phi**2) ** 2) / (4 * a)
+            pm.Potential("minus_beta_u", -beta * (kinetic + potential))
+        return model, {"kind": "phi4", "dim": n}
     if name == "eight_schools_centred":
         from pymc_ext.models import EIGHT_SCHOOLS_DATA as data
 
@@ -200,6 +215,13 @@ def accuracy(name: str, info: dict[str, Any], idata) -> dict[str, Any]:
         v = idata.posterior["v"].values.ravel()
         return {"v_mean": float(v.mean()), "v_sd": float(v.std()),
                 "v_mean_error": float(abs(v.mean())), "v_sd_error": float(abs(v.std() - 3.0))}
+    if info["kind"] == "phi4":
+        mean_field = _flat_draws(idata, "phi").mean(-1)
+        plus = mean_field > 0
+        share = float(plus.mean())
+        return {"weights": [1 - share, share], "weight_error": abs(share - 0.5),
+                "plus_share_per_chain_range": [float(plus.mean(1).min()),
+                                               float(plus.mean(1).max())]}
     from pymc_ext.reference import compare_to_reference
 
     out = compare_to_reference(idata, info["reference"])
@@ -430,8 +452,12 @@ def write_report(results: list[dict[str, Any]], meta: dict[str, Any], out: Path,
         acc = r["accuracy"]
         if "weight_error" in acc:
             acc_s = (f"weight err {_fmt(acc['weight_error'], 3)} "
-                     f"(shares {', '.join(_fmt(s, 3) for s in acc['weights'])}); "
-                     f"chains stuck in one mode: {acc['chains_in_one_mode']}")
+                     f"(shares {', '.join(_fmt(s, 3) for s in acc['weights'])})")
+            if "chains_in_one_mode" in acc:
+                acc_s += f"; chains stuck in one mode: {acc['chains_in_one_mode']}"
+            else:
+                acc_s += ("; plus share per chain "
+                          + " to ".join(_fmt(v) for v in acc["plus_share_per_chain_range"]))
         elif "v_mean_error" in acc:
             acc_s = f"v mean {_fmt(acc['v_mean'])}, sd {_fmt(acc['v_sd'])} (truth 0, 3)"
         else:

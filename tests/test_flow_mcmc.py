@@ -176,6 +176,48 @@ def test_mh_correction_fixes_a_deliberately_misfitted_flow():
     assert abs(share - 0.7) < max(4 * se, 0.02), (share, se)
 
 
+def test_laplace_normals_at_the_modes_move_walkers_a_misfitted_flow_cannot():
+    """Two narrow modes in 12-D (weights 0.3 / 0.7, sd 0.2 and 0.4); a flow fitted to one.
+
+    The flow alone almost never proposes into the other mode, so walkers that
+    start in the wrong one stay there. Mixed with the Laplace normals at the two
+    tops, the independence step reaches the true weights; the normals' own
+    weights are not the posterior's (floored, and the flow takes half), so only
+    the exact MH ratio can give 0.3 / 0.7.
+    """
+    from pymc_ext.flow_sampler.mode_proposal import ModeMixtureProposal, with_mode_components
+
+    dim, weights, scales = 12, [0.3, 0.7], [0.2, 0.4]
+    centers = np.stack([np.full(dim, -2.0), np.full(dim, 2.0)])
+    d = mixture_density(dim, weights, centers, scales)
+    rng = np.random.default_rng(1)
+    one = mixture_draws(rng, 2000, [1.0, 0.0], centers, scales)
+    flow = build_flow(dim, mean=one.mean(0), covariance=np.cov(one.T), random_seed=0,
+                      transforms=2, hidden_features=(16, 16))
+    fit_forward_kl(flow, one, max_steps=200, random_seed=0, progressbar=False)
+    flow = flow.frozen()
+    q = with_mode_components(flow, d, centers + 0.05, None)
+    assert isinstance(q, ModeMixtureProposal) and q.components.n_components == 2
+    assert np.allclose(q.components.tops, centers, atol=1e-3)
+    x, logq = q.sample(500, rng)
+    assert np.allclose(logq, q.log_prob_numpy(x))
+
+    def share(proposal):
+        state = local_init(d, mixture_draws(rng, 300, [1.0, 0.0], centers, scales))
+        logq = proposal.log_prob_numpy(state.position)
+        keep = []
+        for it in range(60):
+            state, logq, _ = flow_independence_step(rng, state, logq, d, proposal)
+            if it >= 20:
+                keep.append(state.position.mean(1) > 0)
+        return share_and_se(np.stack(keep, axis=1))
+
+    alone, _ = share(flow)
+    assert alone < 0.05  # the flow alone leaves the walkers where they started
+    mixed, se = share(q)
+    assert abs(mixed - 0.7) < max(4 * se, 0.03), (mixed, se)
+
+
 # -- the sampler ------------------------------------------------------------------------------
 
 
@@ -218,6 +260,22 @@ def test_low_global_acceptance_warns_and_says_what_to_try():
     with pytest.warns(FlowMCMCWarning, match=r"global acceptance.*What to try"):
         dt = flow_mcmc(d, draws=10, chains=16, random_seed=0, min_global_acceptance=1.01, **kw)
     assert "global acceptance" in dt.sample_stats.attrs["warnings"]
+
+
+def test_chains_that_have_not_mixed_warn_with_their_r_hat():
+    from pymc_ext.flow_sampler.driver import _rhat_warning
+
+    rng = np.random.default_rng(0)
+    mixed = rng.normal(size=(4, 200, 3))
+    stuck = mixed.copy()
+    stuck[:2, :, 1] += 3.0  # two chains in another place on one coordinate
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _rhat_warning(mixed, 1.05) == []
+        assert _rhat_warning(stuck, None) == []
+    with pytest.warns(FlowMCMCWarning, match=r"have not mixed: the largest R-hat is 1\.[1-9]"):
+        [msg] = _rhat_warning(stuck, 1.05)
+    assert "What to try" in msg
 
 
 def test_coverage_check_flags_a_mode_the_flow_missed():

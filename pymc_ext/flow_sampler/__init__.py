@@ -29,6 +29,8 @@ module             what it holds
 ``kernels``        :class:`LocalState`, :class:`LocalInfo`, :class:`Metric`,
                    :func:`local_init`, :func:`mala_step`, :func:`hmc_step`
 ``global_move``    :class:`GlobalInfo`, :func:`flow_independence_step`
+``mode_proposal``  :class:`ModeMixtureProposal`: the flow mixed with Laplace normals at
+                   the modes (:func:`laplace_components`, :func:`with_mode_components`)
 ``kernel``         the production kernel: :class:`FlowMCMCKernel`, its state and info,
                    :func:`flow_mcmc_init`, :func:`flow_mcmc_step`
 ``modes``          :func:`distinct_modes`, :func:`discover_modes`, :func:`coverage_check`
@@ -90,6 +92,12 @@ from pymc_ext.flow_sampler.kernels import (
     local_init,
     mala_step,
 )
+from pymc_ext.flow_sampler.mode_proposal import (
+    LaplaceComponents,
+    ModeMixtureProposal,
+    laplace_components,
+    with_mode_components,
+)
 from pymc_ext.flow_sampler.mode_search import ModeSearch
 from pymc_ext.flow_sampler.modes import coverage_check, discover_modes, distinct_modes
 from pymc_ext.flow_sampler.reference import GaussianReference, TemperedDensity
@@ -144,4 +152,9 @@ __all__ = [
     "census_warnings",
     "explore_tempering",
     "tempering_seed",
+    # Laplace normals at the modes in the global proposal
+    "LaplaceComponents",
+    "ModeMixtureProposal",
+    "laplace_components",
+    "with_mode_components",
 ]

@@ -380,16 +380,29 @@ def production_shares(census: ModeCensus, draws: np.ndarray, groups: np.ndarray)
         mode.share_se_per_exploration = [se for _, se in per]
 
 
-def laplace_masses(density: LogDensity, census: ModeCensus) -> None:
+def laplace_masses(
+    density: LogDensity, census: ModeCensus
+) -> list[tuple[np.ndarray | None, np.ndarray | None]]:
     """Climb each mode to its top (L-BFGS) and fill in its Laplace log mass.
 
     The modes' Laplace shares are a check on the production weights that
     does not depend on the flow (:mod:`pymc_ext.flow_sampler.disagreement`).
+
+    Returns
+    -------
+    list of (top, covariance)
+        Per mode, the converged top (``None`` where the climb did not
+        converge) and its Laplace covariance (``None`` where it is not a
+        proper maximum).
     """
+    out = []
     for mode in census.modes:
         start = np.asarray(mode.location, dtype=float)
         top = lbfgs_maximize(density, start, maxiter=200)[0]
-        mode.laplace_log_mass = float(laplace_log_mass(density, start if top is None else top)[0])
+        log_mass, cov = laplace_log_mass(density, start if top is None else top)
+        mode.laplace_log_mass = float(log_mass)
+        out.append((top, cov))
+    return out
 
 
 def laplace_shares(census: ModeCensus) -> np.ndarray:

@@ -199,6 +199,17 @@ class FlowMCMCConfig:
         centres, three times their spread (for a posterior far from the
         initial point or much narrower than ``reference_scale``; on a 2-D
         mixture it made the explorations' mode weights noisier).
+    mode_proposals : float, optional
+        Share of the global proposals drawn from Laplace normals at the modes
+        found (:mod:`pymc_ext.flow_sampler.mode_proposal`), mixed with the
+        flow's. Default (``None``): 0.5 where at least two modes were found
+        (per exploration with ``explore="tempering"``) in at most 500
+        dimensions, else none; 0 turns them off. A flow fitted to walkers can
+        miss a narrow mode's shape in many dimensions (on the 32-site phi^4
+        field its proposals were accepted 1.4% of the time and the two
+        modes' weights came out 0.63 / 0.37); the normals fit such a mode
+        whatever the walkers did, and they cost at most half the flow's
+        acceptance where they fit badly.
     flow_kwargs : dict, optional
         Passed to :func:`pymc_ext.flows.build_flow` (``kind``, ``transforms``,
         ``hidden_features``, ``bins``).
@@ -281,6 +292,7 @@ class FlowMCMCConfig:
     tempering_max_steps: int = 100
     reference_scale: float | None = None
     reference: str = "broad"
+    mode_proposals: float | None = None
     flow_kwargs: dict[str, Any] | None = None
     learning_rate: float | None = None
     snapshots_per_round: int = 10
@@ -322,6 +334,9 @@ class FlowMCMCConfig:
                 f"tempering_max_steps must be at least 1, got {self.tempering_max_steps!r}.")
         if self.reference not in ("broad", "pathfinder"):
             raise ValueError(f"reference must be 'broad' or 'pathfinder', got {self.reference!r}.")
+        if self.mode_proposals is not None and not 0.0 <= self.mode_proposals < 1.0:
+            raise ValueError(
+                f"mode_proposals must be in [0, 1) (0: no normals), got {self.mode_proposals!r}.")
         if self.reference_scale is not None and not self.reference_scale > 0:
             raise ValueError(f"reference_scale must be positive, got {self.reference_scale!r}.")
 

@@ -37,6 +37,7 @@ from pymc_ext.flow_sampler.kernels import (
     local_init,
     local_move,
 )
+from pymc_ext.flow_sampler.mode_proposal import with_mode_components
 from pymc_ext.flow_sampler.modes import (
     coverage_check,
     discover_modes,
@@ -360,7 +361,7 @@ def _freeze(
     """Freeze the kernel, check the flow's coverage, restart stuck walkers."""
     frozen = flow.frozen(dtype=torch_dtype(cfg.flow_dtype))
     kernel = FlowMCMCKernel(
-        flow=frozen,
+        flow=with_mode_components(frozen, density, w.modes, cfg.mode_proposals),
         step_size=float(math.exp(w.da.log_step_avg)),
         inverse_metric=w.inverse_metric,
         local_kernel=str(cfg.local_kernel),
@@ -368,7 +369,7 @@ def _freeze(
         num_integration_steps=int(cfg.num_integration_steps),
     )
     pos, lp = w.state.position, w.state.logp
-    coverage = coverage_check(density, frozen, pos, lp, w.modes, mode_scale, rng)
+    coverage = coverage_check(density, kernel.flow, pos, lp, w.modes, mode_scale, rng)
     state, n_restarted = restart_stuck_walkers(
         density, w.state, coverage, rng, cfg.restart_threshold
     )
