@@ -145,6 +145,18 @@ def test_distinct_modes_merges_centres_on_one_curved_mode_and_keeps_separated_mo
 # -- the MH correction is what makes it exact -------------------------------------------------
 
 
+def _independence_share(rng, density, start, proposal, iters, burn=20):
+    """Share (and its se) of draws with a positive mean after ``iters`` independence steps."""
+    state = local_init(density, start)
+    logq = proposal.log_prob_numpy(state.position)
+    keep = []
+    for it in range(iters):
+        state, logq, info = flow_independence_step(rng, state, logq, density, proposal)
+        if it >= burn:
+            keep.append(state.position.mean(1) > 0)
+    return (*share_and_se(np.stack(keep, axis=1)), info)
+
+
 def test_mh_correction_fixes_a_deliberately_misfitted_flow():
     """Flow fitted to the wrong weights (0.8/0.2); corrected draws give the true 0.3/0.7.
 
@@ -164,14 +176,7 @@ def test_mh_correction_fixes_a_deliberately_misfitted_flow():
     flow_share = (uncorrected.mean(1) > 0).mean()
     assert abs(flow_share - 0.7) > 0.3  # the proposal alone is visibly wrong
 
-    state = local_init(d, flow.sample(400, rng)[0])
-    logq = flow.log_prob_numpy(state.position)
-    keep = []
-    for it in range(80):
-        state, logq, info = flow_independence_step(rng, state, logq, d, flow)
-        if it >= 20:
-            keep.append(state.position.mean(1) > 0)
-    share, se = share_and_se(np.stack(keep, axis=1))
+    share, se, info = _independence_share(rng, d, flow.sample(400, rng)[0], flow, 80)
     assert 0.1 < info.acceptance_rate.mean() < 0.95
     assert abs(share - 0.7) < max(4 * se, 0.02), (share, se)
 
@@ -203,14 +208,8 @@ def test_laplace_normals_at_the_modes_move_walkers_a_misfitted_flow_cannot():
     assert np.allclose(logq, q.log_prob_numpy(x))
 
     def share(proposal):
-        state = local_init(d, mixture_draws(rng, 300, [1.0, 0.0], centers, scales))
-        logq = proposal.log_prob_numpy(state.position)
-        keep = []
-        for it in range(60):
-            state, logq, _ = flow_independence_step(rng, state, logq, d, proposal)
-            if it >= 20:
-                keep.append(state.position.mean(1) > 0)
-        return share_and_se(np.stack(keep, axis=1))
+        start = mixture_draws(rng, 300, [1.0, 0.0], centers, scales)
+        return _independence_share(rng, d, start, proposal, 60)[:2]
 
     alone, _ = share(flow)
     assert alone < 0.05  # the flow alone leaves the walkers where they started
