@@ -78,17 +78,10 @@ def logp_and_grad_fn(target: Any) -> Any:
     """Compiled ``(log p, grad log p)`` at ``theta (B, K, dim)`` and a batch of datasets."""
     import pytensor.tensor as pt
     from pymc.pytensorf import compile as pm_compile
-    from pytensor.graph.replace import vectorize_graph
 
-    target._build_logp()
-    theta_b = pt.tensor3("theta_batch")
-    batched = {
-        inp: pt.tensor(f"{inp.name}_batch", dtype=inp.dtype, shape=(None,) * (inp.ndim + 1))
-        for inp in target._data_inputs
-    }
-    out = vectorize_graph(target._logp_vec, {target._Theta: theta_b, **batched})
+    theta_b, batched, out = target._batched_logp_graph()
     with target.model:
-        return pm_compile([theta_b, *batched.values()], [out, pt.grad(out.sum(), theta_b)],
+        return pm_compile([theta_b, *batched], [out, pt.grad(out.sum(), theta_b)],
                           random_seed=False, on_unused_input="ignore")
 
 

@@ -274,9 +274,15 @@ class PyMCTarget:
         self._logp_vec = logp_vec
         self._Theta = Theta
 
-    def _build_logp_many(self) -> None:
+    def _batched_logp_graph(self) -> tuple[Any, list[Any], Any]:
+        """The joint log density over a batch of datasets, as a PyTensor graph.
+
+        Returns ``(Theta_b, data_b, out)``: ``Theta_b`` of shape ``(B, K, dim)``,
+        one input per data variable with a leading batch axis, and ``out`` of
+        shape ``(B, K)``, ``log p(theta_bk, y_b)``. Compile it (with gradients,
+        for instance) inside ``self.model``.
+        """
         import pytensor.tensor as pt
-        from pymc.pytensorf import compile as pm_compile
         from pytensor.graph.replace import vectorize_graph
 
         if self._logp_fn is None:
@@ -287,11 +293,16 @@ class PyMCTarget:
             for inp in self._data_inputs
         }
         out = vectorize_graph(self._logp_vec, {self._Theta: Theta_b, **batched})
+        return Theta_b, list(batched.values()), out
+
+    def _build_logp_many(self) -> None:
+        from pymc.pytensorf import compile as pm_compile
         from pytensor.tensor.blockwise import Blockwise
 
+        Theta_b, batched, out = self._batched_logp_graph()
         with self.model:
             self._logp_many_fn = pm_compile(
-                [Theta_b, *batched.values()], out, random_seed=False, on_unused_input="ignore"
+                [Theta_b, *batched], out, random_seed=False, on_unused_input="ignore"
             )
         # ops PyTensor could not vectorise natively fall back to a slow Blockwise loop;
         # a loop over datasets is faster then
