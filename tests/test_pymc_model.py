@@ -107,6 +107,25 @@ def test_batch_equals_loop(ref):
         np.testing.assert_allclose(grad_b[i], grad_loop[i], rtol=0, atol=grad_tol)
 
 
+def test_one_row_outside_the_support_does_not_spoil_the_batch():
+    """A batched Cholesky that fails for one row gives -inf for the whole batch in PyTensor;
+    the density evaluates the rows apart where that happens (first seen on gp_pois_regr)."""
+    import pytensor.tensor as pt
+
+    with pm.Model() as model:
+        rho = pm.Normal("rho", 0, 1)
+        cov = pt.stack([pt.stack([1.0, rho]), pt.stack([rho, 1.0])])
+        pm.MvNormal("y", mu=np.zeros(2), cov=cov, observed=np.array([[0.3, -0.2], [1.0, 0.5]]))
+    density = log_density(model)
+    X = np.array([[0.5], [2.0], [-0.3], [0.0]])  # rho = 2: not positive definite
+    loop = np.array([density.logp(x) for x in X])
+    assert np.isfinite(loop).tolist() == [True, False, True, True]
+    np.testing.assert_allclose(density.logp_batch(X), loop)
+    lp, grad = density.logp_and_grad_batch(X)
+    np.testing.assert_allclose(lp, loop)
+    np.testing.assert_allclose(grad[[0, 2, 3]], [density.logp_and_grad(x)[1] for x in X[[0, 2, 3]]])
+
+
 def test_constrain_round_trip_and_shapes(ref):
     model, density = ref
     X = _random_points(density, n=4, seed=2)

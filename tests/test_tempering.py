@@ -301,3 +301,22 @@ def test_laplace_masses_far_above_the_evidence_warn_that_walkers_missed_mass():
     assert "6.35 times the evidence" in missed[0]
     assert census_warnings(census(0.95, 0.0)) == []        # a fair Laplace mass: no warning
     assert census_warnings(census(0.864, np.log(0.136)), stage="production") == []
+
+
+def test_a_default_reference_that_misses_the_support_is_narrowed_with_a_warning():
+    """10-D normal with support |x_i| < 4: under 1% of N(0, 5^2) draws land inside it."""
+    from pymc_ext.flow_sampler.config import FlowMCMCConfig
+    from pymc_ext.flow_sampler.exploration import tempering_reference
+
+    def lp(X):
+        return np.where(np.all(np.abs(X) < 4, axis=-1), -0.5 * (X * X).sum(-1), -np.inf)
+
+    d = FunctionLogDensity(10, lambda x: lp(x[None])[0], lambda x: -x, lp, lambda X: -X)
+    with pytest.warns(FlowMCMCWarning, match=r"N\(x0, 5\^2\).*its scale is 2.5 instead"):
+        q0 = tempering_reference(d, FlowMCMCConfig(), np.random.default_rng(0))
+    assert np.allclose(q0.scales, 2.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a scale the user chose is kept as it is
+        q0 = tempering_reference(d, FlowMCMCConfig(reference_scale=5.0),
+                                 np.random.default_rng(0))
+    assert np.allclose(q0.scales, 5.0)

@@ -34,6 +34,7 @@ from pymc_ext.flow_sampler.census import (
 )
 from pymc_ext.flow_sampler.config import FlowMCMCConfig
 from pymc_ext.flow_sampler.reference import GaussianReference, default_reference
+from pymc_ext.flow_sampler.result import FlowMCMCWarning
 from pymc_ext.flow_sampler.tempering import Exploration, explore_tempering
 from pymc_ext.flows import SeedResult, pathfinder_seed
 from pymc_ext.flows.seeding import SeedMethod
@@ -72,7 +73,10 @@ def tempering_reference(
     >>> q0.scales.tolist()
     [[5.0, 5.0]]
     """
-    scale = cfg.reference_scale if cfg.reference_scale is not None else 2.5 * cfg.init_scale
+    if cfg.reference_scale is not None:
+        scale = cfg.reference_scale
+    else:
+        scale = _finite_reference_scale(density, 2.5 * cfg.init_scale)
     if cfg.reference != "pathfinder" or not cfg.num_paths:
         return default_reference(density, scale)
     with warnings.catch_warnings():
@@ -80,6 +84,41 @@ def tempering_reference(
         seed = pathfinder_seed(density, num_paths=cfg.num_paths, num_draws=64 * cfg.num_paths,
                                random_seed=rng, init_scale=cfg.init_scale)
     return default_reference(density, scale, seed.centers, seed.path_scales)
+
+
+#: the default reference is halved until at least this share of its draws has a finite density
+MIN_FINITE_REFERENCE = 0.05
+
+
+def _finite_reference_scale(density: LogDensity, scale: float, halvings: int = 4) -> float:
+    """The default reference scale, halved (at most ``halvings`` times) to overlap the support.
+
+    A broad Gaussian can miss a posterior's support almost everywhere: on
+    gp_pois_regr (13 parameters, an exponentiated GP) not one of 1024 draws
+    of ``N(x0, 5^2 I)`` had a finite log density, and tempering could not
+    start. 256 draws (a fixed seed: the run's random stream is untouched) are
+    checked per scale; a smaller scale is used, with a warning, where fewer
+    than ``MIN_FINITE_REFERENCE`` of them are finite.
+    """
+    first = scale
+    for _ in range(halvings + 1):
+        x = default_reference(density, scale).sample(256, np.random.default_rng(0))
+        with np.errstate(all="ignore"):
+            finite = float(np.mean(np.isfinite(density.logp_batch(x))))
+        if finite >= MIN_FINITE_REFERENCE:
+            break
+        scale /= 2.0
+    else:
+        return first  # nothing helped: let the tempering say so, with the user's scale
+    if scale != first:
+        warnings.warn(
+            f"The tempering reference N(x0, {first:g}^2) had a finite log density at under "
+            f"{MIN_FINITE_REFERENCE:.0%} of its draws, so its scale is {scale:g} instead. A "
+            "narrower reference can miss modes far from the initial point; pass "
+            "reference_scale to choose it, or reference='pathfinder'.",
+            FlowMCMCWarning, stacklevel=3,
+        )
+    return scale
 
 
 def seed_from_exploration(

@@ -12,7 +12,7 @@ The prior predictive lives in :mod:`pymc_ext.pymc_adapter.prior`.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -134,6 +134,27 @@ def model_cache(model: pm.Model) -> dict:
 def _lazy_function(key: str) -> property:
     """A read-only property returning ``self._compiled(key)`` (compiled on first use)."""
     return property(lambda self: self._compiled(key), doc=f"The compiled ``{key}`` function.")
+
+
+def _rows_apart_where_not_finite(
+    fn: Callable[[np.ndarray], tuple[np.ndarray, ...]], X: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    """``fn(X)`` (outputs with a leading row axis, log density first), rows kept apart.
+
+    One row can spoil a whole batch: on gp_pois_regr a batched Cholesky that
+    fails for one draw's covariance gave -inf for all 64 draws of the batch,
+    where 63 were finite one by one, so tempering could not start and every
+    flow proposal in such a batch would have been refused. Where any row is
+    not finite, the two halves are evaluated apart, down to single rows:
+    ``2 k log2(n)`` calls at most for ``k`` bad rows, and one call when none is.
+    """
+    out = fn(X)
+    if X.shape[0] <= 1 or np.all(np.isfinite(out[0])):
+        return out
+    half = X.shape[0] // 2
+    first = _rows_apart_where_not_finite(fn, X[:half])
+    second = _rows_apart_where_not_finite(fn, X[half:])
+    return tuple(np.concatenate([a, b]) for a, b in zip(first, second, strict=True))
 
 
 class PyMCLogDensity(BaseLogDensity):
@@ -285,10 +306,13 @@ class PyMCLogDensity(BaseLogDensity):
         return float(lp), grad
 
     def _logp_batch(self, X: np.ndarray) -> np.ndarray:
-        return self._f_logp_batch(np.ascontiguousarray(X))
+        return _rows_apart_where_not_finite(
+            lambda Y: (np.asarray(self._f_logp_batch(np.ascontiguousarray(Y))),), X)[0]
 
     def _logp_and_grad_batch(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        lp, grad = self._f_logp_grad_batch(np.ascontiguousarray(X))
+        lp, grad = _rows_apart_where_not_finite(
+            lambda Y: tuple(np.asarray(v) for v in self._f_logp_grad_batch(
+                np.ascontiguousarray(Y))), X)
         return lp, grad
 
     def constrain(self, x: np.ndarray) -> dict[str, np.ndarray]:
