@@ -25,7 +25,12 @@ from pymc_ext.flow_sampler.config import Explore, FitMethod, FlowMCMCConfig, mak
 from pymc_ext.flow_sampler.disagreement import census_warnings
 from pymc_ext.flow_sampler.exploration import MixtureFlow, TemperingResult, explore
 from pymc_ext.flow_sampler.kernels import LocalState
-from pymc_ext.flow_sampler.mode_search import ModeSearch, add_modes_to_seed, search_modes
+from pymc_ext.flow_sampler.mode_search import (
+    ModeSearch,
+    add_modes_to_seed,
+    nearest_in_sds,
+    search_modes,
+)
 from pymc_ext.flow_sampler.modes import distinct_modes
 from pymc_ext.flow_sampler.result import FlowMCMCAdaptation, FlowMCMCWarning
 from pymc_ext.flow_sampler.rounds import adapt_rounds
@@ -454,10 +459,8 @@ def _with_census_tops(
     for mode, (top, cov) in zip(census.modes, laplace, strict=True):
         if top is None or cov is None or not np.isfinite(mode.laplace_log_mass):
             continue
-        chol = np.linalg.cholesky(cov)
         known = np.concatenate([modes, np.asarray(tops).reshape(-1, modes.shape[1])])
-        z = np.linalg.solve(chol, (known - top).T)
-        if known.shape[0] and float(np.sqrt((z * z).sum(0)).min()) < 3.0:
+        if nearest_in_sds(top, np.linalg.cholesky(cov), known) < 3.0:
             continue
         tops.append(top)
         covs.append(cov)

@@ -23,9 +23,8 @@ from typing import Any
 import numpy as np
 from scipy.special import logsumexp
 
-from pymc_ext.blocks.lbfgs import lbfgs_maximize
 from pymc_ext.density import LogDensity
-from pymc_ext.flow_sampler.mode_search import laplace_log_mass
+from pymc_ext.flow_sampler.mode_search import climbed_laplace
 from pymc_ext.flow_sampler.modes import same_mode
 from pymc_ext.flow_sampler.strata import cluster_walkers
 from pymc_ext.flow_sampler.tempering import Exploration
@@ -397,10 +396,7 @@ def laplace_masses(
     """
     out = []
     for mode in census.modes:
-        start = np.asarray(mode.location, dtype=float)
-        top = lbfgs_maximize(density, start, maxiter=200)[0]
-        log_mass, cov = laplace_log_mass(density, start if top is None else top)
-        mode.laplace_log_mass = float(log_mass)
+        top, mode.laplace_log_mass, cov = climbed_laplace(density, mode.location)
         out.append((top, cov))
     return out
 

@@ -334,14 +334,14 @@ class FlowMCMCConfig:
                 f"tempering_max_steps must be at least 1, got {self.tempering_max_steps!r}.")
         if self.reference not in ("broad", "pathfinder"):
             raise ValueError(f"reference must be 'broad' or 'pathfinder', got {self.reference!r}.")
-        if self.mode_proposals is not None and not 0.0 <= self.mode_proposals < 1.0:
-            raise ValueError(
-                f"mode_proposals must be in [0, 1) (0: no normals), got {self.mode_proposals!r}.")
         if self.reference_scale is not None and not self.reference_scale > 0:
             raise ValueError(f"reference_scale must be positive, got {self.reference_scale!r}.")
 
     def _check_ranges(self) -> None:
         self._check_tempering()
+        if self.mode_proposals is not None and not 0.0 <= self.mode_proposals < 1.0:
+            raise ValueError(
+                f"mode_proposals must be in [0, 1) (0: no normals), got {self.mode_proposals!r}.")
         rs = self.reverse_steps
         if rs is not None and (not isinstance(rs, int | np.integer) or rs < 1):
             raise ValueError(f"reverse_steps must be a positive integer, got {rs!r}.")

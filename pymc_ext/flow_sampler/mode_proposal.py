@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy.linalg import solve_triangular
 from scipy.special import logsumexp
 
-from pymc_ext.blocks.lbfgs import lbfgs_maximize
 from pymc_ext.density import LogDensity
-from pymc_ext.flow_sampler.mode_search import laplace_log_mass
+from pymc_ext.flow_sampler.mode_search import climbed_laplace, nearest_in_sds
 
 __all__ = ["LaplaceComponents", "ModeMixtureProposal", "laplace_components",
            "with_mode_components"]
@@ -77,7 +77,7 @@ class LaplaceComponents:
         dim = X.shape[1]
         parts = []
         for top, chol, lw in zip(self.tops, self.chols, self.log_weights, strict=True):
-            z = np.linalg.solve(chol, (X - top).T)  # (dim, n)
+            z = solve_triangular(chol, (X - top).T, lower=True)  # (dim, n)
             log_det = float(np.log(np.diag(chol)).sum())
             parts.append(lw - 0.5 * (z * z).sum(0) - log_det - 0.5 * dim * math.log(2 * math.pi))
         return logsumexp(np.stack(parts), axis=0)
@@ -86,7 +86,11 @@ class LaplaceComponents:
         """``n`` draws from the mixture of normals."""
         comp = rng.choice(self.n_components, size=int(n), p=np.exp(self.log_weights))
         z = rng.standard_normal((int(n), self.tops.shape[1]))
-        return self.tops[comp] + np.einsum("nij,nj->ni", self.chols[comp], z)
+        x = np.empty_like(z)
+        for k in np.unique(comp):
+            sel = comp == k
+            x[sel] = self.tops[k] + z[sel] @ self.chols[k].T
+        return x
 
 
 def laplace_components(
@@ -129,19 +133,18 @@ def laplace_components(
     (2, [[3.0, 3.0], [-3.0, -3.0]])
     """
     before = int(density.grad_evals)
-    kept_tops, covs, masses = [], [], []
+    kept_tops, masses = [], []
+    chols = []
     for start in np.asarray(tops, dtype=float):
-        top = lbfgs_maximize(density, start, maxiter=maxiter)[0]
+        top, log_mass, cov = climbed_laplace(density, start, maxiter)
         top = start if top is None else top
-        log_mass, cov = laplace_log_mass(density, top)
         if cov is None or not np.isfinite(log_mass):
             continue
-        if kept_tops:  # the same top again: within one Laplace sd (Mahalanobis)
-            z = np.linalg.solve(np.linalg.cholesky(cov), (np.stack(kept_tops) - top).T)
-            if float(np.sqrt((z * z).sum(0)).min()) < 1.0:
-                continue
+        chol = np.linalg.cholesky(cov)
+        if nearest_in_sds(top, chol, np.asarray(kept_tops)) < 1.0:
+            continue  # the same top again
         kept_tops.append(top)
-        covs.append(cov)
+        chols.append(chol)
         masses.append(log_mass)
     if not kept_tops:
         return None
@@ -150,8 +153,7 @@ def laplace_components(
     w = np.exp(masses - logsumexp(masses))
     w = np.maximum(w, WEIGHT_FLOOR / k)
     w /= w.sum()
-    chols = np.stack([np.linalg.cholesky(c) for c in covs])
-    return LaplaceComponents(np.stack(kept_tops), chols, np.log(w),
+    return LaplaceComponents(np.stack(kept_tops), np.stack(chols), np.log(w),
                              int(density.grad_evals) - before)
 
 

@@ -22,6 +22,7 @@ import math
 from dataclasses import dataclass, replace
 
 import numpy as np
+from scipy.linalg import solve_triangular
 
 from pymc_ext.blocks.covariance import pooled_covariance
 from pymc_ext.blocks.lbfgs import lbfgs_maximize
@@ -29,7 +30,14 @@ from pymc_ext.density import LogDensity
 from pymc_ext.flow_sampler.modes import same_mode
 from pymc_ext.flows.seeding import SeedResult, overdispersed_inits
 
-__all__ = ["ModeSearch", "add_modes_to_seed", "laplace_log_mass", "search_modes"]
+__all__ = [
+    "ModeSearch",
+    "add_modes_to_seed",
+    "climbed_laplace",
+    "laplace_log_mass",
+    "nearest_in_sds",
+    "search_modes",
+]
 
 
 def laplace_log_mass(
@@ -86,6 +94,53 @@ def laplace_log_mass(
     log_det = 2.0 * float(np.log(np.diag(chol)).sum())
     cov = np.linalg.inv(neg)
     return lp_top + 0.5 * dim * math.log(2.0 * math.pi) - 0.5 * log_det, 0.5 * (cov + cov.T)
+
+
+def climbed_laplace(
+    density: LogDensity, start: np.ndarray, maxiter: int = 200
+) -> tuple[np.ndarray | None, float, np.ndarray | None]:
+    """Climb from ``start`` (L-BFGS) and take the Laplace approximation at the end.
+
+    Returns ``(top, log_mass, covariance)``: ``top`` is ``None`` where the
+    climb did not converge, and the Laplace approximation is then taken at
+    ``start`` (:func:`laplace_log_mass`: ``-inf`` and ``None`` where that is
+    not a proper maximum).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pymc_ext.density import FunctionLogDensity
+    >>> from pymc_ext.flow_sampler.mode_search import climbed_laplace
+    >>> d = FunctionLogDensity(1, lambda x: -0.5 * x @ x, grad_fn=lambda x: -x,
+    ...                        logp_batch_fn=lambda X: -0.5 * (X * X).sum(1),
+    ...                        grad_batch_fn=lambda X: -X)
+    >>> top, log_mass, cov = climbed_laplace(d, np.array([2.0]))
+    >>> np.round(top, 3).tolist(), round(log_mass, 3), cov.round(3).tolist()
+    ([0.0], 0.919, [[1.0]])
+    """
+    start = np.asarray(start, dtype=float)
+    top = lbfgs_maximize(density, start, maxiter=maxiter)[0]
+    log_mass, cov = laplace_log_mass(density, start if top is None else top)
+    return top, float(log_mass), cov
+
+
+def nearest_in_sds(point: np.ndarray, chol: np.ndarray, others: np.ndarray) -> float:
+    """Mahalanobis distance from ``point`` to the nearest row of ``others`` (``inf`` if none).
+
+    ``chol`` is the lower Cholesky factor of the covariance that measures it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pymc_ext.flow_sampler.mode_search import nearest_in_sds
+    >>> nearest_in_sds(np.zeros(2), 2 * np.eye(2), np.array([[6.0, 8.0], [0.0, 4.0]]))
+    2.0
+    """
+    others = np.asarray(others, dtype=float).reshape(-1, point.shape[0])
+    if others.shape[0] == 0:
+        return math.inf
+    z = solve_triangular(chol, (others - point).T, lower=True)
+    return float(np.sqrt((z * z).sum(0)).min())
 
 
 @dataclass

@@ -144,12 +144,14 @@ def _rows_apart_where_not_finite(
     One row can spoil a whole batch: on gp_pois_regr a batched Cholesky that
     fails for one draw's covariance gave -inf for all 64 draws of the batch,
     where 63 were finite one by one, so tempering could not start and every
-    flow proposal in such a batch would have been refused. Where any row is
-    not finite, the two halves are evaluated apart, down to single rows:
-    ``2 k log2(n)`` calls at most for ``k`` bad rows, and one call when none is.
+    flow proposal in such a batch would have been refused. A spoiled batch is
+    non-finite in every row; one with some finite rows was evaluated row by
+    row already. So only where no row is finite are the two halves evaluated
+    apart, down to single rows: about ``2 k log2(n)`` calls for ``k`` bad
+    rows, and one call for a batch with any finite row.
     """
     out = fn(X)
-    if X.shape[0] <= 1 or np.all(np.isfinite(out[0])):
+    if X.shape[0] <= 1 or np.any(np.isfinite(out[0])):
         return out
     half = X.shape[0] // 2
     first = _rows_apart_where_not_finite(fn, X[:half])
