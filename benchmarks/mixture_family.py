@@ -17,7 +17,14 @@ Samplers (``run_instance``):
   particles, default settings), which needs a proper prior: N(0, 10^2) on
   every coordinate; its error is measured against that posterior's own
   weights (``w_k N(mu_k; 0, (100 + s_k^2) I)``, normalised), so the prior
-  does not count against it.
+  does not count against it;
+- ``nutpie``: nutpie with its defaults (``pm.sample()``'s sampler), 4 chains
+  of 1,000 draws after 1,000 tuning steps. It raises no warning itself, so a
+  run counts as warned where its max R-hat is above 1.01, the level at which
+  ``pm.sample`` warns;
+- ``flowmc``: flowMC 0.6.5 with its tutorial settings, as in
+  ``benchmarks/flows.py`` (20 chains from the initial point plus
+  N(0, 3^2 I)); warned by the same R-hat rule as nutpie.
 
 The weight estimate is the mean of the exact component responsibilities
 over the draws (``E[r_k(x)] = w_k`` under the posterior), and the error the
@@ -156,10 +163,46 @@ def _smc(spec: dict[str, Any], seed: int) -> dict[str, Any]:
                          if issubclass(w.category, UserWarning)]}
 
 
+#: R-hat above which ``pm.sample`` warns; nutpie raises no warning of its own, so a nutpie
+#: run counts as warned where its R-hat is above this (what a PyMC user would be told)
+NUTPIE_RHAT_WARNING = 1.01
+
+
+def _rhat_warned(spec: dict[str, Any], x: np.ndarray, **extra: Any) -> dict[str, Any]:
+    """A peer's row: it raises no warning of its own, so R-hat above 1.01 counts as one."""
+    from arviz_stats.base import array_stats
+
+    rhat = max(float(array_stats.rhat(x[..., j], chain_axis=0, draw_axis=1))
+               for j in range(spec["dim"]))
+    warned = [f"max R-hat {rhat:.3f} > {NUTPIE_RHAT_WARNING} (pm.sample's warning)"
+              ] if rhat > NUTPIE_RHAT_WARNING else []
+    return {"draws": x.reshape(-1, spec["dim"]), "chains": x, "warnings": warned, **extra}
+
+
+def _nutpie(spec: dict[str, Any], seed: int) -> dict[str, Any]:
+    import nutpie
+
+    compiled = nutpie.compile_pymc_model(build_model(spec))
+    idata = nutpie.sample(compiled, draws=1000, tune=1000, chains=4, cores=1, seed=seed,
+                          progress_bar=False)
+    return _rhat_warned(spec, idata.posterior["x"].values,
+                        grad_evals=int(idata.sample_stats["n_steps"].sum()))
+
+
+def _flowmc(spec: dict[str, Any], seed: int) -> dict[str, Any]:
+    from benchmarks.flows import run_flowmc
+
+    idata, extra = run_flowmc(build_model(spec), seed, quick=False)
+    return _rhat_warned(spec, idata.posterior["x"].values, grad_evals=extra["grad_evals"],
+                        global_acceptance=extra["global_acceptance"])
+
+
 RUNNERS = {
     "tempering": lambda spec, seed: _flow(spec, seed, "tempering"),
     "climbs": lambda spec, seed: _flow(spec, seed, "climbs"),
     "smc": _smc,
+    "nutpie": _nutpie,
+    "flowmc": _flowmc,
 }
 
 

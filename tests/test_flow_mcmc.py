@@ -299,7 +299,7 @@ def test_high_dimension_warns_before_the_work():
     with pytest.warns(FlowMCMCWarning, match="dimension is 301.*What to try"):
         flow_mcmc_adapt(
             d, chains=8, n_rounds=1, adapt_local_steps=1, global_steps=1, first_train_steps=1,
-            num_paths=1, random_seed=0, progressbar=False, fit="forward",
+            num_paths=1, random_seed=0, progressbar=False, fit="forward", explore="climbs",
             flow_kwargs={"transforms": 1, "hidden_features": (8, 8)},
         )
 
@@ -365,7 +365,8 @@ def test_auto_fit_switches_to_reverse_kl_when_the_forward_flow_misses_the_tails(
 
 def test_auto_fit_keeps_the_forward_flow_when_it_fits_or_when_there_are_several_modes():
     d = gaussian_density([0.0, 0.0], np.eye(2))
-    ad = flow_mcmc_adapt(d, chains=32, random_seed=0, **FAST)
+    # the rule itself, on the climbs' seeding (FAST's short fits are seed-sensitive)
+    ad = flow_mcmc_adapt(d, chains=32, random_seed=0, explore="climbs", **FAST)
     assert (ad.fit, ad.fit_reason, reverse_kl_reason(ad)) == ("forward", "", "")
     assert ad.kernel.local_steps == 1
     poor = replace(ad, coverage={**ad.coverage, "pareto_k": 1.3})

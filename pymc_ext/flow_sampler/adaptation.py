@@ -431,6 +431,11 @@ def _single_mode_adapt(
                    warnings=messages + result.warnings)
 
 
+#: a census top joins the climbs' modes only with a Laplace mass of at least this share of
+#: the evidence (the mode search's ``min_mass``)
+MIN_CENSUS_TOP_MASS = 1e-3
+
+
 def _with_census_tops(
     density: LogDensity,
     census: ModeCensus,
@@ -454,10 +459,15 @@ def _with_census_tops(
     seeding gets draws from its Laplace normal as a found mode does. It
     joins the modes as it is, so the proposal mixes in its normal
     (:func:`~pymc_ext.flow_sampler.mode_proposal.with_mode_components`).
+    As in the mode search, a top needs a Laplace mass of at least
+    ``MIN_CENSUS_TOP_MASS`` of the census's evidence: the top of Neal's
+    funnel lies deep in its neck (v = -18 in 5-D) with a vanishing mass, and
+    as a second mode it would keep ``fit="auto"`` from its reverse-KL refit.
     """
+    floor = census.log_evidence + math.log(MIN_CENSUS_TOP_MASS)
     tops, covs, masses = [], [], []
     for mode, (top, cov) in zip(census.modes, laplace, strict=True):
-        if top is None or cov is None or not np.isfinite(mode.laplace_log_mass):
+        if top is None or cov is None or not mode.laplace_log_mass >= floor:
             continue
         known = np.concatenate([modes, np.asarray(tops).reshape(-1, modes.shape[1])])
         if nearest_in_sds(top, np.linalg.cholesky(cov), known) < 3.0:

@@ -25,7 +25,7 @@ from scipy.special import logsumexp
 
 from pymc_ext.density import LogDensity
 from pymc_ext.flow_sampler.mode_search import climbed_laplace
-from pymc_ext.flow_sampler.modes import same_mode
+from pymc_ext.flow_sampler.modes import mode_groups, same_mode
 from pymc_ext.flow_sampler.strata import cluster_walkers
 from pymc_ext.flow_sampler.tempering import Exploration
 
@@ -170,6 +170,18 @@ def exploration_modes(density: LogDensity, ex: Exploration) -> ExplorationModes:
     live = w * n > NEGLIGIBLE_WEIGHT
     live_labels, tops, _ = cluster_walkers(density, ex.position[live], spread, tol=2.0,
                                            iters=50)
+    if tops.shape[0] > 1:
+        # The batch ascent stops after 50 steps, so on a curved mode (gp_pois_regr) its ends
+        # lie apart along a ridge, with dips on the straight segments between them: merge
+        # the groups whose ends L-BFGS climbs to one top.
+        groups = mode_groups(density, tops)
+        groups = np.where(groups < 0, np.arange(groups.size) + groups.max() + 1, groups)
+        _, first, groups = np.unique(groups, return_index=True, return_inverse=True)
+        order = np.argsort(first)  # keep the best end's group first
+        rank = np.empty_like(order)
+        rank[order] = np.arange(order.size)
+        live_labels = rank[groups[live_labels]]
+        tops = tops[np.sort(first)]
     labels = np.full(n, -1, dtype=np.int64)
     labels[live] = live_labels
     k = tops.shape[0]

@@ -164,17 +164,20 @@ class FlowMCMCConfig:
         ``sample_stats.attrs["grad_evals"]``.
     init_scale : float
         Half-width of the uniform jitter of the Pathfinder starts.
-    explore : {"climbs", "tempering"}
-        How the modes are found before the flow is fitted. ``"climbs"``
-        (default): Pathfinder paths and ``search_climbs`` L-BFGS climbs from
-        overdispersed starts; a mode whose basin no climb reaches is missed,
-        silently. ``"tempering"``: ``explorations`` independent populations
-        of ``tempering_walkers`` walkers, each tempered from a broad reference
-        to the posterior (adaptive SMC, :mod:`pymc_ext.flow_sampler.tempering`)
+    explore : {"tempering", "climbs"}
+        How the modes are found before the flow is fitted. ``"tempering"``
+        (default): ``explorations`` independent populations of
+        ``tempering_walkers`` walkers, each tempered from a broad reference to
+        the posterior (adaptive SMC, :mod:`pymc_ext.flow_sampler.tempering`)
         with every mode kept populated; each seeds and trains its own flow,
         the production chains are split between the flows, and a mode census
         (``sample_stats.attrs["mode_census"]``) records every mode, with
-        warnings where the explorations disagree.
+        warnings where the explorations disagree. Where every exploration
+        finds one mode, the flow is fitted from the climbs' seeding as below
+        (the mode's shape is then the question, not finding modes).
+        ``"climbs"``: Pathfinder paths and ``search_climbs`` L-BFGS climbs from
+        overdispersed starts only; faster, but a mode whose basin no climb
+        reaches is missed, silently (a narrow mode off to one side).
     explorations : int
         Independent tempering explorations (at least 2 for the disagreement
         checks; 1 allowed).
@@ -283,7 +286,7 @@ class FlowMCMCConfig:
     num_paths: int = 16
     search_climbs: int = 128
     init_scale: float = 2.0
-    explore: Explore = Explore.CLIMBS
+    explore: Explore = Explore.TEMPERING
     explorations: int = 2
     tempering_walkers: int = 1024
     tempering_ess: float = 0.9

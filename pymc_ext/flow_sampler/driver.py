@@ -369,12 +369,13 @@ def flow_mcmc(
 
     Notes
     -----
-    ``explore="tempering"`` finds the modes by tempering instead of by
-    L-BFGS climbs: ``explorations`` (default 2) independent populations are
-    tempered from a broad Gaussian to the posterior (adaptive SMC, every
-    mode of ``pi_beta`` kept populated), each trains its own flow, and the
-    production chains are split between the flows, so R-hat sees it when
-    they disagree.
+    By default (``explore="tempering"``) the modes are found by tempering:
+    ``explorations`` (default 2) independent populations are tempered from a
+    broad Gaussian to the posterior (adaptive SMC, every mode of ``pi_beta``
+    kept populated), each trains its own flow, and the production chains are
+    split between the flows, so R-hat sees it when they disagree.
+    ``explore="climbs"`` finds them by L-BFGS climbs from overdispersed starts
+    only: faster, but a mode whose basin no climb reaches is missed silently.
 
     Warns
     -----

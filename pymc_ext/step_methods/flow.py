@@ -130,8 +130,10 @@ class FlowMC(BlockedStep):
     model : pm.Model, optional
     **adapt_kwargs
         Passed to :func:`~pymc_ext.flow_sampler.adaptation.flow_mcmc_adapt` (``n_rounds``,
-        ``train_steps``, ``flow_kwargs``, ``num_paths``, ...). ``explore="tempering"``
-        finds the modes by tempering (see :func:`pymc_ext.flow_mcmc`): each of the
+        ``train_steps``, ``flow_kwargs``, ``num_paths``, ...). The default
+        ``explore="tempering"`` finds the modes by tempering (see
+        :func:`pymc_ext.flow_mcmc`; ``explore="climbs"`` is the faster search by
+        L-BFGS climbs alone, which can miss a narrow mode): each of the
         ``explorations`` trains its own flow, and the flow proposal is then their equal
         mixture (:class:`~pymc_ext.flow_sampler.exploration.MixtureFlow`; a ``pm.sample``
         chain cannot know its index, so it cannot keep to one flow). The mode census is
