@@ -92,7 +92,7 @@ from benchmarks.common import REFERENCE_NAMES, machine_info, write_json  # noqa:
 
 REFERENCES = list(REFERENCE_NAMES)
 TOY_TARGETS = ["mixture2_d10", "mixture2_d50", "mixture3_d10", "mixture3_d10_a3_s1-1-1.5",
-               "funnel_d10", "phi4_n32", "phi4_n64", "eight_schools_centred"]
+               "funnel_d10", "funnel_d50", "phi4_n32", "phi4_n64", "eight_schools_centred"]
 ALL_TARGETS = TOY_TARGETS + REFERENCES
 QUICK_TARGETS = ["mixture2_d10", "funnel_d10", "eight_schools-eight_schools_noncentered",
                  "kidiq-kidscore_momiq"]

@@ -37,7 +37,7 @@ def test_default_sizes_grow_with_dimension():
         FlowConfig(kind="glow")
 
 
-@pytest.mark.parametrize("kind", ["nsf", "maf", "realnvp"])
+@pytest.mark.parametrize("kind", ["nsf", "maf", "iaf", "realnvp"])
 def test_sample_and_log_prob_agree_and_standardisation_is_exact(kind):
     rng = np.random.default_rng(0)
     mean = np.array([1.0, -2.0, 0.5])
@@ -175,6 +175,10 @@ def test_save_and_load_round_trip(tmp_path):
     twin = StandardizedFlow.load(str(path))
     x = np.random.default_rng(0).normal(size=(7, 3))
     assert np.allclose(twin.log_prob_numpy(x), flow.log_prob_numpy(x))
+    iaf = build_flow(3, kind="iaf", passes=None, random_seed=0, **SMALL)
+    iaf.save(str(tmp_path / "iaf.pt"))
+    assert np.allclose(StandardizedFlow.load(str(tmp_path / "iaf.pt")).log_prob_numpy(x),
+                       iaf.log_prob_numpy(x))
     blob = torch.load(str(path), weights_only=True)
     blob["version"] = 99
     torch.save(blob, str(tmp_path / "old.pt"))

@@ -108,6 +108,33 @@ def test_log_evidence_of_a_normalised_mixture_is_zero_within_its_error(narrow_of
     assert abs(ex.log_evidence) < 4 * ex.log_evidence_se
 
 
+def test_the_census_keeps_a_curved_mode_whole():
+    """A banana is one mode: the walkers' short batch ascent ends spread along its ridge, with
+    dips deeper than the barrier tolerance on the straight segments between the ends (3
+    groups), and the L-BFGS climbs from those ends merge them (gp_pois_regr's posterior was
+    split in 4 this way, so the flow sampler took it for multimodal)."""
+    from toy_densities import batched
+
+    from pymc_ext.flow_sampler.strata import cluster_walkers
+
+    def lp(X):
+        return -0.5 * X[:, 0] ** 2 / 1.5**2 - 0.5 * (X[:, 1] - X[:, 0] ** 2) ** 2 / 0.5**2
+
+    def gr(X):
+        r = (X[:, 1] - X[:, 0] ** 2) / 0.5**2
+        return np.column_stack([-X[:, 0] / 1.5**2 + 2 * X[:, 0] * r, -r])
+
+    banana = batched(2, lp, gr)
+    ex = explore_tempering(banana, default_reference(banana, 5.0), n_walkers=256,
+                           random_seed=0, progressbar=False)
+    w = np.exp(ex.log_weights - logsumexp(ex.log_weights))
+    spread = np.sqrt(w @ (ex.position - w @ ex.position) ** 2)
+    assert cluster_walkers(banana, ex.position, spread, tol=2.0, iters=50)[1].shape[0] > 1
+    modes = exploration_modes(banana, ex)
+    assert modes.tops.shape[0] == 1 and modes.weights.tolist() == [1.0]
+    assert np.allclose(modes.tops[0], 0.0, atol=0.05)
+
+
 def test_no_climb_from_the_default_starts_finds_the_narrow_mode(narrow_off_side):
     """The climbs' lottery loses: Pathfinder's paths and 128 more climbs find one mode."""
     seed = pathfinder_seed(narrow_off_side, num_paths=16, random_seed=1)

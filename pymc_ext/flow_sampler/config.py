@@ -133,8 +133,11 @@ class FlowMCMCConfig:
         (costs gradients). ``"reverse"``: a forward-KL start on the walker states in
         the first round, then reverse KL (the ELBO) from the density alone: the
         flow learns regions the walkers never reach, such as a funnel's neck. Its
-        defaults differ: a fully autoregressive MAF (``flow_kwargs={"kind": "maf",
-        "passes": None}`` unless ``flow_kwargs`` names a ``kind``),
+        defaults differ: a fully autoregressive affine flow in its inverse
+        (IAF) direction (``flow_kwargs={"kind": "iaf", "passes": None}`` unless
+        ``flow_kwargs`` names a ``kind``: it represents a funnel's neck exactly,
+        and it draws with its log density in one network pass, where a MAF takes
+        ``dim``),
         ``learning_rate=3e-3``, ``reverse_steps=2000`` and ``local_steps=0``.
         Reverse KL is mode-seeking, so do not use it for separated modes; it also
         costs 10-20 times the gradients. ``"auto"`` (default): adapt with
@@ -371,7 +374,7 @@ class FlowMCMCConfig:
         """This config for one way of fitting, with the defaults that depend on it filled in.
 
         With ``fit="reverse"`` the flow is the whole sampler: a fully autoregressive
-        MAF, 2000 reverse-KL steps at a learning rate of 3e-3, and no local moves
+        IAF, 2000 reverse-KL steps at a learning rate of 3e-3, and no local moves
         in production (MALA diverges in a funnel's neck, where the flow goes).
         ``target_accept`` defaults to 0.574 for MALA and 0.75 for HMC.
 
@@ -390,13 +393,13 @@ class FlowMCMCConfig:
         >>> from pymc_ext.flow_sampler.config import FlowMCMCConfig
         >>> cfg = FlowMCMCConfig().resolved("reverse")
         >>> cfg.learning_rate, cfg.reverse_steps, cfg.flow_kwargs
-        (0.003, 2000, {'kind': 'maf', 'passes': None})
+        (0.003, 2000, {'kind': 'iaf', 'passes': None})
         """
         fit = FitMethod(fit)
         reverse = fit == FitMethod.REVERSE
         kwargs = dict(self.flow_kwargs or {})
         if reverse and "kind" not in kwargs:
-            kwargs = {"kind": "maf", "passes": None, **kwargs}
+            kwargs = {"kind": "iaf", "passes": None, **kwargs}
         default_accept = 0.574 if self.local_kernel == LocalKernel.MALA else 0.75
         return replace(
             self,

@@ -17,9 +17,13 @@ class FlowConfig:
 
     Attributes
     ----------
-    kind : {"nsf", "maf", "realnvp"}
+    kind : {"nsf", "maf", "iaf", "realnvp"}
         ``zuko.flows.NSF`` (neural spline flow, the default), ``zuko.flows.MAF``
-        (affine autoregressive) or ``zuko.flows.RealNVP`` (affine coupling).
+        (affine autoregressive), ``"iaf"`` (MAF's transformations inverted, an
+        inverse autoregressive flow: a draw *with its log density* in one
+        network pass, a given point's density in ``dim`` passes; the right
+        trade for reverse KL, which only ever evaluates its own draws) or
+        ``zuko.flows.RealNVP`` (affine coupling).
     transforms : int
         Number of flow transformations.
     hidden_features : tuple of int
@@ -54,10 +58,10 @@ class FlowConfig:
     base_df: float = 5.0
 
     def __post_init__(self) -> None:
-        if self.kind not in ("nsf", "maf", "realnvp"):
+        if self.kind not in ("nsf", "maf", "iaf", "realnvp"):
             raise ValueError(
                 f"Unknown flow kind {self.kind!r}: use 'nsf' (neural spline flow, default), "
-                "'maf' or 'realnvp'."
+                "'maf', 'iaf' or 'realnvp'."
             )
         if int(self.transforms) < 1:
             raise ValueError(f"transforms must be >= 1, got {self.transforms}.")

@@ -1,4 +1,4 @@
-"""Construction of the zuko flows (NSF, MAF, RealNVP; normal or Student-t base).
+"""Construction of the zuko flows (NSF, MAF, IAF, RealNVP; normal or Student-t base).
 
 Nothing here re-implements a flow layer: :func:`zuko_flow` only picks zuko's
 class and sizes from a :class:`~pymc_ext.flows.config.FlowConfig`. The
@@ -54,6 +54,8 @@ def zuko_flow(dim: int, config: FlowConfig) -> zuko.flows.Flow:
     >>> from pymc_ext.flows.construction import zuko_flow
     >>> type(zuko_flow(3, FlowConfig(kind="maf", transforms=1))).__name__
     'MAF'
+    >>> type(zuko_flow(3, FlowConfig(kind="iaf", transforms=1))).__name__
+    'Flow'
     """
     flow = _normal_base_flow(dim, config)
     if config.base == "student":
@@ -77,13 +79,19 @@ def _normal_base_flow(dim: int, config: FlowConfig) -> zuko.flows.Flow:
             passes=config.passes,
             hidden_features=hidden,
         )
-    if config.kind == "maf":
-        return zuko.flows.MAF(
+    if config.kind in ("maf", "iaf"):
+        maf = zuko.flows.MAF(
             features=dim,
             transforms=config.transforms,
             passes=config.passes,
             hidden_features=hidden,
         )
+        if config.kind == "maf":
+            return maf
+        # The inverse of each transformation, in reverse order: sampling runs MAF's cheap
+        # direction (one pass), density evaluation its costly one.
+        inverted = [zuko.lazy.LazyInverse(t) for t in reversed(list(maf.transform.transforms))]
+        return zuko.flows.Flow(inverted, maf.base)
     if dim < 2:
         raise ValueError("RealNVP needs at least 2 dimensions; use kind='nsf' for 1-D targets.")
     return zuko.flows.RealNVP(features=dim, transforms=config.transforms, hidden_features=hidden)
