@@ -328,6 +328,9 @@ def test_laplace_masses_far_above_the_evidence_warn_that_walkers_missed_mass():
     assert "6.35 times the evidence" in missed[0]
     assert census_warnings(census(0.95, 0.0)) == []        # a fair Laplace mass: no warning
     assert census_warnings(census(0.864, np.log(0.136)), stage="production") == []
+    # phi^4 at N = 64: explorations that never reached the posterior carried log Z far below
+    # the top's Laplace mass; the ratio overflowed a float and the run crashed
+    assert "e^1000 times the evidence" in census_warnings(census(1.0, -1000.0))[0]
 
 
 def test_a_default_reference_that_misses_the_support_is_narrowed_with_a_warning():

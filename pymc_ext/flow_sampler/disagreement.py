@@ -161,7 +161,7 @@ def _evidence_shortfall(census: ModeCensus) -> list[str]:
         return []
     mode = census.modes[int(np.flatnonzero(ok)[np.argmax(lm[ok])])]
     return [
-        f"The modes' Laplace approximations hold {math.exp(total - census.log_evidence):.3g} "
+        f"The modes' Laplace approximations hold {_times(total - census.log_evidence)} "
         f"times the evidence the tempering carried to beta = 1 (log Z {census.log_evidence:.3g}"
         f" ± {census.log_evidence_se:.2g}), most of it at the top {_where(mode)}: the walkers "
         "missed mass near that top, as with a narrow, heavy mode beside a wide one that no "
@@ -170,6 +170,11 @@ def _evidence_shortfall(census: ModeCensus) -> list[str]:
         "more tempering walkers (tempering_walkers), smaller temperature steps (tempering_ess "
         "closer to 1), more explorations; compare the census between seeds."
     ]
+
+
+def _times(log_ratio: float) -> str:
+    """``exp(log_ratio)`` for a message, as ``e^x`` where it would overflow a float."""
+    return f"{math.exp(log_ratio):.3g}" if log_ratio < 700 else f"e^{log_ratio:.0f}"
 
 
 def _share_disagreement(mode: CensusMode) -> list[str]:
