@@ -174,10 +174,9 @@ def exploration_modes(density: LogDensity, ex: Exploration) -> ExplorationModes:
         # The batch ascent stops after 50 steps, so on a curved mode (gp_pois_regr) its ends
         # lie apart along a ridge, with dips on the straight segments between them: merge
         # the groups whose ends L-BFGS climbs to one top.
-        # (The ends come best first, and the groups are numbered best first.)
-        groups = mode_groups(density, tops)
+        groups, reps = mode_groups(density, tops)
         live_labels = groups[live_labels]
-        tops = tops[[int(np.argmax(groups == g)) for g in range(groups.max() + 1)]]
+        tops = tops[reps]
     labels = np.full(n, -1, dtype=np.int64)
     labels[live] = live_labels
     k = tops.shape[0]

@@ -133,8 +133,7 @@ def laplace_components(
     (2, [[3.0, 3.0], [-3.0, -3.0]])
     """
     before = int(density.grad_evals)
-    kept_tops, masses = [], []
-    chols = []
+    kept_tops, chols, masses = [], [], []
     for start in np.asarray(tops, dtype=float):
         top, log_mass, cov = climbed_laplace(density, start, maxiter)
         top = start if top is None else top

@@ -117,16 +117,13 @@ def distinct_modes(density: LogDensity, centers: np.ndarray) -> np.ndarray:
     >>> distinct_modes(d, np.array([[-4.0], [-3.5], [4.0]])).tolist()
     [[-4.0], [4.0]]
     """
-    labels = mode_groups(density, centers)
-    if labels.max() < 0:
+    _, reps = mode_groups(density, centers)
+    if reps.size == 0:
         return np.asarray([centers.mean(0)])
-    lp = density.logp_batch(centers)
-    order = np.argsort(-np.where(np.isfinite(lp), lp, -np.inf))
-    first = {int(labels[i]): i for i in order[::-1] if labels[i] >= 0}
-    return np.asarray([centers[first[g]] for g in range(labels.max() + 1)])
+    return centers[reps]
 
 
-def mode_groups(density: LogDensity, points: np.ndarray) -> np.ndarray:
+def mode_groups(density: LogDensity, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Label each point by the mode it belongs to (see :func:`distinct_modes` for the rule).
 
     Parameters
@@ -136,9 +133,11 @@ def mode_groups(density: LogDensity, points: np.ndarray) -> np.ndarray:
 
     Returns
     -------
-    ndarray of int, shape (k,)
+    labels : ndarray of int, shape (k,)
         Group of each point, numbered from the best point's group (0) down in
         log density; -1 where the log density is not finite.
+    reps : ndarray of int, shape (groups,)
+        Index of each group's representative, its best point.
 
     Examples
     --------
@@ -147,35 +146,36 @@ def mode_groups(density: LogDensity, points: np.ndarray) -> np.ndarray:
     >>> from pymc_ext.flow_sampler.modes import mode_groups
     >>> lp = lambda X: np.logaddexp(-0.5 * ((X + 4) ** 2).sum(-1), -0.5 * ((X - 4) ** 2).sum(-1))
     >>> d = FunctionLogDensity(1, lambda x: lp(x[None])[0], logp_batch_fn=lp)
-    >>> mode_groups(d, np.array([[3.0], [-4.0], [4.0], [-3.5]])).tolist()
-    [1, 0, 1, 0]
+    >>> labels, reps = mode_groups(d, np.array([[3.0], [-4.0], [4.0], [-3.5]]))
+    >>> labels.tolist(), reps.tolist()
+    ([1, 0, 1, 0], [1, 2])
     """
     lp = density.logp_batch(points)
     order = np.argsort(-np.where(np.isfinite(lp), lp, -np.inf))
     labels = np.full(points.shape[0], -1, dtype=np.int64)
-    reps: list[np.ndarray] = []
+    reps: list[int] = []
     tops: list[np.ndarray | None] = []
     climbed: list[bool] = []
     for i in order:
         c = points[i]
         if not np.isfinite(lp[i]):
             continue
-        hit = next((k for k, m in enumerate(reps) if same_mode(density, c, m)), None)
+        hit = next((k for k, r in enumerate(reps) if same_mode(density, c, points[r])), None)
         if hit is None and reps:
             top = _climb_end(density, c)
             if top is not None:
-                for k, m in enumerate(reps):
+                for k, r in enumerate(reps):
                     if not climbed[k]:
-                        tops[k], climbed[k] = _climb_end(density, m), True
+                        tops[k], climbed[k] = _climb_end(density, points[r]), True
                 hit = next((k for k, t in enumerate(tops)
                             if t is not None and same_mode(density, top, t)), None)
         if hit is None:
-            reps.append(c)
+            reps.append(int(i))
             tops.append(None)
             climbed.append(False)
             hit = len(reps) - 1
         labels[i] = hit
-    return labels
+    return labels, np.asarray(reps, dtype=np.int64)
 
 
 def _rms_distance(x: np.ndarray, modes: np.ndarray, scale: np.ndarray) -> np.ndarray:
