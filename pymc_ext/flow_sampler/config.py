@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from pymc_ext.blocks.torch_settings import torch_dtype
+from pymc_ext.flows.fit_info import SCHEDULES
 
 __all__ = [
     "Explore",
@@ -222,6 +223,9 @@ class FlowMCMCConfig:
     learning_rate : float, optional
         Adam's learning rate for the flow: default 1e-3, or 3e-3 for a reverse-KL
         fit.
+    reverse_schedule : {"constant", "cosine"}
+        The learning rate of a ``fit="reverse"`` fit: constant, or cosine-annealed
+        to 1% of ``learning_rate`` over each fit's ``reverse_steps``.
     snapshots_per_round : int
         Walker states kept per walker per round for fitting the flow.
     flow_dtype : {"float32", "float64"}
@@ -301,6 +305,7 @@ class FlowMCMCConfig:
     mode_proposals: float | None = None
     flow_kwargs: dict[str, Any] | None = None
     learning_rate: float | None = None
+    reverse_schedule: str = "constant"
     snapshots_per_round: int = 10
     flow_dtype: str = "float32"
     restart_threshold: float | None = 6.0
@@ -351,6 +356,10 @@ class FlowMCMCConfig:
         rs = self.reverse_steps
         if rs is not None and (not isinstance(rs, int | np.integer) or rs < 1):
             raise ValueError(f"reverse_steps must be a positive integer, got {rs!r}.")
+        if self.reverse_schedule not in SCHEDULES:
+            raise ValueError(
+                f"reverse_schedule must be one of {SCHEDULES}, got {self.reverse_schedule!r}."
+            )
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}.")
         if self.n_rounds is not None and self.n_rounds < 1:

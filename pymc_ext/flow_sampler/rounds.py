@@ -237,7 +237,8 @@ def _fit_phase(
     if cfg.fit != FitMethod.FORWARD:
         if cfg.fit == FitMethod.REVERSE:  # the density is the only teacher after the first round
             steps = cfg.reverse_steps if r == 0 else max(1, cfg.reverse_steps // 4)
-            rkw = {"learning_rate": cfg.learning_rate, "patience": 10}
+            rkw = {"learning_rate": cfg.learning_rate, "patience": 10,
+                   "schedule": cfg.reverse_schedule}
         else:  # "both": a short, gentler refinement after each forward fit
             steps, rkw = cfg.reverse_steps, {"learning_rate": 0.3 * cfg.learning_rate}
         rinfo = fit_reverse_kl(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ __all__ = ["FitInfo", "FitSettings", "FlowFitError", "train_flow"]
 #: a fresh attempt from the best weights after a non-finite loss.
 MAX_GRAD_NORM = 10.0
 LR_BACKOFF = 0.2
+#: Learning-rate schedules of a flow fit, and where the cosine one ends (a fraction of the start).
+SCHEDULES = ("constant", "cosine")
+COSINE_FLOOR = 0.01
 
 
 class FlowFitError(RuntimeError):
@@ -116,6 +119,9 @@ class FitSettings:
         Show a progress bar.
     desc : str
         Progress bar label.
+    schedule : {"constant", "cosine"}
+        The learning rate: constant, or cosine-annealed from ``learning_rate``
+        down to 1% of it over ``max_steps`` (stepped at each check).
 
     Examples
     --------
@@ -132,6 +138,22 @@ class FitSettings:
     max_restarts: int = 3
     progressbar: bool = True
     desc: str = "flow"
+    schedule: str = "constant"
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(
+                f"schedule must be one of {SCHEDULES}, got {self.schedule!r}."
+            )
+
+    def scheduler(self) -> Callable[[torch.optim.Optimizer], Any] | None:
+        """``scheduler(optimizer)`` for :func:`~pymc_ext.flows.training.train`, or None."""
+        if self.schedule == "constant":
+            return None
+        rounds = self.options().max_rounds
+        return lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(
+            opt, T_max=rounds, eta_min=COSINE_FLOOR * self.learning_rate
+        )
 
     def options(self) -> TrainingOptions:
         """The training loop's options: clip at 10, fresh restarts at a fifth of the rate."""
@@ -188,7 +210,8 @@ def train_flow(
     batches = step_batches(settings.max_steps, settings.check_every)[1]
     monitor = running_mean(int(settings.check_every)) if monitor_fn is None else monitor_fn
     result = train(
-        flow, loss_fn, batches, settings.options(), monitor=monitor, on_diverged=_flow_diverged
+        flow, loss_fn, batches, settings.options(), monitor=monitor,
+        scheduler=settings.scheduler(), on_diverged=_flow_diverged,
     )
     return FitInfo(
         losses=result.losses,

@@ -67,6 +67,7 @@ def fit_reverse_kl(
     random_seed: int | np.random.Generator | None = None,
     progressbar: bool = True,
     desc: str = "flow: reverse KL",
+    schedule: str = "constant",
 ) -> FitInfo:
     """Fit ``flow`` to the density alone by maximising the ELBO (reverse KL), in place.
 
@@ -93,8 +94,9 @@ def fit_reverse_kl(
     check_every : int
         Steps between checks; early stopping watches the running mean of the
         loss over the last ``check_every`` steps.
-    learning_rate, patience, min_steps, max_restarts, progressbar, desc
-        How it trains: see :class:`~pymc_ext.flows.fit_info.FitSettings`.
+    learning_rate, patience, min_steps, max_restarts, progressbar, desc, schedule
+        How it trains: see :class:`~pymc_ext.flows.fit_info.FitSettings`
+        (``schedule="cosine"`` anneals the learning rate to 1% over ``max_steps``).
     random_seed : int or Generator, optional
         Seeds the base draws.
 
@@ -128,7 +130,8 @@ def fit_reverse_kl(
 
     loss_fn = _negative_elbo(flow, density, batch_size, noise_rng)
     settings = FitSettings(
-        max_steps, check_every, learning_rate, patience, min_steps, max_restarts, progressbar, desc
+        max_steps, check_every, learning_rate, patience, min_steps, max_restarts, progressbar, desc,
+        schedule,
     )
     info = train_flow(flow, loss_fn, None, settings)
     return info._replace(grad_evals=density.grad_evals - grad_before)
