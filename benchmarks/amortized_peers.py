@@ -270,32 +270,40 @@ def bench_problem(name: str, args: argparse.Namespace) -> dict[str, Any]:
     prior_var = theta.var(axis=0)
 
     train: dict[str, dict[str, Any]] = {}
-    t0 = time.perf_counter()
-    amortizer.fit(num_simulations=args.simulations, epochs=args.epochs, batch_size=256,
-                  random_seed=args.seed, progressbar=False)
-    h = amortizer.history
-    train["amortizer"] = {"train_seconds": h["training_seconds"],
-                          "simulation_seconds": h["simulation_seconds"],
-                          "wall_seconds": time.perf_counter() - t0,
-                          "epochs": h["epochs_run"], "best_epoch": h["best_epoch"]}
-    print(f"[{name}] Amortizer trained: {train['amortizer']}", flush=True)
-    sbi_m = SbiMethod(theta, x, args.seed)
-    train["sbi"] = sbi_m.info
-    print(f"[{name}] sbi trained: {sbi_m.info}", flush=True)
-    bf_m = BayesFlowMethod(theta, x, args)
-    train["bayesflow"] = bf_m.info
-    print(f"[{name}] BayesFlow trained: {bf_m.info}", flush=True)
+    methods: dict[str, Any] = {}
+    train_s: dict[str, float] = {}
+    first = None
+    for frame in args.frames:
+        a = Amortizer(model, summary=summary, frame=frame, **kwargs)
+        t0 = time.perf_counter()
+        a.fit(num_simulations=args.simulations, epochs=args.epochs, batch_size=256,
+              random_seed=args.seed, progressbar=False)
+        h = a.history
+        key = "amortizer" if first is None else f"amortizer[{frame}]"
+        first = first or a
+        train[key] = {"train_seconds": h["training_seconds"],
+                      "simulation_seconds": h["simulation_seconds"],
+                      "frame_seconds": h.get("frame_seconds"), "frame": h.get("frame"),
+                      "wall_seconds": time.perf_counter() - t0,
+                      "epochs": h["epochs_run"], "best_epoch": h["best_epoch"]}
+        print(f"[{name}] Amortizer (frame={frame}) trained: {train[key]}", flush=True)
+        for correct, suffix in ((None, "raw"), ("psis", "psis")):
+            label = f"{key}_{suffix}"
+            LABELS.setdefault(label, f"pymc_ext Amortizer, frame={frame} ({suffix})")
+            methods[label] = AmortizerMethod(a, correct)
+            train_s[label] = h["training_seconds"]
+    amortizer = first
+    if "sbi" in args.peers:
+        sbi_m = SbiMethod(theta, x, args.seed)
+        train["sbi"] = sbi_m.info
+        print(f"[{name}] sbi trained: {sbi_m.info}", flush=True)
+        methods["sbi_npe"], train_s["sbi_npe"] = sbi_m, sbi_m.info["train_seconds"]
+    if "bayesflow" in args.peers:
+        bf_m = BayesFlowMethod(theta, x, args)
+        train["bayesflow"] = bf_m.info
+        print(f"[{name}] BayesFlow trained: {bf_m.info}", flush=True)
+        methods["bayesflow"], train_s["bayesflow"] = bf_m, bf_m.info["train_seconds"]
     res["train"] = train
-    methods = {
-        "amortizer_raw": AmortizerMethod(amortizer, None),
-        "amortizer_psis": AmortizerMethod(amortizer, "psis"),
-        "sbi_npe": sbi_m,
-        "bayesflow": bf_m,
-    }
-    train_s = {"amortizer_raw": train["amortizer"]["train_seconds"],
-               "amortizer_psis": train["amortizer"]["train_seconds"],
-               "sbi_npe": train["sbi"]["train_seconds"],
-               "bayesflow": train["bayesflow"]["train_seconds"]}
 
     # SBC datasets: new prior-predictive simulations (their own seed)
     sbc_theta, sbc_data = datasets_with_theta(amortizer, args.sbc_datasets, seed=args.seed + 7)
@@ -382,11 +390,17 @@ def report_lines(results: dict[str, Any]) -> list[str]:
             f"## {r['problem']} ({len(r['parameters'])} parameters: "
             f"{', '.join(r['parameters'])})", "",
             f"Simulations kept {r['simulations']['kept']} of {r['simulations']['requested']}; "
-            f"Amortizer {tr['amortizer']['epochs']} epochs (best {tr['amortizer']['best_epoch']}"
-            f"), sbi {tr['sbi']['epochs']} epochs, BayesFlow {tr['bayesflow']['epochs']} epochs "
-            f"(batch {tr['bayesflow']['batch_size']}, final val loss "
-            f"{fmt(tr['bayesflow']['final_val_loss'], 3)}, best at epoch "
-            f"{tr['bayesflow']['best_val_epoch']}). NUTS reference: "
+            + "; ".join(
+                f"{k}: {t['epochs']} epochs (best {t['best_epoch']}), frame "
+                f"{t.get('frame') or 'prior'}"
+                for k, t in tr.items() if k.startswith("amortizer")
+            )
+            + (f"; sbi {tr['sbi']['epochs']} epochs" if "sbi" in tr else "")
+            + (f"; BayesFlow {tr['bayesflow']['epochs']} epochs "
+               f"(batch {tr['bayesflow']['batch_size']}, final val loss "
+               f"{fmt(tr['bayesflow']['final_val_loss'], 3)}, best at epoch "
+               f"{tr['bayesflow']['best_val_epoch']})" if "bayesflow" in tr else "")
+            + ". NUTS reference: "
             f"{', '.join(sorted({h['sampler'] for h in r['nuts']['health']}))}, "
             f"{sum(h['divergences'] for h in r['nuts']['health'])} divergences in all, "
             f"largest R-hat {fmt(max(h['rhat'] for h in r['nuts']['health']), 3)}, smallest "
@@ -436,6 +450,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--bf-epochs", type=int, default=100, help="BayesFlow: fixed")
     p.add_argument("--bf-batch-size", type=int, default=256)
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--frames", default="auto",
+                   help="comma-separated Amortizer(frame=...) settings, one amortizer each")
+    p.add_argument("--peers", default="sbi,bayesflow", help="comma-separated; '' for none")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--tag", default="")
     p.add_argument("--from-json", default=None,
@@ -444,6 +461,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = set(args.problems.split(",")) - set(PROBLEMS)
     if unknown:
         p.error(f"unknown problems {sorted(unknown)}; choose from {PROBLEMS}")
+    args.frames = [f for f in args.frames.split(",") if f]
+    args.peers = [f for f in args.peers.split(",") if f]
     if args.tag and not args.tag.startswith("_"):
         args.tag = "_" + args.tag
     return args

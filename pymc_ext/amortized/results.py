@@ -105,7 +105,9 @@ class TrainingHistory(dict):
     simulation), ``best_epoch``, ``best_val_loss``, ``epochs_run``,
     ``stopped_early``, ``num_simulations``, ``num_dropped`` (non-finite
     simulations removed), ``simulation_seconds``, ``training_seconds``,
-    ``device``, ``simulations_per_epoch``.
+    ``device``, ``simulations_per_epoch``, ``frame`` (which frame the flow
+    learns in, ``"laplace: ..."`` or ``"prior: ..."``, and why) and
+    ``frame_seconds`` (the Laplace fits of the training simulations).
 
     Examples
     --------

@@ -33,6 +33,7 @@ from pymc_ext.amortized.diagnostics import (
     raw_shift_allowance,
     warn_high_pareto_k,
 )
+from pymc_ext.amortized.frames import datasets_from_raw, with_frames
 from pymc_ext.amortized.networks import TorchSeed, contexts_no_grad
 from pymc_ext.amortized.results import Correction
 from pymc_ext.amortized.simulation import join_blocks, simulate_blocks, simulation_chunks
@@ -88,7 +89,7 @@ def prepare(
     warn_out_of_distribution(
         ctx, lengths, amortizer.layout, amortizer.summary_range, stacklevel=stacklevel + 1
     )
-    return checked, ctx
+    return checked, with_frames(amortizer, ctx, checked)
 
 
 def draw(
@@ -454,6 +455,9 @@ def sbc_chunk(
         amortizer.summary_net, amortizer.layout, sims.values, sims.lengths, amortizer.device,
         amortizer.flow.context_dim,
     )
+    if amortizer.frames is not None:
+        ctx = with_frames(amortizer, ctx, datasets_from_raw(amortizer.layout, sims.values,
+                                                            sims.lengths))
     draw_seed = int(np.random.SeedSequence([int(seed), 1]).generate_state(1)[0])
     post, _ = draw(amortizer, ctx, int(draws), draw_seed, cores=cores)
     return sims.theta, post, sims.dropped

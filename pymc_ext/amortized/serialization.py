@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pymc_ext.amortized.frames import LaplaceFrames
 from pymc_ext.amortized.layout import DataLayout
 from pymc_ext.amortized.results import AmortizerMismatchError, TrainingHistory
 
@@ -91,6 +92,10 @@ def amortizer_config(amortizer: Any) -> dict[str, Any]:
             "kwargs": summary_net.config() if hasattr(summary_net, "config") else {},
         },
         "flow": amortizer.flow.config(),
+        "frame": amortizer.frame,
+        "frames": None if amortizer.frames is None else {
+            "mean": amortizer.frames.mean.tolist(), "std": amortizer.frames.std.tolist()
+        },
         "layout": amortizer.layout.config(),
         "summary_range": None if summary_range is None else summary_range.tolist(),
         "history": dict(history) if history is not None else None,
@@ -274,6 +279,7 @@ def _constructor_kwargs(config: Mapping[str, Any], custom: bool) -> dict[str, An
             k: v for k, v in config["flow"].items() if k not in ("dim", "context_dim")
         },
         "data_layout": DataLayout.from_config(config["layout"]).kind if custom else None,
+        "frame": config.get("frame", "prior"),  # files from before frames: none
     }
 
 
@@ -292,6 +298,11 @@ def _restore(amortizer: Any, payload: Mapping[str, Any], layout: DataLayout) -> 
         amortizer.summary_range = np.asarray(config["summary_range"], dtype=float)
     if config.get("history") is not None:
         amortizer.history = TrainingHistory(config["history"])
+    if config.get("frames") is not None:
+        amortizer.frames = LaplaceFrames(
+            amortizer.target, np.asarray(config["frames"]["mean"]),
+            np.asarray(config["frames"]["std"]),
+        )
     amortizer.fitted = True
 
 

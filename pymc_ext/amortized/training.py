@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pymc_ext.amortized.frames import choose_frames, in_frames
 from pymc_ext.amortized.networks import TorchSeed, contexts, contexts_no_grad
 from pymc_ext.amortized.results import TrainingHistory
 from pymc_ext.amortized.simulation import RollingWindow, SimulationSet, epoch_batches, simulate
@@ -146,10 +147,10 @@ def _train_loop(
 
     def batches(epoch: int) -> list[np.ndarray]:
         if config.simulations_per_epoch > 0 and epoch > 0:
-            window.replace_oldest(simulate(
+            window.replace_oldest(in_frames(amortizer, simulate(
                 amortizer.target, amortizer.layout, int(config.simulations_per_epoch), rng,
                 cluster=cluster,
-            ))
+            )))
         return epoch_batches(window.train_idx, window.lengths, batch_size, rng)
 
     def loss_fn(idx: np.ndarray) -> torch.Tensor:
@@ -233,6 +234,10 @@ def fit_amortizer(
     n = sims.theta.shape[0]
     if n < 10:
         raise RuntimeError("Fewer than 10 finite simulations: check the model's prior.")
+    t_frames = time.perf_counter()
+    frame_reason = choose_frames(amortizer, sims.theta, sims.values, sims.lengths)
+    sims = in_frames(amortizer, sims)
+    frame_seconds = time.perf_counter() - t_frames
     fit_standardization(amortizer, sims.theta, sims.values, sims.lengths)
     val_idx, train_idx = _split(n, float(config.validation_fraction), rng)
     theta_t = torch.as_tensor(sims.theta, dtype=torch.float32, device=amortizer.device)
@@ -254,6 +259,8 @@ def fit_amortizer(
         training_seconds=time.perf_counter() - t1,
         device=str(amortizer.device),
         simulations_per_epoch=int(config.simulations_per_epoch),
+        frame=frame_reason,
+        frame_seconds=frame_seconds,
     )
     amortizer.summary_range = _summary_range(amortizer, window)
     return history

@@ -6,6 +6,11 @@ unconstrained parameter space. The zuko flow acts on standardised parameters
 :meth:`ConditionalFlow.log_prob` / :meth:`ConditionalFlow.sample` work in the
 original unconstrained space, the standardisation's Jacobian included.
 
+With ``framed=True`` each context also carries an affine frame of its own:
+its last ``dim + dim**2`` entries are a location ``loc`` and a lower-triangular
+``chol``, and ``theta = loc + chol @ u`` with ``u`` the standardised flow's
+variable (:mod:`pymc_ext.amortized.frames`: each dataset's Laplace fit).
+
 The flow is zuko's neural spline flow (``zuko.flows.NSF`` is ``MAF`` with
 monotonic rational-quadratic splines). The one change is the spline
 transform's constructor: :class:`_FastRQSTransform` computes the bin softmax
@@ -319,6 +324,11 @@ class ConditionalFlow(nn.Module):
         ``False`` (default): coupling transforms (zuko ``passes=2``), where
         drawing costs about as much as evaluating the density. ``True``: fully
         autoregressive, more flexible but drawing takes ``dim`` passes.
+    framed : bool
+        Contexts end with a per-context frame ``(loc, chol)``, ``dim + dim**2``
+        entries after the ``context_dim`` the network reads (see the module
+        docstring). Can be switched after construction (``Amortizer.fit``
+        does, when it chooses Laplace frames).
 
     Examples
     --------
@@ -340,9 +350,11 @@ class ConditionalFlow(nn.Module):
         hidden_features: tuple[int, ...] | list[int] = (64, 64),
         bins: int = 8,
         autoregressive: bool = False,
+        framed: bool = False,
     ) -> None:
         super().__init__()
         self.dim = int(dim)
+        self.framed = bool(framed)
         self.context_dim = int(context_dim)
         self.transforms = int(transforms)
         self.hidden_features = [int(h) for h in hidden_features]
@@ -386,6 +398,7 @@ class ConditionalFlow(nn.Module):
             "hidden_features": self.hidden_features,
             "bins": self.bins,
             "autoregressive": self.autoregressive,
+            "framed": self.framed,
         }
 
     def set_standardization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
@@ -396,10 +409,42 @@ class ConditionalFlow(nn.Module):
     def _log_jac(self) -> torch.Tensor:
         return torch.log(self.theta_std).sum()
 
+    def split_frame(
+        self, context: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """``(network context, loc, chol)`` of a (framed) context; ``None`` frames when unframed.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from pymc_ext.flows.conditional import ConditionalFlow
+        >>> flow = ConditionalFlow(dim=2, context_dim=3, framed=True)
+        >>> c, loc, chol = flow.split_frame(torch.zeros(4, 3 + 2 + 4))
+        >>> tuple(c.shape), tuple(loc.shape), tuple(chol.shape)
+        ((4, 3), (4, 2), (4, 2, 2))
+        """
+        if not self.framed:
+            return context, None, None
+        c, d = self.context_dim, self.dim
+        if context.shape[-1] != c + d + d * d:
+            raise ValueError(
+                f"A framed flow takes contexts of {c} + {d} + {d * d} entries (network "
+                f"context, frame location, frame Cholesky factor); got {context.shape[-1]}."
+            )
+        chol = context[..., c + d :].reshape(*context.shape[:-1], d, d)
+        return context[..., :c], context[..., c : c + d], chol
+
     def log_prob(self, theta: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """``log q(theta | context)`` on the unconstrained space; batch shapes broadcast."""
+        ctx, loc, chol = self.split_frame(context)
+        log_det = 0.0
+        if chol is not None:
+            theta = torch.linalg.solve_triangular(
+                chol, (theta - loc).unsqueeze(-1), upper=False
+            ).squeeze(-1)
+            log_det = torch.diagonal(chol, dim1=-2, dim2=-1).log().sum(-1)
         z = (theta - self.theta_mean) / self.theta_std
-        return self.flow(context).log_prob(z) - self._log_jac()
+        return self.flow(ctx).log_prob(z) - self._log_jac() - log_det
 
     def sample(
         self, n: int, context: torch.Tensor, generator: torch.Generator | None = None
@@ -424,12 +469,16 @@ class ConditionalFlow(nn.Module):
         log_q : Tensor
             ``(n,)`` or ``(batch, n)``.
         """
+        context, loc, chol = self.split_frame(context)
         if self.training or torch.is_grad_enabled() or not self._fast_ok:
             z, log_q = self.flow(context).rsample_and_log_prob((int(n),))
         else:
             z, log_q = self._fast_sample(int(n), context, generator)
         theta = z * self.theta_std + self.theta_mean
         log_q = log_q - self._log_jac()
+        if chol is not None:  # z: (n, dim) or (n, batch, dim); chol: (dim, dim) or (batch, ...)
+            theta = loc + torch.einsum("...ij,n...j->n...i", chol, theta)
+            log_q = log_q - torch.diagonal(chol, dim1=-2, dim2=-1).log().sum(-1)
         if context.ndim == 2:
             theta = theta.transpose(0, 1)
             log_q = log_q.transpose(0, 1)
