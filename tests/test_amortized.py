@@ -595,7 +595,11 @@ def test_set_data_on_the_training_model_is_what_sample_and_amortized_mh_conditio
         mu = pm.Normal("mu", 0.0, 1.0)
         sigma = pm.HalfNormal("sigma", 1.0)
         pm.Normal("y", mu, sigma, observed=y_obs, dims="obs")
-    amortizer = Amortizer(model, flow_kwargs={"transforms": 2, "hidden_features": (32, 32)})
+    # one global frame: with 4 epochs of training, a Laplace-framed proposal has tails light
+    # enough that one 800-draw MH run in 12 got stuck (mean 0.10 off; the average over the
+    # 12 is exact), where this test assumes an ESS of a quarter of the draws
+    amortizer = Amortizer(model, frame="prior",
+                          flow_kwargs={"transforms": 2, "hidden_features": (32, 32)})
     amortizer.fit(800, epochs=4, batch_size=128, random_seed=0, progressbar=False)
     y_new = np.array([0.8, 1.5, 0.2, 1.1, 0.9, 1.7])
     pm.set_data({"y_obs": y_new}, model=model)
@@ -635,7 +639,10 @@ def test_raw_draws_that_are_off_warn_although_k_is_small():
     with pm.Model() as model:
         mu = pm.Normal("mu", 0.0, 1.0)
         pm.Normal("y", mu, 1.0, observed=y)
-    amortizer = pymc_ext.Amortizer(model).fit(300, epochs=4, random_seed=0, progressbar=False)
+    # one global frame: a Laplace frame is exact on this conjugate model, so the raw draws
+    # would not be off
+    amortizer = pymc_ext.Amortizer(model, frame="prior").fit(300, epochs=4, random_seed=0,
+                                                             progressbar=False)
     exact_mean, exact_sd = y.sum() / (len(y) + 1), 1.0 / math.sqrt(len(y) + 1)
     with pytest.warns(AmortizedDataWarning, match="off by about"):
         raw = amortizer.sample({"y": y}, draws=4000, random_seed=1)

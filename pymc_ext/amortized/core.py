@@ -21,7 +21,7 @@ from torch import nn
 from pymc_ext.amortized import sampling, serialization
 from pymc_ext.amortized.batch import BatchMixin
 from pymc_ext.amortized.cluster import cluster_run
-from pymc_ext.amortized.frames import FRAME_KINDS, LaplaceFrames
+from pymc_ext.amortized.frames import FRAME_KINDS, LaplaceFrames, supports_frames
 from pymc_ext.amortized.layout import DataShapeError
 from pymc_ext.amortized.many import ManyDatasetsMixin
 from pymc_ext.amortized.mh import exact_draws
@@ -135,6 +135,11 @@ class Amortizer(serialization.PersistenceMixin, BatchMixin, ManyDatasetsMixin):
             model, observed=observed, covariates=covariates, covariate_sampler=covariate_sampler
         )
         self.density = self.target.density
+        if frame == "laplace" and not supports_frames(self.target):
+            raise ValueError(
+                "frame='laplace' needs the joint density's gradient over a batch of datasets, "
+                "which only a PyMC model gives; use frame='auto' or 'prior' for a Stan program."
+            )
         self.dim = int(self.target.dim)
         self.device = torch.device(device) if device is not None else torch_device()
         current = self.target.current_data()

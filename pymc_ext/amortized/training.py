@@ -124,6 +124,8 @@ def _reset_weights(amortizer: Any) -> None:
     for module in list(amortizer.summary_net.modules()) + list(amortizer.flow.modules()):
         if module is not amortizer.summary_net and hasattr(module, "reset_parameters"):
             module.reset_parameters()
+    if amortizer.flow.framed:  # start from each dataset's Laplace approximation
+        amortizer.flow.start_at_identity()
 
 
 def _diverged(failures: Any, learning_rate: float) -> Exception:
