@@ -179,12 +179,28 @@ def _rhat_warned(spec: dict[str, Any], x: np.ndarray, **extra: Any) -> dict[str,
     return {"draws": x.reshape(-1, spec["dim"]), "chains": x, "warnings": warned, **extra}
 
 
-def _nutpie(spec: dict[str, Any], seed: int) -> dict[str, Any]:
+def _nutpie(spec: dict[str, Any], seed: int, **options: Any) -> dict[str, Any]:
+    """nutpie's defaults (diagonal adaptation), or with ``options`` (``adaptation="low_rank"``)."""
     import nutpie
 
     compiled = nutpie.compile_pymc_model(build_model(spec))
     idata = nutpie.sample(compiled, draws=1000, tune=1000, chains=4, cores=1, seed=seed,
-                          progress_bar=False)
+                          progress_bar=False, **options)
+    return _rhat_warned(spec, idata.posterior["x"].values,
+                        grad_evals=int(idata.sample_stats["n_steps"].sum()))
+
+
+def _pymc_nuts(spec: dict[str, Any], seed: int) -> dict[str, Any]:
+    """PyMC's own NUTS with its defaults (``nuts_sampler="pymc"``), 4 chains in turn."""
+    import warnings
+
+    import pymc as pm
+
+    with build_model(spec), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        idata = pm.sample(draws=1000, tune=1000, chains=4, cores=1, random_seed=seed,
+                          nuts_sampler="pymc", progressbar=False,
+                          compute_convergence_checks=False)
     return _rhat_warned(spec, idata.posterior["x"].values,
                         grad_evals=int(idata.sample_stats["n_steps"].sum()))
 
@@ -202,6 +218,8 @@ RUNNERS = {
     "climbs": lambda spec, seed: _flow(spec, seed, "climbs"),
     "smc": _smc,
     "nutpie": _nutpie,
+    "nutpie_low_rank": lambda spec, seed: _nutpie(spec, seed, adaptation="low_rank"),
+    "pymc": _pymc_nuts,
     "flowmc": _flowmc,
 }
 
