@@ -232,7 +232,7 @@ def bench_problem(name: str, args: argparse.Namespace, out_dir: Path) -> dict[st
     res: dict[str, Any] = {"problem": name, "load_average_start": load_average()}
     model, kwargs = make_problem(name)
     summary = kwargs.pop("summary", "auto")
-    amortizer = Amortizer(model, summary=summary, **kwargs)
+    amortizer = Amortizer(model, summary=summary, frame=args.frame, **kwargs)
     res["summary_net"] = amortizer.summary_kind
     res["dim"] = amortizer.dim
     print(f"[{name}] {amortizer}", flush=True)
@@ -253,6 +253,8 @@ def bench_problem(name: str, args: argparse.Namespace, out_dir: Path) -> dict[st
         "epochs_run": h["epochs_run"],
         "best_epoch": h["best_epoch"],
         "best_val_loss": h["best_val_loss"],
+        "frame": h.get("frame"),
+        "frame_seconds": h.get("frame_seconds"),
     }
     print(f"[{name}] trained: {res['train']}", flush=True)
     amortizer.save(args.save_path)  # AmortizedMH on held-out data loads it into new models
@@ -537,6 +539,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--num-held-out", type=int, default=None)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--no-sbi", dest="sbi", action="store_false")
+    p.add_argument("--frame", default="auto", choices=["auto", "laplace", "prior"],
+                   help="Amortizer(frame=...): per-dataset Laplace frames or the prior's")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--tag", default="")
     p.add_argument("--threads", type=int, default=1,
