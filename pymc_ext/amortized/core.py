@@ -309,7 +309,10 @@ class Amortizer(serialization.PersistenceMixin, BatchMixin, ManyDatasetsMixin):
         return data
 
     def prepare(self, datasets: Sequence[Mapping[str, Any]]) -> tuple[list[dict], torch.Tensor]:
-        """Checked datasets and their summary-network contexts ``(len(datasets), context_dim)``.
+        """Checked datasets and their contexts ``(len(datasets), context_dim)``.
+
+        With Laplace frames (``flow.framed``) each context ends with its dataset's
+        frame, ``dim + dim**2`` more entries.
 
         Warns (:class:`~pymc_ext.amortized.diagnostics.AmortizedDataWarning`)
         when data are unlike the training simulations.
@@ -321,8 +324,8 @@ class Amortizer(serialization.PersistenceMixin, BatchMixin, ManyDatasetsMixin):
         ...     y = pm.Normal("y", pm.Normal("mu"), 1, observed=np.zeros(3))
         >>> a = pymc_ext.Amortizer(model).fit(300, epochs=2, random_seed=0, progressbar=False)
         >>> checked, ctx = a.prepare([{"y": np.ones(3)}])
-        >>> tuple(ctx.shape)
-        (1, 3)
+        >>> tuple(ctx.shape), a.flow.context_dim, a.flow.framed   # 3 + 1 + 1 * 1
+        ((1, 5), 3, True)
         """
         return sampling.prepare(self, datasets, stacklevel=2)
 

@@ -38,6 +38,7 @@ __all__ = [
     "datasets_from_raw",
     "frame_coordinates",
     "in_frames",
+    "prior_sd",
     "supports_frames",
     "with_frames",
 ]
@@ -340,3 +341,20 @@ def with_frames(amortizer: Any, ctx: torch.Tensor,
     loc, chol = amortizer.frames(datasets)
     frame = np.concatenate([loc, chol.reshape(len(datasets), -1)], axis=1)
     return torch.cat([ctx, torch.as_tensor(frame, dtype=ctx.dtype, device=ctx.device)], dim=1)
+
+
+def prior_sd(amortizer: Any) -> np.ndarray:
+    """The prior predictive sd of the parameters (the flow's own scale is the frames' then).
+
+    Examples
+    --------
+    >>> import numpy as np, pymc as pm, pymc_ext
+    >>> from pymc_ext.amortized.frames import prior_sd
+    >>> with pm.Model() as model:
+    ...     y = pm.Normal("y", pm.Normal("mu"), 1, observed=np.zeros(3))
+    >>> prior_sd(pymc_ext.Amortizer(model)).tolist()
+    [1.0]
+    """
+    if getattr(amortizer, "frames", None) is not None:
+        return np.asarray(amortizer.frames.std, dtype=float)
+    return amortizer.flow.theta_std.double().cpu().numpy()

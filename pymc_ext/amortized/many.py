@@ -403,7 +403,8 @@ class ManyDatasetsMixin:
         >>> import numpy as np, pymc as pm, pymc_ext
         >>> with pm.Model() as model:
         ...     y = pm.Normal("y", pm.Normal("mu"), 1, observed=np.zeros(3))
-        >>> a = pymc_ext.Amortizer(model).fit(500, epochs=3, random_seed=0, progressbar=False)
+        >>> a = pymc_ext.Amortizer(model, frame="prior")  # one frame: far data get a high k
+        >>> a = a.fit(500, epochs=3, random_seed=0, progressbar=False)
         >>> out = a.fit_many([{"y": np.ones(3)}, {"y": np.full(3, 40.0)}], draws=200,
         ...                  random_seed=1, progressbar=False)
         >>> out.table["route"].tolist()[1] in ("mh", "nuts")   # far outside the training data

@@ -105,7 +105,8 @@ def psis_posteriors(
     >>> from pymc_ext.amortized.sampling import posterior_draws
     >>> with pm.Model() as model:
     ...     y = pm.Normal("y", pm.Normal("mu"), 1, observed=np.zeros(3))
-    >>> a = pymc_ext.Amortizer(model).fit(300, epochs=2, random_seed=0, progressbar=False)
+    >>> a = pymc_ext.Amortizer(model, frame="prior")   # one frame: far data get a high k
+    >>> a = a.fit(300, epochs=2, random_seed=0, progressbar=False)
     >>> data = [{"y": np.ones(3)}, {"y": np.full(3, 40.0)}]      # the second is far outside
     >>> checked, theta, stats, diag = posterior_draws(a, data, 2000, 1, None, True)
     >>> done, jobs = psis_posteriors(a, checked, theta, stats, diag["pareto_k"], [7, 8],

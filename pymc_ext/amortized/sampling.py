@@ -33,7 +33,7 @@ from pymc_ext.amortized.diagnostics import (
     raw_shift_allowance,
     warn_high_pareto_k,
 )
-from pymc_ext.amortized.frames import datasets_from_raw, with_frames
+from pymc_ext.amortized.frames import datasets_from_raw, prior_sd, with_frames
 from pymc_ext.amortized.networks import TorchSeed, contexts_no_grad
 from pymc_ext.amortized.results import Correction
 from pymc_ext.amortized.simulation import join_blocks, simulate_blocks, simulation_chunks
@@ -503,7 +503,7 @@ def calibrate(
                 bar.update(k)
     theta = np.concatenate([p[0] for p in parts])
     post = np.concatenate([p[1] for p in parts])
-    prior_var = (amortizer.flow.theta_std.double().cpu().numpy()) ** 2
+    prior_var = prior_sd(amortizer) ** 2
     result = simulation_based_calibration(
         theta, post, prior_var=prior_var, param_names=amortizer.target.param_names,
         alpha=alpha, random_seed=rng,
