@@ -57,9 +57,15 @@ def fit_standardization(
     [2.0]
     """
     amortizer.layout.fit_standardization(values, lengths)
+    centre, scale = theta.mean(axis=0), theta.std(axis=0)
+    if amortizer.flow.framed:
+        # frame coordinates: about standard normal, with a few datasets whose frame is poor
+        # far out; their moments would set the scale for all (robust centre and scale instead)
+        q25, centre, q75 = np.percentile(theta, [25, 50, 75], axis=0)
+        scale = np.where(q75 - q25 > 1e-8, (q75 - q25) / 1.349, np.maximum(scale, 1e-8))
     amortizer.flow.set_standardization(
-        torch.as_tensor(theta.mean(axis=0), dtype=torch.float32),
-        torch.as_tensor(theta.std(axis=0), dtype=torch.float32),
+        torch.as_tensor(centre, dtype=torch.float32),
+        torch.as_tensor(scale, dtype=torch.float32),
     )
     if amortizer.summary_kind == "deepset" and lengths is not None:
         log_n = np.log(lengths)
