@@ -45,11 +45,11 @@ def test_check_frames_wants_standard_normal_coordinates():
     assert check_frames(rng.normal(size=(2000, 3)))[0]
     ok, reason = check_frames(rng.normal(size=(2000, 3)) * np.array([1.0, 1.0, 4.0]))
     assert not ok and "coordinate 2" in reason
-    # the right spread, but 2% of the datasets' frames failed (far out): not standard normal
+    # the right spread, but 10% of the datasets' frames failed (far out): not standard normal
     u = rng.normal(size=(2000, 3))
-    u[:40, 2] = 50.0
+    u[:200, 2] = 50.0
     ok, reason = check_frames(u)
-    assert not ok and "2.0% beyond 8" in reason
+    assert not ok and "10.0% beyond 8" in reason
 
 
 def test_auto_takes_laplace_frames_for_a_near_gaussian_posterior_not_for_a_funnel():

@@ -93,8 +93,8 @@ class Amortizer(serialization.PersistenceMixin, BatchMixin, ManyDatasetsMixin):
         frame for all (the prior predictive's mean and sd). ``"auto"``
         (default): Laplace frames when the target is a PyMC model and the
         frame coordinates of 2000 training simulations look standard normal
-        (robust sd within 0.5-2 in every coordinate), else the prior's;
-        ``history.frame`` says which, and why.
+        (robust sd within 0.5-2 in every coordinate, at most 5% of them beyond
+        8), else the prior's; ``history.frame`` says which, and why.
 
     Examples
     --------

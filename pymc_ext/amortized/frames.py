@@ -48,7 +48,7 @@ FRAME_KINDS = ("auto", "laplace", "prior")
 SPREAD_RANGE = (0.5, 2.0)
 #: ... and at most this share of them may have a coordinate beyond ``FAR`` (failed frames).
 FAR = 8.0
-MAX_FAR_FRACTION = 0.01
+MAX_FAR_FRACTION = 0.05
 #: Simulations the ``frame="auto"`` check fits (the frame is then fitted for all of them).
 CHECK_SIMULATIONS = 2000
 NEWTON_STEPS = 30
