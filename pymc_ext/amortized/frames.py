@@ -53,6 +53,7 @@ MAX_FAR_FRACTION = 0.05
 CHECK_SIMULATIONS = 2000
 NEWTON_STEPS = 30
 LINE_SEARCH = 12
+MAX_STEP = 2.0  # longest Newton step, in prior sd
 FD_STEP = 1e-4  # central differences of the gradient, in prior-standardised units
 #: Clamp of the precision's eigenvalues in prior-standardised units: the frame's scale stays
 #: between 1e-4 and 2 prior sd, whatever the curvature (flat or singular directions).
@@ -178,6 +179,10 @@ class LaplaceFrames:
         for _ in range(NEWTON_STEPS):
             w, V = _precision(value_grad, s, d)
             step = np.einsum("bij,bj,bkj,bk->bi", V, 1.0 / w, V, g)
+            # a trust region: where the curvature was clamped (far from the mode, steep
+            # gradients) the Newton step can be thousands of prior sd; halving cannot save it
+            norm = np.linalg.norm(step, axis=1)
+            step *= np.minimum(1.0, MAX_STEP / np.maximum(norm, 1e-300))[:, None]
             active = np.isfinite(lp) & (np.abs(step).max(axis=1) > 1e-6)
             if not active.any():
                 break
