@@ -10,6 +10,7 @@ import pymc as pm
 import pytest
 
 import pymc_ext
+from pymc_ext.amortized import frames as frames_module
 from pymc_ext.amortized.diagnostics import AmortizedDataWarning
 from pymc_ext.amortized.frames import LaplaceFrames, check_frames
 from pymc_ext.amortized.sampling import draw, prepare
@@ -52,7 +53,7 @@ def test_check_frames_wants_standard_normal_coordinates():
     assert not ok and "10.0% beyond 8" in reason
 
 
-def test_auto_takes_laplace_frames_for_a_near_gaussian_posterior_not_for_a_funnel():
+def test_auto_takes_laplace_frames_for_a_near_gaussian_posterior_not_for_a_funnel(monkeypatch):
     with pm.Model() as regression:
         mu = pm.Normal("mu", 0.0, 2.0)
         sigma = pm.HalfNormal("sigma", 1.0)
@@ -72,6 +73,10 @@ def test_auto_takes_laplace_frames_for_a_near_gaussian_posterior_not_for_a_funne
     assert c.history.frame.startswith("laplace: ") and c.flow.framed  # asked for: kept
     with pytest.raises(ValueError, match="frame must be one of"):
         pymc_ext.Amortizer(regression, frame="map")
+    # frames too slow to fit for every simulation (here: any time at all): the prior's
+    monkeypatch.setattr(frames_module, "FRAME_SECONDS_BUDGET", 0.0)
+    d = pymc_ext.Amortizer(regression).fit(1000, epochs=1, random_seed=0, progressbar=False)
+    assert d.history.frame.startswith("prior: the Laplace fits of all") and not d.flow.framed
 
 
 def test_the_frame_makes_raw_draws_exact_far_from_the_training_data(tmp_path):

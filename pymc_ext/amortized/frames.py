@@ -21,6 +21,7 @@ within :data:`SPREAD_RANGE`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -59,6 +60,10 @@ FD_STEP = 1e-4  # central differences of the gradient, in prior-standardised uni
 #: between 1e-4 and 2 prior sd, whatever the curvature (flat or singular directions).
 PRECISION_RANGE = (0.25, 1e8)
 BATCH = 4096
+#: ``frame="auto"`` keeps the prior frame when fitting every training simulation's frame
+#: would take longer than this (estimated from the check): a density that does not
+#: vectorise over datasets.
+FRAME_SECONDS_BUDGET = 600.0
 
 
 def datasets_from_raw(
@@ -302,10 +307,21 @@ def choose_frames(amortizer: Any, theta: np.ndarray, values: np.ndarray,
         return "prior: the target has no batched gradient (a Stan program)"
     frames = LaplaceFrames(amortizer.target, theta.mean(axis=0), theta.std(axis=0))
     sub = slice(0, min(theta.shape[0], CHECK_SIMULATIONS))
-    loc, chol = frames(datasets_from_raw(
-        amortizer.layout, values[sub], None if lengths is None else lengths[sub]
-    ))
-    ok, reason = check_frames(frame_coordinates(theta[sub], loc, chol))
+    try:
+        frames._compile()
+        start = time.perf_counter()
+        loc, chol = frames(datasets_from_raw(
+            amortizer.layout, values[sub], None if lengths is None else lengths[sub]
+        ))
+        ok, reason = check_frames(frame_coordinates(theta[sub], loc, chol))
+        expected = (time.perf_counter() - start) * theta.shape[0] / max(sub.stop, 1)
+        if kind == "auto" and expected > FRAME_SECONDS_BUDGET:
+            return (f"prior: the Laplace fits of all {theta.shape[0]} simulations would take "
+                    f"about {expected:.0f} s (budget {FRAME_SECONDS_BUDGET:.0f} s)")
+    except Exception as err:  # noqa: BLE001 - auto falls back to the prior frame, saying why
+        if kind != "auto":
+            raise
+        return f"prior: the Laplace fits failed ({type(err).__name__}: {err})"
     if kind == "auto" and not ok:
         return f"prior: {reason}"
     amortizer.frames = frames
