@@ -16,7 +16,12 @@ Gaussian around its mode (hierarchical scales, funnels) the Laplace scale is
 wrong and the frame hurts. :func:`check_frames` decides from the simulations
 themselves: under the joint prior-predictive, ``u`` is standard normal when
 the Laplace approximation is right; its robust spread per coordinate must stay
-within :data:`SPREAD_RANGE`.
+within :data:`SPREAD_RANGE`, and few simulations may land far out (failed fits).
+
+The Newton fit works in prior-standardised units from the prior mean, with
+the negative Hessian's eigenvalues clamped to :data:`PRECISION_RANGE`, steps
+of at most :data:`MAX_STEP` prior sd (far from the mode of a near-noiseless
+dataset an unlimited step was thousands of sd long) and a halving line search.
 """
 
 from __future__ import annotations
