@@ -74,23 +74,12 @@ from pymc_ext.amortized.simulation import simulate  # noqa: E402
 MODES = ("npe", "lv", "rws", "rkl", "rkl_only", "per_dataset")
 
 
-def logp_and_grad_fn(target: Any) -> Any:
-    """Compiled ``(log p, grad log p)`` at ``theta (B, K, dim)`` and a batch of datasets."""
-    import pytensor.tensor as pt
-    from pymc.pytensorf import compile as pm_compile
-
-    theta_b, batched, out = target._batched_logp_graph()
-    with target.model:
-        return pm_compile([theta_b, *batched], [out, pt.grad(out.sum(), theta_b)],
-                          random_seed=False, on_unused_input="ignore")
-
-
 class _LogP(torch.autograd.Function):
     """``log p(theta, y)`` as a torch function whose backward is PyTensor's gradient."""
 
     @staticmethod
-    def forward(ctx: Any, theta: torch.Tensor, fn: Any, data: list) -> torch.Tensor:
-        lp, grad = fn(theta.detach().double().numpy(), *data)
+    def forward(ctx: Any, theta: torch.Tensor, target: Any, data: dict) -> torch.Tensor:
+        lp, grad = target.logp_grad_many(theta.detach().double().numpy(), data)
         ctx.save_for_backward(torch.as_tensor(grad, dtype=theta.dtype))
         return torch.as_tensor(lp, dtype=theta.dtype)
 
@@ -100,26 +89,20 @@ class _LogP(torch.autograd.Function):
         return grad_out[..., None] * grad, None, None
 
 
-def data_batch(amortizer: Amortizer, values: np.ndarray) -> tuple[list[dict], list[np.ndarray]]:
-    """Raw vector-layout rows as dataset dicts, and as stacked arrays in the density's order."""
-    layout, target = amortizer.layout, amortizer.target
+def data_batch(amortizer: Amortizer, values: np.ndarray) -> tuple[list[dict], dict]:
+    """Raw vector-layout rows as dataset dicts (the data's own dtypes), and stacked."""
+    target = amortizer.target
     if target._logp_fn is None:
         target._build_logp()
     dtypes = dict(zip(target.data_names(), target._data_dtypes, strict=True))
-    dicts = []
-    for row in values:
-        d, start = {}, 0
-        for name in layout.names:
-            part = row[start : start + layout.sizes[name]].reshape(layout.shapes[name])
-            d[name] = part.astype(dtypes[name])
-            start += layout.sizes[name]
-        dicts.append(d)
-    stacked = [np.stack([d[n] for d in dicts]) for n in target.data_names()]
+    dicts = [{n: v.astype(dtypes[n]) for n, v in d.items()}
+             for d in amortizer.layout.datasets(values, None)]
+    stacked = {n: np.stack([d[n] for d in dicts]) for n in amortizer.target.data_names()}
     return dicts, stacked
 
 
 def finetune(amortizer: Amortizer, sims: Any, mode: str, seconds: float, args: Any,
-             grad_fn: Any, only: np.ndarray | None = None) -> dict[str, Any]:
+             only: np.ndarray | None = None) -> dict[str, Any]:
     """Fine-tune ``amortizer``'s networks in place for ``seconds``; steps and final losses.
 
     ``only``: the rows of ``sims`` every step uses (``per_dataset``).
@@ -157,7 +140,7 @@ def finetune(amortizer: Amortizer, sims: Any, mode: str, seconds: float, args: A
             _, stacked = data_batch(amortizer, sims.values[idx])
             z, log_qz = flow.flow(ctx).rsample_and_log_prob((args.draws,))
             theta = (z * flow.theta_std + flow.theta_mean).permute(1, 0, 2)  # (B, K, dim)
-            log_w = _LogP.apply(theta, grad_fn, stacked) - (log_qz.T - flow._log_jac())
+            log_w = _LogP.apply(theta, amortizer.target, stacked) - (log_qz.T - flow._log_jac())
             ok = torch.isfinite(log_w).all(1)
             extra = -log_w[ok].mean() / amortizer.dim
         loss = (npe if mode in ("npe", "lv", "rws", "rkl") else 0.0) + args.weight * extra
@@ -213,7 +196,6 @@ def bench_problem(name: str, args: argparse.Namespace) -> dict[str, Any]:
                             compute_convergence_checks=False)
         refs.append(_scalars(ref.posterior, free))
     res["fit"] = {"errors": raw_errors(amortizer, held, refs, free)}
-    grad_fn = logp_and_grad_fn(amortizer.target)
     state = copy.deepcopy({"net": amortizer.summary_net.state_dict(),
                            "flow": amortizer.flow.state_dict()})
     rows = np.concatenate([
@@ -228,7 +210,7 @@ def bench_problem(name: str, args: argparse.Namespace) -> dict[str, Any]:
         amortizer.flow.load_state_dict(state["flow"])
         only = rows if mode == "per_dataset" else None
         info = finetune(amortizer, evaluated if only is not None else sims, mode, args.seconds,
-                        args, grad_fn, only)
+                        args, only)
         res[mode] = {**info, "errors": raw_errors(amortizer, held, refs, free)}
         print(f"[{name}] {mode}: {res[mode]}", flush=True)
     return res

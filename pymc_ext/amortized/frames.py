@@ -33,15 +33,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from pymc_ext.amortized.layout import DataLayout
-
 __all__ = [
     "FRAME_KINDS",
     "SPREAD_RANGE",
     "LaplaceFrames",
     "check_frames",
     "choose_frames",
-    "datasets_from_raw",
     "frame_coordinates",
     "in_frames",
     "prior_sd",
@@ -69,36 +66,6 @@ BATCH = 4096
 #: would take longer than this (estimated from the check): a density that does not
 #: vectorise over datasets.
 FRAME_SECONDS_BUDGET = 600.0
-
-
-def datasets_from_raw(
-    layout: DataLayout, values: np.ndarray, lengths: np.ndarray | None
-) -> list[dict[str, np.ndarray]]:
-    """The inverse of :meth:`DataLayout.raw`: one dict per dataset (float arrays).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from pymc_ext.amortized.layout import DataLayout
-    >>> from pymc_ext.amortized.frames import datasets_from_raw
-    >>> layout = DataLayout("set", ["y", "x"], {"y": (), "x": ()})
-    >>> values, lengths = layout.raw([{"y": np.ones(2), "x": np.zeros(2)},
-    ...                               {"y": np.ones(3), "x": np.ones(3)}])
-    >>> [d["y"].shape for d in datasets_from_raw(layout, values, lengths)]
-    [(2,), (3,)]
-    """
-    out = []
-    for i in range(values.shape[0]):
-        row = values[i] if lengths is None else values[i, : int(lengths[i])]
-        start, d = 0, {}
-        for name in layout.names:
-            size = layout.sizes[name]
-            part = row[..., start : start + size]
-            lead = () if lengths is None else (row.shape[0],)
-            d[name] = part.reshape(*lead, *layout.shapes[name])
-            start += size
-        out.append(d)
-    return out
 
 
 class LaplaceFrames:
@@ -136,20 +103,6 @@ class LaplaceFrames:
         self.target = target
         self.mean = np.asarray(theta_mean, dtype=float)
         self.std = np.asarray(theta_std, dtype=float)
-        self._fn: Any = None
-
-    def _compile(self) -> Any:
-        if self._fn is None:
-            import pytensor.tensor as pt
-            from pymc.pytensorf import compile as pm_compile
-
-            theta_b, batched, out = self.target._batched_logp_graph()
-            with self.target.model:
-                self._fn = pm_compile(
-                    [theta_b, *batched], [out, pt.grad(out.sum(), theta_b)],
-                    random_seed=False, on_unused_input="ignore",
-                )
-        return self._fn
 
     def __call__(
         self, datasets: Sequence[Mapping[str, np.ndarray]]
@@ -157,29 +110,21 @@ class LaplaceFrames:
         """``loc (B, dim)`` and ``chol (B, dim, dim)`` for each dataset (grouped by shape)."""
         B, d = len(datasets), self.mean.size
         loc, chol = np.empty((B, d)), np.empty((B, d, d))
-        groups: dict[tuple, list[int]] = {}
-        names = self.target.data_names()
-        for b, data in enumerate(datasets):
-            groups.setdefault(tuple(np.shape(data[n]) for n in names), []).append(b)
-        for idx in groups.values():
+        for idx, stacked in self.target.stacked_by_shape(datasets):
             for start in range(0, len(idx), BATCH):
                 part = idx[start : start + BATCH]
-                stacked = {n: np.stack([np.asarray(datasets[b][n]) for b in part]) for n in names}
-                loc[part], chol[part] = self.batched(stacked)
+                loc[part], chol[part] = self.batched(
+                    {n: v[start : start + BATCH] for n, v in stacked.items()}
+                )
         return loc, chol
 
     def batched(self, data: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """The frames of a batch of datasets of one shape (``name -> (B, ...)``)."""
-        fn = self._compile()
-        args = [
-            np.ascontiguousarray(np.asarray(data[n]).astype(dt))
-            for n, dt in zip(self.target.data_names(), self.target._data_dtypes, strict=True)
-        ]
-        B, d = args[0].shape[0], self.mean.size
+        B, d = len(next(iter(data.values()))), self.mean.size
 
         def value_grad(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             with np.errstate(all="ignore"):
-                lp, g = fn(np.ascontiguousarray((self.mean + self.std * s)[:, None, :]), *args)
+                lp, g = self.target.logp_grad_many((self.mean + self.std * s)[:, None, :], data)
             lp, g = lp[:, 0], g[:, 0, :] * self.std
             bad = ~(np.isfinite(lp) & np.all(np.isfinite(g), axis=1))
             return np.where(bad, -np.inf, lp), np.where(bad[:, None], 0.0, g)
@@ -236,7 +181,7 @@ def supports_frames(target: Any) -> bool:
     >>> supports_frames(object())
     False
     """
-    return hasattr(target, "_batched_logp_graph") and hasattr(target, "model")
+    return hasattr(target, "logp_grad_many")
 
 
 def frame_coordinates(theta: np.ndarray, loc: np.ndarray, chol: np.ndarray) -> np.ndarray:
@@ -284,54 +229,75 @@ def check_frames(u: np.ndarray) -> tuple[bool, str]:
     return spread_ok and far <= MAX_FAR_FRACTION, reason
 
 
-def choose_frames(amortizer: Any, theta: np.ndarray, values: np.ndarray,
-                  lengths: np.ndarray | None) -> str:
-    """Set ``amortizer.frames`` (and the flow's ``framed``) from its ``frame`` setting; the reason.
+def choose_frames(amortizer: Any, sims: Any) -> tuple[str, Any]:
+    """Set ``amortizer.frames`` (and the flow's ``framed``) from its ``frame`` setting.
 
     ``"prior"``: no frames. ``"laplace"``: Laplace frames. ``"auto"``: Laplace
     frames when the target gives batched gradients (PyMC) and
     :func:`check_frames` passes on the first :data:`CHECK_SIMULATIONS`
-    training simulations ``theta``, ``values``, ``lengths``.
+    training simulations (and the fits neither fail nor would take longer
+    than :data:`FRAME_SECONDS_BUDGET` for all of them).
+
+    Parameters
+    ----------
+    amortizer : Amortizer
+    sims : SimulationSet
+        The training simulations.
+
+    Returns
+    -------
+    reason : str
+        ``"laplace: ..."`` or ``"prior: ..."``, and why.
+    sims : SimulationSet
+        ``sims`` with ``theta`` in the frame coordinates when frames were
+        chosen (the check's fits reused), else ``sims`` itself.
 
     Examples
     --------
     >>> import numpy as np, pymc as pm, pymc_ext
     >>> from pymc_ext.amortized.frames import choose_frames
+    >>> from pymc_ext.amortized.simulation import SimulationSet
     >>> with pm.Model() as model:
     ...     y = pm.Normal("y", pm.Normal("mu"), 1, observed=np.zeros(3))
     >>> a = pymc_ext.Amortizer(model, frame="prior")
-    >>> choose_frames(a, np.zeros((5, 1)), np.zeros((5, 3)), None)
+    >>> choose_frames(a, SimulationSet(np.zeros((5, 1)), np.zeros((5, 3)), None, 0))[0]
     "prior: frame='prior'"
     """
     amortizer.frames = None
     amortizer.flow.framed = False
     kind = amortizer.frame
     if kind == "prior":
-        return "prior: frame='prior'"
+        return "prior: frame='prior'", sims
     if not supports_frames(amortizer.target):
-        return "prior: the target has no batched gradient (a Stan program)"
+        return "prior: the target has no batched gradient (a Stan program)", sims
+    theta, n = sims.theta, sims.theta.shape[0]
     frames = LaplaceFrames(amortizer.target, theta.mean(axis=0), theta.std(axis=0))
-    sub = slice(0, min(theta.shape[0], CHECK_SIMULATIONS))
+    k = min(n, CHECK_SIMULATIONS)
     try:
-        frames._compile()
         start = time.perf_counter()
-        loc, chol = frames(datasets_from_raw(
-            amortizer.layout, values[sub], None if lengths is None else lengths[sub]
-        ))
-        ok, reason = check_frames(frame_coordinates(theta[sub], loc, chol))
-        expected = (time.perf_counter() - start) * theta.shape[0] / max(sub.stop, 1)
+        u_check = _coordinates(frames, amortizer.layout, sims, slice(0, k))
+        ok, reason = check_frames(u_check)
+        expected = (time.perf_counter() - start) * n / max(k, 1)
         if kind == "auto" and expected > FRAME_SECONDS_BUDGET:
-            return (f"prior: the Laplace fits of all {theta.shape[0]} simulations would take "
-                    f"about {expected:.0f} s (budget {FRAME_SECONDS_BUDGET:.0f} s)")
+            return (f"prior: the Laplace fits of all {n} simulations would take about "
+                    f"{expected:.0f} s (budget {FRAME_SECONDS_BUDGET:.0f} s)"), sims
     except Exception as err:  # noqa: BLE001 - auto falls back to the prior frame, saying why
         if kind != "auto":
             raise
-        return f"prior: the Laplace fits failed ({type(err).__name__}: {err})"
+        return f"prior: the Laplace fits failed ({type(err).__name__}: {err})", sims
     if kind == "auto" and not ok:
-        return f"prior: {reason}"
+        return f"prior: {reason}", sims
     amortizer.frames = frames
     amortizer.flow.framed = True
-    return f"laplace: {reason}"
+    u = np.concatenate([u_check, _coordinates(frames, amortizer.layout, sims, slice(k, n))])
+    return f"laplace: {reason}", sims._replace(theta=u)
+
+
+def _coordinates(frames: LaplaceFrames, layout: Any, sims: Any, rows: slice) -> np.ndarray:
+    """Frame coordinates of the simulations ``rows``."""
+    lengths = None if sims.lengths is None else sims.lengths[rows]
+    loc, chol = frames(layout.datasets(sims.values[rows], lengths))
+    return frame_coordinates(sims.theta[rows], loc, chol)
 
 
 def in_frames(amortizer: Any, sims: Any) -> Any:
@@ -352,8 +318,8 @@ def in_frames(amortizer: Any, sims: Any) -> Any:
     """
     if getattr(amortizer, "frames", None) is None:
         return sims
-    loc, chol = amortizer.frames(datasets_from_raw(amortizer.layout, sims.values, sims.lengths))
-    return sims._replace(theta=frame_coordinates(sims.theta, loc, chol))
+    rows = slice(0, sims.theta.shape[0])
+    return sims._replace(theta=_coordinates(amortizer.frames, amortizer.layout, sims, rows))
 
 
 def with_frames(amortizer: Any, ctx: torch.Tensor,

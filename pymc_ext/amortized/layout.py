@@ -182,6 +182,32 @@ class DataLayout:
             values[i, : r.shape[0]] = r
         return values, lengths
 
+    def datasets(self, values: np.ndarray, lengths: np.ndarray | None) -> list[dict]:
+        """The inverse of :meth:`raw`: one ``name -> array`` dict per dataset (float arrays).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from pymc_ext.amortized.layout import DataLayout
+        >>> layout = DataLayout("set", ["y", "x"], {"y": (), "x": ()})
+        >>> values, lengths = layout.raw([{"y": np.ones(2), "x": np.zeros(2)},
+        ...                               {"y": np.ones(3), "x": np.ones(3)}])
+        >>> [d["y"].shape for d in layout.datasets(values, lengths)]
+        [(2,), (3,)]
+        """
+        out = []
+        for i in range(values.shape[0]):
+            row = values[i] if lengths is None else values[i, : int(lengths[i])]
+            lead = () if lengths is None else (row.shape[0],)
+            start, d = 0, {}
+            for name in self.names:
+                d[name] = row[..., start : start + self.sizes[name]].reshape(
+                    *lead, *self.shapes[name]
+                )
+                start += self.sizes[name]
+            out.append(d)
+        return out
+
     def fit_standardization(self, values: np.ndarray, lengths: np.ndarray | None) -> None:
         """Set the robust centre / scale from raw training values."""
         if self.has_rows:

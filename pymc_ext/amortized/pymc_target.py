@@ -169,6 +169,7 @@ class PyMCTarget:
         )
         self._logp_fn = None
         self._logp_many_fn = None
+        self._logp_grad_many_fn = None
         self._fallback_sampler: SizedPriorPredictive | None = None
         self._batched_ok = False
 
@@ -310,6 +311,40 @@ class PyMCTarget:
             isinstance(node.op, Blockwise) for node in self._logp_many_fn.maker.fgraph.apply_nodes
         )
 
+    def logp_grad_many(
+        self, theta: np.ndarray, data: Mapping[str, np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``log p(theta[b, i], y_b)`` ``(B, m)`` and its gradient in theta ``(B, m, dim)``.
+
+        ``data`` holds a batch of datasets of one shape, ``name -> (B, ...)``
+        (:meth:`stacked_by_shape`); compiled once per target.
+        """
+        if self._logp_grad_many_fn is None:
+            import pytensor.tensor as pt
+            from pymc.pytensorf import compile as pm_compile
+
+            Theta_b, batched, out = self._batched_logp_graph()
+            with self.model:
+                self._logp_grad_many_fn = pm_compile(
+                    [Theta_b, *batched], [out, pt.grad(out.sum(), Theta_b)],
+                    random_seed=False, on_unused_input="ignore",
+                )
+        lp, grad = self._logp_grad_many_fn(np.ascontiguousarray(theta), *self._data_args(data))
+        return lp, grad
+
+    def stacked_by_shape(
+        self, datasets: Sequence[Mapping[str, np.ndarray]]
+    ) -> list[tuple[list[int], dict[str, np.ndarray]]]:
+        """The datasets grouped by the shapes of their data: ``(indices, name -> stacked)``."""
+        groups: dict[tuple, list[int]] = {}
+        for b, d in enumerate(datasets):
+            groups.setdefault(tuple(np.shape(d[n]) for n in self.data_names()), []).append(b)
+        return [
+            (idx, {n: np.stack([np.asarray(datasets[b][n]) for b in idx])
+                   for n in self.data_names()})
+            for idx in groups.values()
+        ]
+
     def _data_args(self, data: Mapping[str, np.ndarray], batched: bool = False) -> list:
         args = []
         for name, dtype in zip(self.data_names(), self._data_dtypes, strict=True):
@@ -343,20 +378,14 @@ class PyMCTarget:
         """
         theta = np.asarray(theta, dtype=float)
         out = np.empty(theta.shape[:2])
-        groups: dict[tuple, list[int]] = {}
-        for b, d in enumerate(datasets):
-            key = tuple(np.shape(d[n]) for n in self.data_names())
-            groups.setdefault(key, []).append(b)
-        if self._logp_many_fn is None and any(len(idx) > 1 for idx in groups.values()):
+        groups = self.stacked_by_shape(datasets)
+        if self._logp_many_fn is None and any(len(idx) > 1 for idx, _ in groups):
             self._build_logp_many()
-        for idx in groups.values():
+        for idx, stacked in groups:
             if len(idx) == 1 or not self._batched_ok:
                 for b in idx:
                     out[b] = self.joint_logp(theta[b], datasets[b])
                 continue
-            stacked = {
-                n: np.stack([np.asarray(datasets[b][n]) for b in idx]) for n in self.data_names()
-            }
             out[idx] = self._logp_many_fn(
                 np.ascontiguousarray(theta[idx]), *self._data_args(stacked)
             )

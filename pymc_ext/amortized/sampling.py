@@ -33,7 +33,7 @@ from pymc_ext.amortized.diagnostics import (
     raw_shift_allowance,
     warn_high_pareto_k,
 )
-from pymc_ext.amortized.frames import datasets_from_raw, prior_sd, with_frames
+from pymc_ext.amortized.frames import prior_sd, with_frames
 from pymc_ext.amortized.networks import TorchSeed, contexts_no_grad
 from pymc_ext.amortized.results import Correction
 from pymc_ext.amortized.simulation import join_blocks, simulate_blocks, simulation_chunks
@@ -456,8 +456,7 @@ def sbc_chunk(
         amortizer.flow.context_dim,
     )
     if amortizer.frames is not None:
-        ctx = with_frames(amortizer, ctx, datasets_from_raw(amortizer.layout, sims.values,
-                                                            sims.lengths))
+        ctx = with_frames(amortizer, ctx, amortizer.layout.datasets(sims.values, sims.lengths))
     draw_seed = int(np.random.SeedSequence([int(seed), 1]).generate_state(1)[0])
     post, _ = draw(amortizer, ctx, int(draws), draw_seed, cores=cores)
     return sims.theta, post, sims.dropped

@@ -237,8 +237,7 @@ def fit_amortizer(
     if n < 10:
         raise RuntimeError("Fewer than 10 finite simulations: check the model's prior.")
     t_frames = time.perf_counter()
-    frame_reason = choose_frames(amortizer, sims.theta, sims.values, sims.lengths)
-    sims = in_frames(amortizer, sims)
+    frame_reason, sims = choose_frames(amortizer, sims)
     frame_seconds = time.perf_counter() - t_frames
     fit_standardization(amortizer, sims.theta, sims.values, sims.lengths)
     val_idx, train_idx = _split(n, float(config.validation_fraction), rng)
