@@ -136,6 +136,13 @@ def mixture_spec(name: str) -> dict[str, Any]:
     raise KeyError(name)
 
 
+def _all_references() -> list[str]:
+    """Every reference posterior with a PyMC version (``--targets all-references``)."""
+    from pymc_ext.references.models import PYMC_REFERENCE_NAMES
+
+    return sorted(PYMC_REFERENCE_NAMES)
+
+
 def build_target(name: str):
     """``(pm.Model, info)`` for a target name."""
     import pymc as pm
@@ -521,7 +528,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help=f"targets {','.join(QUICK_TARGETS)}; 300-500 draws")
-    parser.add_argument("--targets", default=None, help="comma-separated (short names work)")
+    parser.add_argument("--targets", default=None,
+                        help="comma-separated (short names work); all-references: the 31 "
+                             "reference posteriors")
     parser.add_argument("--samplers", default=",".join(ALL_SAMPLERS))
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
@@ -560,7 +569,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.targets:
         targets = []
         for t in args.targets.split(","):
-            match = [n for n in ALL_TARGETS if n == t or n.split("-")[0] == t]
+            if t == "all-references":  # every reference posterior with a PyMC version (31)
+                targets += [n for n in _all_references() if n not in targets]
+                continue
+            match = [n for n in ALL_TARGETS + _all_references() if n == t or n.split("-")[0] == t]
             if not match and t.startswith("mixture3_"):
                 mixture_spec(t)  # a variant of the three-mode mixture; KeyError if malformed
                 match = [t]

@@ -49,12 +49,17 @@ _log = logging.getLogger("stan_bridge")
 #: flow is fitted to the Pathfinder draws by forward KL only. flow_init's default, ``"both"``,
 #: adds a reverse-KL refinement from the density, which cost more gradient evaluations than
 #: plain CmdStan's whole run on eight schools (benchmarks/stan_wrapper.py; docs/stan.md).
-FLOW_WARMSTART_DEFAULTS: dict[str, Any] = {"method": "forward"}
+#: Seeded by Pathfinder, not by tempering as the PyMC flow warm starts are: a Stan program's
+#: density is evaluated one point at a time, and the explorations' 2 x 1024 walkers cost
+#: 3.7 million gradients on arK (171 s against 4.8 s; docs/stan.md). ``explore="tempering"``
+#: asks for them; ``flow_sample`` (flow MCMC) explores by tempering by default.
+FLOW_WARMSTART_DEFAULTS: dict[str, Any] = {"method": "forward", "explore": "pathfinder"}
 
 #: flow_init's options that ``warmstart_options`` may set for ``warmstart="flow"``.
 FLOW_INIT_OPTIONS = (
     "num_draws", "num_paths", "method", "random_seed", "progressbar", "flow_kwargs",
-    "forward_kwargs", "reverse_kwargs", "num_proposals", "num_threads",
+    "forward_kwargs", "reverse_kwargs", "num_proposals", "num_threads", "explore",
+    "tempering_options",
 )
 
 
@@ -265,7 +270,14 @@ def flow_warmstart(
     **flow_init_kwargs
         Keywords of :func:`pymc_ext.flows.flow_init` (``num_draws``,
         ``num_paths``, ``method``, ``flow_kwargs``, ...), over
-        :data:`FLOW_WARMSTART_DEFAULTS` (``method="forward"``).
+        :data:`FLOW_WARMSTART_DEFAULTS` (``method="forward"``,
+        ``explore="pathfinder"``), and ``explore`` / ``tempering_options`` of
+        :func:`~pymc_ext.flow_sampler.explored_init.explored_flow_init`:
+        ``explore="tempering"`` fits the flow to tempering explorations'
+        walkers, so the chains start in every mode they found, and warns when
+        there are several (CmdStan's NUTS cannot weigh them); it costs many
+        more gradients here than for a PyMC model (see
+        :data:`FLOW_WARMSTART_DEFAULTS`).
 
     Returns
     -------
@@ -288,8 +300,8 @@ def flow_warmstart(
     >>> len(inits), info.method, info.grad_evals > 0
     (2, 'flow', True)
     """
+    from pymc_ext.flow_sampler.explored_init import explored_flow_init
     from pymc_ext.flows.conditional import torch_threads
-    from pymc_ext.flows.init import flow_init
     from stan_bridge.warmstart import WarmStartInfo, write_warmstart_files
 
     check_flow_warmstart_options(flow_init_kwargs)
@@ -298,7 +310,7 @@ def flow_warmstart(
         # flow_init warns at k > 0.7 that its draws are starting points only: here they are
         # only that, and the plan (below) decides the warmup from k
         warnings.filterwarnings("ignore", message="The flow's Pareto k", category=UserWarning)
-        result = flow_init(
+        result = explored_flow_init(
             stan_model, random_seed=random_seed, progressbar=progressbar,
             **{**FLOW_WARMSTART_DEFAULTS, **flow_init_kwargs},
         )

@@ -350,3 +350,51 @@ def test_a_default_reference_that_misses_the_support_is_narrowed_with_a_warning(
         q0 = tempering_reference(d, FlowMCMCConfig(reference_scale=5.0),
                                  np.random.default_rng(0))
     assert np.allclose(q0.scales, 5.0)
+
+
+def test_a_flow_warm_start_seeded_by_tempering_starts_in_the_mode_no_climb_finds(
+    narrow_off_side, one_torch_thread
+):
+    """The flow of ``WarmStartNUTS(init="flow")`` is fitted to tempering walkers: its
+    resampled draws put the narrow mode's weight there (Pathfinder's paths never reach it,
+    test above), and a warning says NUTS cannot weigh two modes."""
+    from pymc_ext.flow_sampler.explored_init import explored_flow_init
+
+    with pytest.warns(FlowMCMCWarning, match="2 separated modes"):
+        res = explored_flow_init(
+            narrow_off_side, random_seed=1, progressbar=False, num_draws=2000,
+            method="forward", tempering_options={"tempering_walkers": 512},
+            flow_kwargs={"hidden_features": (32, 32), "transforms": 2},
+            forward_kwargs={"max_steps": 400},
+        )
+    assert str(res.seed.method) == "tempering" and res.seed.census.n_modes == 2
+    assert res.grad_evals >= res.seed.grad_evals > 0
+    share = np.mean(np.linalg.norm(res.draws - CENTERS[1], axis=1) < 3.0)
+    assert abs(share - 0.4) < 0.08  # importance-resampled: near the true weight
+
+
+def test_pymc_sample_with_a_flow_warm_start_starts_chains_in_both_modes(one_torch_thread):
+    """End to end through ``pymc_ext.sample(warmstart="flow")`` on a PyMC model: the chains
+    start in both modes, stay there (NUTS), and the warning names the reason."""
+    import pymc as pm
+
+    import pymc_ext
+
+    c = np.array([[0.0, 0.0], [10.0, 10.0]])
+    with pm.Model() as model:
+        x = pm.Flat("x", shape=2)
+        comps = [np.log(w) - 0.5 * pm.math.sum(((x - ci) / s) ** 2) - 2 * np.log(s)
+                 for w, ci, s in zip(WEIGHTS, c, SCALES, strict=True)]
+        pm.Potential("mix", pm.math.logsumexp(pm.math.stack(comps)))
+    options = {"num_draws": 500, "method": "forward",
+               "tempering_options": {"tempering_walkers": 512},
+               "flow_kwargs": {"hidden_features": (32, 32), "transforms": 2},
+               "forward_kwargs": {"max_steps": 300}}
+    with pytest.warns(FlowMCMCWarning, match="NUTS cannot move between them"):
+        idata = pymc_ext.sample(draws=30, tune=30, chains=8, cores=1, random_seed=3,
+                                warmstart="flow", warmstart_kwargs=options, model=model,
+                                progressbar=False, compute_convergence_checks=False)
+    chain_means = idata.posterior["x"].values.mean(1)  # (chains, 2)
+    in_narrow = np.linalg.norm(chain_means - c[1], axis=1) < 2.0
+    in_wide = np.linalg.norm(chain_means - c[0], axis=1) < 3.0
+    assert in_narrow.any() and in_wide.any() and (in_narrow | in_wide).all()

@@ -42,6 +42,8 @@ module             what it holds
 ``disagreement``   :func:`census_warnings`: where the explorations disagree
 ``exploration``    ``explore="tempering"``: explorations, their seeds, :func:`tempering_seed`,
                    :class:`MixtureFlow`
+``explored_init``  the flow warm starts (``init="flow"``) seeded by tempering, and their
+                   warning of several modes
 ``config``         :class:`FlowMCMCConfig` (every option, checked once) and its enums
 ``result``         :class:`FlowMCMCAdaptation`, :class:`FlowMCMCWarning`
 ``rounds``         the adaptation rounds, :func:`restart_stuck_walkers`

@@ -286,6 +286,7 @@ def tempering_seed(
         within_variance=np.mean([s.within_variance for s in found.seeds], axis=0),
         grad_evals=found.grad_evals, method=SeedMethod.TEMPERING,
         path_ok=np.ones(sum(len(s.centers) for s in found.seeds), dtype=bool),
+        census=found.census,
     )
 
 

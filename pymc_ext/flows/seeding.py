@@ -83,6 +83,9 @@ class SeedResult:
         Pathfinder's Pareto k (nan for the fallback).
     path_ok : ndarray of bool, shape (n_paths,)
         Whether each kept path's optimisation ended well.
+    census : ModeCensus or None
+        For a tempering seed (:func:`~pymc_ext.flow_sampler.tempering_seed`):
+        the modes the explorations found, with their weights.
 
     Examples
     --------
@@ -106,6 +109,7 @@ class SeedResult:
     pathfinder: Any = None
     pareto_k: float = float("nan")
     path_ok: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    census: Any = None
 
 
 def overdispersed_inits(

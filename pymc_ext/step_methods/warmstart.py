@@ -161,7 +161,13 @@ class WarmStartNUTS(AdaptationSchedule, NUTS):
     random_seed : int or Generator, optional
         Seed for the warm start (PyMC's ``random_seed`` seeds the chains).
     init_kwargs : dict, optional
-        Passed to the warm start (e.g. ``{"num_paths": 8}``).
+        Passed to the warm start (e.g. ``{"num_paths": 8}``). For
+        ``init="flow"`` the keywords of
+        :func:`~pymc_ext.flow_sampler.explored_init.explored_flow_init`:
+        by default the flow is fitted to the walkers of tempering
+        explorations, so the chains start in every mode they found (and a
+        warning says when there are several: NUTS cannot weigh them);
+        ``{"explore": "pathfinder"}`` fits it to Pathfinder's draws instead.
     density : LogDensity, optional
         The density the warm start runs on. By default Pathfinder reuses the
         logp-and-gradient function this NUTS compiles anyway (no second
@@ -298,6 +304,7 @@ class WarmStartNUTS(AdaptationSchedule, NUTS):
         if isinstance(init, str) and init == "pathfinder":
             for key, value in WARMSTART_PATHFINDER_DEFAULTS.items():
                 init_kwargs.setdefault(key, value)
+        if isinstance(init, str):
             init_kwargs.setdefault("progressbar", progressbar)
         ws = run_warmstart(density, init, random_seed=random_seed, **init_kwargs)
         self._record_warmstart(ws, time.perf_counter() - t0)

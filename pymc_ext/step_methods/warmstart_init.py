@@ -85,14 +85,15 @@ def _pathfinder_init(density: Any, random_seed: Any = None, **kwargs: Any) -> Wa
 
 
 def _flow_init(density: Any, random_seed: Any = None, **kwargs: Any) -> WarmStart:
+    """A flow fitted to tempering walkers (``explore="pathfinder"``: to Pathfinder's draws)."""
     try:
-        from pymc_ext.flows import flow_init
+        from pymc_ext.flow_sampler.explored_init import explored_flow_init
     except ImportError as err:  # pragma: no cover - depends on the flows module
         raise ImportError(
             "init='flow' needs pymc_ext.flows.flow_init (and torch, zuko); it is not "
             f"available here: {err}. Use init='pathfinder' instead."
         ) from err
-    return flow_init(density, random_seed=random_seed, **kwargs)
+    return explored_flow_init(density, random_seed=random_seed, **kwargs)
 
 
 #: Named warm starts: ``name -> callable(density, random_seed=..., **init_kwargs)``.
