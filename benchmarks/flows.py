@@ -32,6 +32,11 @@ Samplers, in one run:
   on the model's vectorised log density (``pymc_ext.log_density``);
 - ``pymc``: ``pm.sample(nuts_sampler="pymc")``, 4 chains, tune=1000, 1000 draws;
 - ``nutpie``: ``nutpie.sample`` (numba backend), 4 chains, tune=1000, 1000 draws;
+- ``smc``: ``pm.sample_smc`` with its defaults (4 chains of 2000 particles, one
+  core), where a flat prior is N(0, 10^2) instead (``build_target(proper_prior=True)``);
+- ``cmdstan``: plain CmdStan through cmdstanpy with its defaults (4 chains, 1000
+  warmup, 1000 draws), on the funnel's and the phi^4 field's Stan programs
+  (``STAN_PROGRAMS``), compile in the notes;
 - ``nutpie_flow``: ``nutpie.sample(adaptation="flow")`` on the jax backend
   (needs ``jax`` and ``flowjax``), 4 chains, tune=1000, 1000 draws;
 - ``flowmc``: flowMC 0.6.5 (JAX), the issue's anchor, with the settings of
@@ -143,15 +148,28 @@ def _all_references() -> list[str]:
     return sorted(PYMC_REFERENCE_NAMES)
 
 
-def build_target(name: str):
-    """``(pm.Model, info)`` for a target name."""
+def build_target(name: str, proper_prior: bool = False):
+    """``(pm.Model, info)`` for a target name.
+
+    ``proper_prior`` (for ``pm.sample_smc``, which starts from the prior): the
+    mixtures' and the phi^4 field's flat priors become N(0, 10^2) per coordinate
+    (on phi^4, whose sites stay within about 1.5 of 0, that changes the log density
+    by under 0.02); the funnel, all prior as written (so SMC's first stage would
+    already be the target), becomes a N(0, 10^2) prior times the funnel's density
+    over it (the same posterior).
+    """
     import pymc as pm
     import pytensor.tensor as pt
+
+    def flat(var: str, size: int):
+        if proper_prior:
+            return pm.Normal(var, 0.0, 10.0, shape=size)
+        return pm.Flat(var, shape=size)
 
     if name.startswith("mixture"):
         spec = mixture_spec(name)
         with pm.Model() as model:
-            x = pm.Flat("x", shape=spec["dim"])
+            x = flat("x", spec["dim"])
             comps = [
                 np.log(w) + pm.logp(pm.Normal.dist(c, s), x).sum()
                 for w, c, s in zip(spec["weights"], spec["centers"], spec["scales"], strict=True)
@@ -161,13 +179,20 @@ def build_target(name: str):
     if name.startswith("funnel"):
         dim = int(name.split("_d")[1])
         with pm.Model() as model:
-            v = pm.Normal("v", 0.0, 3.0)
-            pm.Normal("x", 0.0, pm.math.exp(v / 2), shape=dim - 1)
+            if proper_prior:  # the funnel over a N(0, 10^2) prior: SMC tempers from that prior
+                v, x = pm.Normal("v", 0.0, 10.0), pm.Normal("x", 0.0, 10.0, shape=dim - 1)
+                wide = pm.logp(pm.Normal.dist(0.0, 10.0), pt.concatenate([v[None], x])).sum()
+                funnel = (pm.logp(pm.Normal.dist(0.0, 3.0), v)
+                          + pm.logp(pm.Normal.dist(0.0, pm.math.exp(v / 2)), x).sum())
+                pm.Potential("funnel_over_prior", funnel - wide)
+            else:
+                v = pm.Normal("v", 0.0, 3.0)
+                pm.Normal("x", 0.0, pm.math.exp(v / 2), shape=dim - 1)
         return model, {"kind": "funnel", "dim": dim}
     if name.startswith("phi4"):
         n, a, beta = int(name.split("_n")[1]), 0.1, 20.0
         with pm.Model() as model:
-            phi = pm.Flat("phi", shape=n)
+            phi = flat("phi", n)
             padded = pt.concatenate([pt.zeros(1), phi, pt.zeros(1)])
             kinetic = pt.sum(pt.diff(padded) ** 2) / (2 * a)
             potential = pt.sum((1 - phi**2) ** 2) / (4 * a)
@@ -340,6 +365,80 @@ def run_nutpie_flow(model, seed: int, quick: bool):
     return _nutpie(model, seed, quick, flow=True)
 
 
+def run_smc(model, seed: int, quick: bool, target: str = "") -> tuple[Any, dict[str, Any]]:
+    """``pm.sample_smc`` with its defaults (4 chains, one core), on the proper-prior model."""
+    import pymc as pm
+
+    if target:
+        model, _ = build_target(target, proper_prior=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with model:
+            idata = pm.sample_smc(draws=500 if quick else 2000, chains=4, cores=1,
+                                  random_seed=seed, progressbar=False,
+                                  compute_convergence_checks=False)
+    stats = idata.sample_stats
+    # the tempering stages of each chain: a list of betas per chain (an object array), or a
+    # stage dimension when the chains took the same number
+    betas = stats["beta"].values if "beta" in stats else np.zeros((0,))
+    stages = max((np.size(np.asarray(b, dtype=float)) for b in np.atleast_1d(betas)), default=0)
+    if betas.ndim > 1:
+        stages = int(betas.shape[-1])
+    return idata, {
+        "notes": "from a N(0, 10^2) prior per coordinate" if target.startswith(
+            ("phi4", "mix", "funnel")) else "",
+        "warnings": [str(w.message)[:160] for w in caught if issubclass(w.category, UserWarning)],
+        "smc_stages": stages,
+        "divergences": "-",
+    }
+
+
+#: Stan programs of the toy targets, for the ``cmdstan`` peer (CmdStan's defaults)
+STAN_PROGRAMS = {
+    "funnel": """
+data { int<lower=2> D; }
+parameters { real v; vector[D - 1] x; }
+model { v ~ normal(0, 3); x ~ normal(0, exp(v / 2)); }
+""",
+    "phi4": """
+data { int<lower=1> N; }
+parameters { vector[N] phi; }
+model {
+  real a = 0.1;
+  vector[N + 2] p = append_row(append_row(rep_vector(0, 1), phi), rep_vector(0, 1));
+  target += -20 * (dot_self(p[2:(N + 2)] - p[1:(N + 1)]) / (2 * a)
+                   + sum(square(1 - square(phi))) / (4 * a));
+}
+""",
+}
+
+
+def run_cmdstan(model, seed: int, quick: bool, target: str = "") -> tuple[Any, dict[str, Any]]:
+    """Plain CmdStan (cmdstanpy defaults: 4 chains, 1000 warmup, 1000 draws), compile included."""
+    import tempfile
+
+    import arviz as az
+    import cmdstanpy
+
+    kind = target.split("_")[0]
+    if kind not in STAN_PROGRAMS:
+        raise RuntimeError(f"no Stan program for {target!r} here (funnel and phi4 only)")
+    size = int(target.split("_d")[1]) if kind == "funnel" else int(target.split("_n")[1])
+    folder = Path(tempfile.mkdtemp(prefix="flows_stan_"))
+    (folder / f"{kind}.stan").write_text(STAN_PROGRAMS[kind])
+    t0 = time.perf_counter()
+    stan = cmdstanpy.CmdStanModel(stan_file=str(folder / f"{kind}.stan"))
+    compile_s = time.perf_counter() - t0
+    n = 500 if quick else 1000
+    fit = stan.sample(data={"D" if kind == "funnel" else "N": size}, chains=4, seed=seed,
+                      iter_warmup=n, iter_sampling=n, save_warmup=True, show_progress=False)
+    idata = az.from_cmdstanpy(fit)
+    mv = fit.method_variables()
+    n_warm = mv["n_leapfrog__"].shape[0] - fit.num_draws_sampling
+    return idata, {"setup_s": compile_s, "grad_evals": int(mv["n_leapfrog__"].sum()),
+                   "divergences": int(mv["divergent__"][n_warm:].sum())}
+
+
 #: flowMC's tutorial settings (docs/tutorials/dualmoon.ipynb of flowMC 0.6.5), as in the issue
 FLOWMC_SETTINGS: dict[str, Any] = {
     "n_chains": 20, "n_local_steps": 100, "n_global_steps": 10, "n_training_loops": 10,
@@ -415,7 +514,10 @@ def run_flowmc(model, seed: int, quick: bool) -> tuple[Any, dict[str, Any]]:
 
 
 RUNNERS = {"flow_mcmc": run_flow_mcmc, "pymc": run_pymc, "nutpie": run_nutpie,
-           "nutpie_flow": run_nutpie_flow, "flowmc": run_flowmc}
+           "nutpie_flow": run_nutpie_flow, "flowmc": run_flowmc, "smc": run_smc,
+           "cmdstan": run_cmdstan}
+#: the runners that are told the target's name (they build their own model)
+TARGET_RUNNERS = ("smc", "cmdstan")
 
 
 # -- report ----------------------------------------------------------------------------------
@@ -489,10 +591,19 @@ def write_report(results: list[dict[str, Any]], meta: dict[str, Any], out: Path,
                          f"{_fmt(r['local_acceptance'])}, "
                          f"{r['flowmc_settings']['n_chains']} chains from N(init, 3^2 I); "
                          "grad evals = MALA steps")
+        if r["sampler"] in TARGET_RUNNERS:
+            if r.get("notes"):
+                notes.append(r["notes"])
+            if r.get("smc_stages"):
+                notes.append(f"{r['smc_stages']} stages (most of any chain); grad evals not "
+                             "counted")
+            if r.get("warnings"):
+                notes.append(f"{len(r['warnings'])} warning(s)")
         if r.get("setup_s") is not None:
             notes.append(f"compile {_fmt(r['setup_s'], 0)} s")
         lines.append(
-            f"| {r['target']} | {r['sampler']} | {_fmt(r['wall_s'], 0)} | {r['grad_evals']} | "
+            f"| {r['target']} | {r['sampler']} | {_fmt(r['wall_s'], 0)} | "
+            f"{r.get('grad_evals', '-')} | "
             f"{acc_s} | {_fmt(r['max_rhat'], 3)} | {_fmt(r['min_ess_bulk'], 0)} | "
             f"{r['divergences']} | {'; '.join(notes)} |"
         )
@@ -607,7 +718,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{time.strftime('%H:%M:%S')}] {target} / {sampler}", flush=True)
             t0 = time.perf_counter()
             try:
-                idata, extra = RUNNERS[sampler](model, args.seed, args.quick)
+                named = {"target": target} if sampler in TARGET_RUNNERS else {}
+                idata, extra = RUNNERS[sampler](model, args.seed, args.quick, **named)
                 row["wall_s"] = time.perf_counter() - t0
                 row.update(extra)
                 row.update(convergence(idata))

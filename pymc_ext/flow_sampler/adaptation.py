@@ -22,7 +22,7 @@ from pymc_ext.blocks.random import child_rng
 from pymc_ext.density import LogDensity
 from pymc_ext.flow_sampler.census import ModeCensus, flow_shares, laplace_masses
 from pymc_ext.flow_sampler.config import Explore, FitMethod, FlowMCMCConfig, make_config
-from pymc_ext.flow_sampler.disagreement import census_warnings
+from pymc_ext.flow_sampler.disagreement import census_warnings, settle_shortfall
 from pymc_ext.flow_sampler.exploration import MixtureFlow, TemperingResult, explore
 from pymc_ext.flow_sampler.kernels import LocalState
 from pymc_ext.flow_sampler.mode_search import (
@@ -372,7 +372,8 @@ def _tempering_adapt(
     flow = members[0].kernel.flow if len(members) == 1 else MixtureFlow(
         [m.kernel.flow for m in members])
     flow_shares(census, flow.sample(4096, rng)[0])
-    messages = census_warnings(census, cfg.tempering_max_steps)
+    messages, notes = settle_shortfall(census, census_warnings(census, cfg.tempering_max_steps),
+                                       flow, density, child_rng(rng))
     for m in members:
         messages += [msg for msg in m.warnings if msg not in messages]
     states = [m.state for m in members]
@@ -390,6 +391,7 @@ def _tempering_adapt(
         census=census,
         members=members,
         tempering=found,
+        notes=notes,
     )
 
 
@@ -419,7 +421,8 @@ def _single_mode_adapt(
     modes = np.concatenate([modes, extra])
     result = _adapt_fit(density, cfg, _run(density, cfg, seed, modes, rng, grad_before))
     flow_shares(census, result.kernel.flow.sample(4096, rng)[0])
-    messages = census_warnings(census, cfg.tempering_max_steps)
+    messages, notes = settle_shortfall(census, census_warnings(census, cfg.tempering_max_steps),
+                                       result.kernel.flow, density, child_rng(rng))
     if climbed > 1:
         messages.append(
             f"The tempering explorations found one mode, but Pathfinder's paths and the mode "
@@ -428,7 +431,7 @@ def _single_mode_adapt(
             "closer to 1), or another reference_scale."
         )
     return replace(result, mode_search=search, census=census, tempering=found,
-                   warnings=messages + result.warnings)
+                   warnings=messages + result.warnings, notes=notes)
 
 
 #: a census top joins the climbs' modes only with a Laplace mass of at least this share of

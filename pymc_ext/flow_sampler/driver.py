@@ -446,7 +446,7 @@ def flow_mcmc(
     attrs = _sample_stats_attrs(adaptation, tally, stats, evals, warn_list)
     if adaptation.census is not None:
         attrs.update(_census_attrs(adaptation, groups))
-        attrs["census_notes"] = json.dumps(census_notes)
+        attrs["census_notes"] = json.dumps(list(adaptation.notes) + census_notes)
     attrs["missed_modes"] = json.dumps(missed_top.tolist())
     return to_datatree(
         density,

@@ -85,6 +85,10 @@ class FlowMCMCAdaptation:
     tempering : object
         The :class:`~pymc_ext.flow_sampler.exploration.TemperingResult` (the
         explorations themselves), or None.
+    notes : list of str
+        Checks that were settled without a warning, and how (for example an
+        evidence shortfall of the walkers that the adapted flow's own
+        evidence shows to be the walkers', not a missed mode's).
 
     Examples
     --------
@@ -119,6 +123,7 @@ class FlowMCMCAdaptation:
     census: ModeCensus | None = None
     members: list[FlowMCMCAdaptation] = field(default_factory=list)
     tempering: Any = None
+    notes: list[str] = field(default_factory=list)
 
     def labels(self, X: np.ndarray) -> np.ndarray:
         """Index of the nearest mode for each row of ``X``."""
