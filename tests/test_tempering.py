@@ -363,11 +363,12 @@ def test_a_flow_warm_start_seeded_by_tempering_starts_in_the_mode_no_climb_finds
     with pytest.warns(FlowMCMCWarning, match="2 separated modes"):
         res = explored_flow_init(
             narrow_off_side, random_seed=1, progressbar=False, num_draws=2000,
-            method="forward", tempering_options={"tempering_walkers": 512},
+            tempering_options={"tempering_walkers": 512},
             flow_kwargs={"hidden_features": (32, 32), "transforms": 2},
             forward_kwargs={"max_steps": 400},
         )
     assert str(res.seed.method) == "tempering" and res.seed.census.n_modes == 2
+    assert set(res.fit_info) == {"forward"}  # two modes: no mode-seeking reverse-KL refinement
     assert res.grad_evals >= res.seed.grad_evals > 0
     share = np.mean(np.linalg.norm(res.draws - CENTERS[1], axis=1) < 3.0)
     assert abs(share - 0.4) < 0.08  # importance-resampled: near the true weight
