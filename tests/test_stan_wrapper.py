@@ -22,6 +22,7 @@ import pytest
 import torch
 from cmdstanpy.utils.logging import get_logger as cmdstanpy_logger
 
+from pymc_ext.flow_sampler import FlowMCMCWarning
 from stan_bridge import CmdStanModel, StanAmortizer, StanAmortizerDataError, StanFlowFit
 from stan_bridge.builder import cache_dir
 from stan_bridge.prior import PriorPredictiveError
@@ -127,6 +128,21 @@ def test_warmstart_flow_matches_the_analytic_posterior(model, tmp_path):
     np.testing.assert_allclose(mu.std(0), sd, rtol=0.1)
     s = fit.stan_variable("s")
     assert abs(s.mean() - 1.0) < 0.15 and abs(s.std() - 1.0) < 0.2
+
+
+def test_warmstart_flow_explores_by_tempering_when_asked(model, tmp_path):
+    """Stan's flow warm start keeps Pathfinder's seeding by default (cost); explore="tempering"
+    seeds the flow from tempering walkers, and one mode raises no multimodal warning."""
+    options = {**WARM_OPTIONS, "output_dir": tmp_path, "explore": "tempering",
+               "tempering_options": {"tempering_walkers": 128}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FlowMCMCWarning)
+        fit = model.sample(data=DATA, warmstart="flow", chains=2, seed=4, show_progress=False,
+                           warmstart_options=options)
+    seed = fit.warmstart.result.seed
+    assert str(seed.method) == "tempering" and seed.census.n_modes == 1
+    mean, _ = analytic(Y)
+    np.testing.assert_allclose(fit.stan_variable("mu").mean(0), mean, atol=0.05)
 
 
 def test_flow_sample_has_cmdstanpy_accessors(flow_fit, plain_fit):

@@ -211,8 +211,10 @@ def _census_warnings(
     messages = census_warnings(census, stage="production")
     population = population_warnings(census, adaptation.tempering.explorations,
                                      out.reshape(-1, out.shape[-1]))
-    notes = population if census.n_modes < 2 else []
-    messages += [] if notes else population
+    if census.n_modes < 2:
+        notes = population
+    else:
+        notes, messages = [], messages + population
     for message in messages:
         warnings.warn(message, FlowMCMCWarning, stacklevel=3)
     return messages, notes

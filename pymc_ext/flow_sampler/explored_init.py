@@ -1,7 +1,9 @@
 """The flow warm starts, seeded by tempering: :func:`explored_flow_init`.
 
 ``WarmStartNUTS(init="flow")``, ``pymc_ext.sample(warmstart="flow")`` and a
-Stan program's ``CmdStanModel.sample(warmstart="flow")`` fit a flow
+Stan program's ``CmdStanModel.sample(warmstart="flow")`` (there with
+``warmstart_options={"explore": "tempering"}``: a Stan density is evaluated
+one point at a time, which makes the explorations costly) fit a flow
 (:func:`pymc_ext.flows.flow_init`) and start NUTS from its importance-resampled
 draws. Seeded by Pathfinder's paths, that flow knows only the modes a path
 climbs to, so every chain could start in one mode of several and look
