@@ -405,6 +405,7 @@ def test_an_evidence_shortfall_the_adapted_flow_accounts_for_is_a_note_not_a_war
     """Walkers that did not equilibrate carry a low log Z (on 6 of the reference posteriors
     with a right answer); the adapted flow's own evidence settles it when it covers the
     posterior, and leaves the warning where it does not."""
+    from pymc_ext.flow_sampler import coverage_check
     from pymc_ext.flow_sampler.census import CensusMode, ModeCensus
     from pymc_ext.flow_sampler.disagreement import settle_shortfall
     from pymc_ext.flows import build_flow
@@ -417,9 +418,14 @@ def test_an_evidence_shortfall_the_adapted_flow_accounts_for_is_a_note_not_a_war
     census = ModeCensus([mode], low, 0.05, [low] * 2, 2, [20, 20], [True, True])
     messages = census_warnings(census)
     assert len(messages) == 1 and "100 times the evidence" in messages[0]
-    covering = build_flow(2, mean=np.zeros(2), covariance=np.eye(2), random_seed=0)
-    kept, notes = settle_shortfall(census, messages, covering, target, np.random.default_rng(0))
+    walkers = np.random.default_rng(1).normal(size=(64, 2))
+
+    def coverage(cov):  # what the adaptation computes for its frozen flow
+        flow = build_flow(2, mean=np.zeros(2), covariance=cov, random_seed=0)
+        return coverage_check(target, flow, walkers, target.logp_batch(walkers),
+                              np.zeros((1, 2)), np.ones(2), np.random.default_rng(0))
+
+    kept, notes = settle_shortfall(census, messages, [coverage(np.eye(2))])
     assert kept == [] and len(notes) == 1 and "Settled" in notes[0]
-    narrow = build_flow(2, mean=np.zeros(2), covariance=0.05 * np.eye(2), random_seed=0)
-    kept, notes = settle_shortfall(census, messages, narrow, target, np.random.default_rng(0))
+    kept, notes = settle_shortfall(census, messages, [coverage(0.05 * np.eye(2))])
     assert kept == messages and notes == []

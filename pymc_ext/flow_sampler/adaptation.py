@@ -373,7 +373,7 @@ def _tempering_adapt(
         [m.kernel.flow for m in members])
     flow_shares(census, flow.sample(4096, rng)[0])
     messages, notes = settle_shortfall(census, census_warnings(census, cfg.tempering_max_steps),
-                                       flow, density, child_rng(rng))
+                                       [m.coverage for m in members])
     for m in members:
         messages += [msg for msg in m.warnings if msg not in messages]
     states = [m.state for m in members]
@@ -422,7 +422,7 @@ def _single_mode_adapt(
     result = _adapt_fit(density, cfg, _run(density, cfg, seed, modes, rng, grad_before))
     flow_shares(census, result.kernel.flow.sample(4096, rng)[0])
     messages, notes = settle_shortfall(census, census_warnings(census, cfg.tempering_max_steps),
-                                       result.kernel.flow, density, child_rng(rng))
+                                       [result.coverage])
     if climbed > 1:
         messages.append(
             f"The tempering explorations found one mode, but Pathfinder's paths and the mode "

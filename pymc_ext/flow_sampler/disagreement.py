@@ -149,41 +149,36 @@ SHORTFALL_HEAD = "The modes' Laplace approximations hold"
 
 
 def settle_shortfall(
-    census: ModeCensus, messages: list[str], flow: Any, density: Any, rng: np.random.Generator,
-    n: int = 4096,
+    census: ModeCensus, messages: list[str], coverages: list[dict[str, Any]]
 ) -> tuple[list[str], list[str]]:
-    """Re-check an evidence shortfall against the adapted flow's own evidence.
+    """Re-check an evidence shortfall against the adapted flows' own evidence.
 
     The tempering's ``log Z`` is low when its walkers did not equilibrate
     (in a posterior correlated near +-1, say) as well as when they missed a
-    heavy mode. The adapted flow gives a second estimate, ``log mean(p / q)``
-    over ``n`` of its draws. Where its Pareto k is at most 0.7 (the flow covers
-    the posterior) and the modes' Laplace masses are not far above that
-    estimate, the mass is in the flow, so the shortfall is the walkers' alone:
-    the warning becomes a note. Otherwise it stays.
+    heavy mode. Each adapted flow gives a second estimate, ``log mean(p / q)``
+    over its draws, with the Pareto k of those weights: the ``log_z`` and
+    ``pareto_k`` of its :func:`~pymc_ext.flow_sampler.coverage_check`. Where
+    every flow's k is at most 0.7 (it covers the posterior) and the modes'
+    Laplace masses are not far above its estimate, the mass is in the flows,
+    so the shortfall is the walkers' alone: the warning becomes a note.
+    Otherwise it stays.
 
     Returns
     -------
     (messages, notes)
     """
-    from pymc_ext.blocks.importance import psis_log_weights
-
     shortfall = [m for m in messages if m.startswith(SHORTFALL_HEAD)]
-    if not shortfall:
+    if not shortfall or not coverages:
         return messages, []
-    x, logq = flow.sample(n, rng)
-    with np.errstate(all="ignore"):
-        log_w = np.asarray(density.logp_batch(x), dtype=float) - logq
-    log_w = np.where(np.isfinite(log_w), log_w, -np.inf)
-    if not np.isfinite(log_w).any():
-        return messages, []
-    _, k = psis_log_weights(log_w)
-    log_z = float(logsumexp(log_w) - math.log(n))
-    if not (k <= 0.7 and not _evidence_shortfall(census, log_z, 0.0)):
-        return messages, []
-    note = (f" Settled: the adapted flow's importance weights give log Z {log_z:.4g} (Pareto k "
-            f"{k:.2f}), which the Laplace masses do not exceed: the flow holds that mass, so "
-            "only the walkers' evidence was low.")
+    for c in coverages:
+        if not (c["pareto_k"] <= 0.7 and np.isfinite(c["log_z"])
+                and not _evidence_shortfall(census, c["log_z"], 0.0)):
+            return messages, []
+    log_z = ", ".join(f"{c['log_z']:.4g}" for c in coverages)
+    k = max(c["pareto_k"] for c in coverages)
+    note = (f" Settled: the adapted flow's importance weights give log Z {log_z} (Pareto k "
+            f"at most {k:.2f}), which the Laplace masses do not exceed: the flow holds that "
+            "mass, so only the walkers' evidence was low.")
     return [m for m in messages if m not in shortfall], [m + note for m in shortfall]
 
 

@@ -23,20 +23,16 @@ import numpy as np
 
 from pymc_ext.blocks.random import child_rng
 from pymc_ext.density import LogDensity
-from pymc_ext.flow_sampler.census import ModeCensus
+from pymc_ext.flow_sampler.census import MIN_WARN_WEIGHT, ModeCensus, mode_weight
 from pymc_ext.flow_sampler.exploration import tempering_seed
 from pymc_ext.flow_sampler.result import FlowMCMCWarning
 from pymc_ext.flows.init import FlowInitResult, flow_init
 
-__all__ = ["FLOW_INIT_EXPLORE", "MULTIMODAL_MIN_WEIGHT", "explored_flow_init", "mode_weights",
-           "warn_if_multimodal"]
+__all__ = ["FLOW_INIT_EXPLORE", "explored_flow_init", "mode_weights", "warn_if_multimodal"]
 
 #: How a flow warm start finds the modes its flow is fitted to: tempering explorations
 #: (the default), or Pathfinder's paths only (cheaper; can miss modes, silently).
 FLOW_INIT_EXPLORE = ("tempering", "pathfinder")
-
-#: A mode counts for :func:`warn_if_multimodal` when an exploration gave it at least this weight.
-MULTIMODAL_MIN_WEIGHT = 0.01
 
 
 def explored_flow_init(
@@ -122,8 +118,8 @@ def explored_flow_init(
 
 
 def mode_weights(census: ModeCensus) -> list[float]:
-    """The census modes' largest exploration weights, those of :data:`MULTIMODAL_MIN_WEIGHT`
-    or more, largest first.
+    """The census modes' weights (:func:`~pymc_ext.flow_sampler.census.mode_weight`) of
+    :data:`~pymc_ext.flow_sampler.census.MIN_WARN_WEIGHT` or more, largest first.
 
     Examples
     --------
@@ -134,16 +130,15 @@ def mode_weights(census: ModeCensus) -> list[float]:
     >>> mode_weights(ModeCensus(modes, 0.0, 0.1, [0.0, 0.0], 2, [10, 11], [True, True]))
     [0.7, 0.3]
     """
-    weights = [float(np.nanmax(m.exploration_weight)) if m.exploration_weight else 0.0
-               for m in census.modes]
-    return sorted((w for w in weights if w >= MULTIMODAL_MIN_WEIGHT), reverse=True)
+    weights = (mode_weight(m) for m in census.modes)
+    return sorted((w for w in weights if w >= MIN_WARN_WEIGHT), reverse=True)
 
 
 def warn_if_multimodal(census: ModeCensus, stacklevel: int = 2) -> bool:
     """Warn that NUTS started from a flow cannot weigh the modes, where there are several.
 
     Returns whether it warned: when at least two modes have an exploration
-    weight of :data:`MULTIMODAL_MIN_WEIGHT` or more.
+    weight of :data:`~pymc_ext.flow_sampler.census.MIN_WARN_WEIGHT` or more.
 
     Examples
     --------
