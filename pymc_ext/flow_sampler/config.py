@@ -22,6 +22,7 @@ __all__ = [
     "FitMethod",
     "FlowMCMCConfig",
     "LocalKernel",
+    "LocalSpace",
     "MetricKind",
     "make_config",
 ]
@@ -48,6 +49,14 @@ class FitMethod(StrEnum):
     FORWARD = "forward"
     BOTH = "both"
     REVERSE = "reverse"
+
+
+class LocalSpace(StrEnum):
+    """Where production's local moves run (see :class:`FlowMCMCConfig` ``local_space``)."""
+
+    AUTO = "auto"
+    FLOW = "flow"
+    POSITION = "position"
 
 
 class Explore(StrEnum):
@@ -119,6 +128,16 @@ class FlowMCMCConfig:
         proposals of a round). Default 1, or 0 with a reverse-KL flow
         (``fit="reverse"``, or ``"auto"`` when it switches): that flow covers the
         posterior by itself, and MALA diverges where it goes (a funnel's neck).
+    local_space : {"auto", "flow", "position"}
+        Where production's local moves run. ``"flow"``: HMC on the flow's base
+        space, on the density pulled back through the flow (NeuTra; every
+        iteration one HMC move of ``num_integration_steps`` leapfrog steps, with
+        its step size tuned over 100 unkept iterations, then the flow's
+        independence proposal), so a region where the flow has too little mass
+        (a funnel's neck) is still explored. ``"position"``: ``local_steps``
+        moves of ``local_kernel`` on ``x``. ``"auto"`` (default): ``"flow"`` with
+        a reverse-KL flow (one bijection, no Laplace components), else
+        ``"position"``. ``flow_mcmc`` only; ``FlowMC`` moves on ``x``.
     adapt_local_steps : int
         Local steps per adaptation round (the walker states fed to the flow are
         taken ``snapshots_per_round`` times per round).
@@ -286,6 +305,7 @@ class FlowMCMCConfig:
     local_kernel: LocalKernel = LocalKernel.MALA
     metric: MetricKind = MetricKind.DENSE
     local_steps: int | None = None
+    local_space: LocalSpace = LocalSpace.AUTO
     adapt_local_steps: int = 20
     global_steps: int = 4
     first_train_steps: int = 500
@@ -333,6 +353,10 @@ class FlowMCMCConfig:
             LocalKernel, self.local_kernel, "local_kernel must be 'mala' or 'hmc', got {!r}."
         ))
         set_(self, "metric", _enum(MetricKind, self.metric, _METRIC_HELP))
+        set_(self, "local_space", _enum(
+            LocalSpace, self.local_space,
+            "local_space must be 'auto', 'flow' or 'position', got {!r}.",
+        ))
         set_(self, "fit", _enum(FitMethod, self.fit, _FIT_HELP))
         set_(self, "explore", _enum(Explore, self.explore, _EXPLORE_HELP))
         set_(self, "flow_kwargs", None if self.flow_kwargs is None else dict(self.flow_kwargs))

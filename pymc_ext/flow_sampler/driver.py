@@ -12,7 +12,7 @@ import json
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,7 @@ from pymc_ext.blocks.progress import ProgressBar
 from pymc_ext.density import LogDensity
 from pymc_ext.flow_sampler.adaptation import default_num_draws, flow_mcmc_adapt
 from pymc_ext.flow_sampler.census import flow_shares, production_shares
-from pymc_ext.flow_sampler.config import FlowMCMCConfig, make_config
+from pymc_ext.flow_sampler.config import FitMethod, FlowMCMCConfig, LocalSpace, make_config
 from pymc_ext.flow_sampler.disagreement import (
     census_warnings,
     missed_mode_warnings,
@@ -34,8 +34,10 @@ from pymc_ext.flow_sampler.kernel import (
     flow_mcmc_init,
     flow_mcmc_step,
 )
+from pymc_ext.flow_sampler.neutra import neutra_space
 from pymc_ext.flow_sampler.result import FlowMCMCAdaptation, FlowMCMCWarning
 from pymc_ext.flow_sampler.rounds import HISTORY_KEYS
+from pymc_ext.flows import StandardizedFlow
 from pymc_ext.pymc_adapter.datatree import to_datatree
 
 __all__ = ["flow_mcmc", "resolve_density"]
@@ -87,6 +89,8 @@ class _Tally:
     local_sum: float = 0.0
     n_iter: int = 0
     seconds: float = 0.0
+    local_space: str = "position"
+    flow_space_step_sizes: list[float] = field(default_factory=list)
 
     @property
     def global_acceptance(self) -> float:
@@ -117,13 +121,30 @@ def _production(
     callback: Callback | None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray], _Tally]:
     """Run the frozen kernel: ``draws`` kept iterations per walker, every ``thin``-th."""
-    kernel, thin = adaptation.kernel, cfg.thin
-    state = flow_mcmc_init(density, adaptation.state.position, kernel)
+    thin = cfg.thin
+    if in_flow_space(cfg, adaptation):
+        space = neutra_space(
+            density, adaptation.kernel.flow, adaptation.state.position, rng,
+            num_integration_steps=cfg.num_integration_steps,
+        )
+        run_density, kernel, state = space.density, space.kernel, space.state
+        positions = space.positions
+    else:
+        run_density, kernel = density, adaptation.kernel
+        state = flow_mcmc_init(density, adaptation.state.position, kernel)
+
+        def positions(s: FlowMCMCState) -> tuple[np.ndarray, np.ndarray]:
+            return s.local.position, s.local.logp
+
     n_walkers, dim = state.local.position.shape
     out = np.empty((n_walkers, draws, dim))
     stats = _empty_stats(n_walkers, draws)
     tally = _Tally()
-    labels = adaptation.labels(state.local.position)
+    if run_density is not density:
+        tally.local_space = "flow"
+        tally.flow_space_step_sizes.append(float(kernel.step_size))
+    x, lp = positions(state)
+    labels = adaptation.labels(x)
     t_sample = time.perf_counter()
     with ProgressBar(draws * thin, "flow MCMC sampling", show=cfg.progressbar) as bar:
         for k in range(draws):
@@ -131,8 +152,9 @@ def _production(
             facc, lacc = np.zeros(n_walkers), np.zeros(n_walkers)
             div = np.zeros(n_walkers, dtype=bool)
             for _ in range(thin):
-                state, info = flow_mcmc_step(rng, state, density, kernel)
-                new_labels = adaptation.labels(state.local.position)
+                state, info = flow_mcmc_step(rng, state, run_density, kernel)
+                x, lp = positions(state)
+                new_labels = adaptation.labels(x)
                 changed = new_labels != labels
                 tally.hops += int(changed.sum())
                 tally.hops_flow += int((changed & info.flow_accepted).sum())
@@ -147,9 +169,9 @@ def _production(
                 if callback is not None:
                     callback(tally.n_iter, state, info)
                 bar.update()
-            out[:, k] = state.local.position
+            out[:, k] = x
             for name, value in (
-                ("lp", state.local.logp), ("flow_accepted", acc_flow), ("flow_acceptance", facc),
+                ("lp", lp), ("flow_accepted", acc_flow), ("flow_acceptance", facc),
                 ("local_acceptance", lacc), ("diverging", div), ("mode", labels),
             ):
                 stats[name][:, k] = value
@@ -157,6 +179,34 @@ def _production(
                 bar.update(0, global_acc=f"{tally.global_acceptance:.2f}", hops=tally.hops)
     tally.seconds = time.perf_counter() - t_sample
     return out, stats, tally
+
+
+def in_flow_space(cfg: FlowMCMCConfig, adaptation: FlowMCMCAdaptation) -> bool:
+    """Whether production's local moves run on the flow's base space (``cfg.local_space``).
+
+    ``"auto"`` says yes for a reverse-KL flow that is one bijection (not mixed
+    with Laplace normals at the modes).
+
+    Examples
+    --------
+    >>> from pymc_ext.flow_sampler.config import FlowMCMCConfig
+    >>> from pymc_ext.flow_sampler.driver import in_flow_space
+    >>> in_flow_space(FlowMCMCConfig(local_space="position"), None)
+    False
+    """
+    space = LocalSpace(cfg.local_space)
+    if space == LocalSpace.POSITION:
+        return False
+    bijection = isinstance(adaptation.kernel.flow, StandardizedFlow)
+    if space == LocalSpace.FLOW:
+        if not bijection:
+            raise ValueError(
+                "local_space='flow' needs the production flow to be one bijection, but it "
+                "is mixed with Laplace normals at the modes; pass mode_proposals=0 or "
+                "local_space='position'."
+            )
+        return True
+    return bijection and adaptation.fit == FitMethod.REVERSE
 
 
 def _all_production(
@@ -186,6 +236,8 @@ def _all_production(
         tally.local_sum += t.local_acceptance * w
         tally.n_iter += w
         tally.seconds += t.seconds
+        tally.local_space = t.local_space
+        tally.flow_space_step_sizes += t.flow_space_step_sizes
     groups = np.concatenate([np.full(o.shape[0], e) for e, o in enumerate(outs)])
     stats = {k: np.concatenate([s[k] for s in stats_list]) for k in stats_list[0]}
     return np.concatenate(outs), stats, tally, groups
@@ -318,7 +370,9 @@ def _sample_stats_attrs(
         "local_acceptance_per_round": [float(v) for v in history["local_acceptance"]],
         "mode_hops_per_round": [int(v) for v in history["mode_hops"]],
         "step_size": float(kernel.step_size),
-        "local_kernel": str(kernel.local_kernel),
+        "local_kernel": "hmc" if tally.local_space == "flow" else str(kernel.local_kernel),
+        "local_space": tally.local_space,
+        "flow_space_step_sizes": [float(v) for v in tally.flow_space_step_sizes],
         "adaptation_seconds": float(adaptation.seconds),
         "sampling_seconds": float(tally.seconds),
         "seed_method": adaptation.seed.method,

@@ -185,11 +185,12 @@ class Metric:
         return v @ self.chol.T if self.m.ndim == 2 else v * np.sqrt(self.m)
 
     def inv_quad(self, v: np.ndarray) -> np.ndarray:
-        """``v^T M v`` for each row of ``v``."""
-        if self.m.ndim == 2:
-            w = v @ self.chol_inv.T  # rows of L^{-1} v
-            return np.sum(w * w, axis=1)
-        return np.sum(v * v / self.m, axis=1)
+        """``v^T M v`` for each row of ``v`` (``inf`` for a row far out: a rejected proposal)."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            if self.m.ndim == 2:
+                w = v @ self.chol_inv.T  # rows of L^{-1} v
+                return np.sum(w * w, axis=1)
+            return np.sum(v * v / self.m, axis=1)
 
     def momentum(self, noise: np.ndarray) -> np.ndarray:
         """N(0, I) rows to momenta ``p ~ N(0, M)``."""
@@ -199,7 +200,8 @@ class Metric:
 
     def quad(self, p: np.ndarray) -> np.ndarray:
         """``p^T M^{-1} p`` for each row of ``p``."""
-        return np.sum(self.apply(p) * p, axis=1)
+        with np.errstate(over="ignore", invalid="ignore"):
+            return np.sum(self.apply(p) * p, axis=1)
 
 
 def mala_step(
