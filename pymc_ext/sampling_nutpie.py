@@ -164,6 +164,7 @@ def sample_nutpie(
     True
     """
     import nutpie
+    import pymc as pm
     from pymc.backends.arviz import patch_nutpie_idata
     from pymc.progress_bar import NutpieProgressBarManager
 
@@ -208,6 +209,8 @@ def sample_nutpie(
     if rm is not None:
         map_back(idata, rm)
     patch_nutpie_idata(idata, model, sampling_time=t_sample)
+    if options.log_likelihood:
+        idata = pm.compute_log_likelihood(idata, model=model, progressbar=False)
     _set_attrs(idata, ws, choice, rm, t_ws, tune)
     return idata
 
@@ -234,6 +237,7 @@ class _NutpieOptions:
     progressbar: bool
     discard_tuned_samples: bool
     include_transformed: bool
+    log_likelihood: bool
     nuts_kwargs: dict
     compile_kwargs: dict
     var_names: Any
@@ -252,12 +256,25 @@ class _NutpieOptions:
             nuts_kwargs["maxdepth"] = nuts_kwargs.pop("max_treedepth")
         idata_kwargs = dict(kwargs.pop("idata_kwargs", {}) or {})
         include_transformed = bool(idata_kwargs.pop("include_transformed", False))
+        log_likelihood = bool(idata_kwargs.pop("log_likelihood", False))
+        if idata_kwargs:
+            raise TypeError(
+                f"pymc_ext.sample(nuts_sampler='nutpie') takes only 'include_transformed' and "
+                f"'log_likelihood' in idata_kwargs, not {sorted(idata_kwargs)}; use "
+                "nuts_sampler='pymc' for the others."
+            )
+        if kwargs.get("return_inferencedata", True) is False:
+            raise ValueError(
+                "return_inferencedata=False is not supported with nuts_sampler='nutpie' (nutpie "
+                "returns ArviZ data, as in pm.sample); use nuts_sampler='pymc' for a MultiTrace."
+            )
         compile_kwargs = dict(kwargs.pop("compile_kwargs", {}) or {})
         compile_kwargs.setdefault("backend", "numba")
         out = cls(
             progressbar=bool(kwargs.pop("progressbar", True)),
             discard_tuned_samples=bool(kwargs.pop("discard_tuned_samples", True)),
             include_transformed=include_transformed,
+            log_likelihood=log_likelihood,
             nuts_kwargs=nuts_kwargs,
             compile_kwargs=compile_kwargs,
             var_names=kwargs.pop("var_names", None),
@@ -281,13 +298,20 @@ def _compile(
     options: _NutpieOptions,
     seed: int | None,
 ) -> tuple[Any, ReparametrizedModel | None]:
-    """nutpie's compiled model: the reparametrised one, or the model itself when not trusted."""
-    draws = _start_points(ws, seed)
+    """nutpie's compiled model: the reparametrised one, or the model itself when not trusted.
+
+    Without a finite warm-start draw (every Pathfinder path failed) nutpie
+    starts as it would without a warm start."""
+    finite = np.all(np.isfinite(np.asarray(ws.draws, dtype=float)), axis=1)
     if not choice.trusted:
         compiled = nutpie.compile_pymc_model(
             model, var_names=options.var_names, **options.compile_kwargs
         )
+        if not finite.any():
+            return compiled, None
+        draws = _start_points(ws, seed)
         return dataclasses.replace(compiled, initial_point_func=_InitialPoints(draws)), None
+    draws = _start_points(ws, seed)
     reparam = affine_reparam(
         ws.mean,
         ws.covariance,

@@ -159,6 +159,20 @@ def test_compiled_once_and_cached():
     assert log_density(model).dim == density.dim + 1
 
 
+def test_a_potential_added_after_a_first_call_is_in_the_density():
+    # a new user's sequence: fit, add a Potential to the same model, fit again
+    with pm.Model() as model:
+        mu = pm.Normal("mu", 0, 1)
+        pm.Normal("y", mu, 1, observed=[0.1, -0.2, 0.05])
+    before = log_density(model)
+    with model:
+        pm.Potential("pull", -0.5 * ((mu - 5) / 0.1) ** 2)
+    after = log_density(model)
+    assert after is not before
+    # the Potential moves the mode to about 4.8
+    assert after.logp(np.array([4.8])) > after.logp(np.array([0.0])) + 1000
+
+
 def test_gradient_counter():
     density = log_density(reference_model("sblrc-blr"))
     density.reset_counters()

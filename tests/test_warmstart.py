@@ -123,6 +123,16 @@ def test_random_seed_reproducible_across_cores(model):
     a, b, c = run(1), run(1), run(2)
     np.testing.assert_array_equal(a.posterior["mu"].values, b.posterior["mu"].values)
     np.testing.assert_array_equal(a.posterior["mu"].values, c.posterior["mu"].values)
+    # one step object in two pm.sample calls: nothing carries over (as with pm.NUTS)
+    with model, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        step = WarmStartNUTS(random_seed=11)
+        first, second = (
+            pm.sample(draws=100, step=step, chains=2, cores=1, random_seed=12, **SAMPLE_KW)
+            for _ in range(2)
+        )
+    np.testing.assert_array_equal(first.posterior["mu"].values, a.posterior["mu"].values)
+    np.testing.assert_array_equal(second.posterior["mu"].values, a.posterior["mu"].values)
     assert (
         a.sample_stats.attrs["warmstart_grad_evals"] == c.sample_stats.attrs["warmstart_grad_evals"]
     )
@@ -260,9 +270,11 @@ def test_pymc_ext_sample_nutpie(model):
         model=model,
         nuts_sampler="nutpie",
         discard_tuned_samples=False,
+        idata_kwargs={"log_likelihood": True},
         **SAMPLE_KW,
     )
     _check_result(idata, 3, 300)
+    assert idata["log_likelihood"]["y"].shape == (3, 300, len(Y))  # as pm.sample gives
     assert idata.posterior.attrs["tuning_steps"] == sampling.DEFAULT_NUTPIE_TUNE
     assert idata.sample_stats.attrs["inference_library"] == "nutpie"
     # Posterior close to a long PyMC NUTS run on the same model.
@@ -375,3 +387,49 @@ def test_unsettled_adaptation_extends_itself(caplog):
         step = WarmStartNUTS(init=wrong, random_seed=1)
         pm.sample(draws=50, tune=step.warmup, step=step, chains=1, random_seed=2, **SAMPLE_KW)
     assert "has not settled" in caplog.text
+
+
+def test_nutpie_route_refuses_what_it_cannot_return(model):
+    import pymc_ext
+
+    with model:  # raised before Pathfinder or any compile
+        with pytest.raises(ValueError, match="return_inferencedata=False"):
+            pymc_ext.sample(nuts_sampler="nutpie", return_inferencedata=False)
+        with pytest.raises(TypeError, match="idata_kwargs"):
+            pymc_ext.sample(nuts_sampler="nutpie", idata_kwargs={"save_warmup": True})
+
+
+def test_every_pathfinder_path_failing_falls_back_to_plain_adaptation():
+    # The "German tank" model: the support of ub depends on the data (ub > 7), so
+    # Pathfinder's random starts and its approximations' draws fall outside it.
+    import pymc_ext
+
+    with pm.Model() as tank:
+        ub = pm.Uniform("ub", 0, 10, initval=8.5)
+        pm.Uniform("y", 0, ub, observed=[1.0, 7.0, 3.0])
+    with tank, pytest.warns(RuntimeWarning, match="warm start failed"):
+        idata = pymc_ext.sample(draws=500, chains=2, cores=1, random_seed=3, **SAMPLE_KW)
+    attrs = idata.sample_stats.attrs
+    assert attrs["warmstart_fallback"] == 1
+    draws = idata.posterior["ub"].values
+    assert draws.min() > 7.0  # every chain started inside the support
+    # exact: p(ub | y) proportional to ub^-3 on (7, 10), mean 8.235
+    assert abs(draws.mean() - 8.235) < 0.25
+
+
+def test_pathfinder_start_points_pass_through_the_warm_start(model):
+    with model:
+        step = WarmStartNUTS(init_kwargs={"init": np.array([1.0, 0.0]), "num_paths": 2})
+    assert step.warmstart_grad_evals > 0
+
+
+def test_nan_in_the_data_is_refused_before_pathfinder():
+    import pymc_ext
+    from pymc_ext.pymc_adapter.logdensity import ModelSpecificationError
+
+    x = np.array([1.0, np.nan, 2.0, 1.5])
+    with pm.Model() as m:
+        b = pm.Normal("b", 0, 1)
+        pm.Normal("y", b * x, 1.0, observed=[1.0, 0.5, 2.0, 1.5])
+    with m, pytest.raises(ModelSpecificationError, match="NaN"):
+        pymc_ext.sample(draws=10, chains=1, **SAMPLE_KW)

@@ -121,7 +121,7 @@ def _line_search(obj, x, f0, g0, d, step0, c1=1e-4, c2=0.9, max_evals=25):
     was found. A non-finite value at a trial step shrinks the step.
     """
     dphi0 = float(g0 @ d)
-    a_prev, f_prev, dp_prev = 0.0, f0, dphi0
+    a_prev, f_prev, dp_prev, g_prev = 0.0, f0, dphi0, g0
     a = step0
     evals = 0
 
@@ -174,11 +174,14 @@ def _line_search(obj, x, f0, g0, d, step0, c1=1e-4, c2=0.9, max_evals=25):
         if da >= 0:
             res = zoom(a, fa, da, a_prev, f_prev, dp_prev)
             break
-        a_prev, f_prev, dp_prev = a, fa, da
+        a_prev, f_prev, dp_prev, g_prev = a, fa, da, ga
         a = 2.0 * a
         first = False
     else:
-        res = None
+        # Out of evaluations while the objective still fell (it falls all the way to a
+        # cliff, past which it is not finite: a mode on the support's edge). The last
+        # sufficient-decrease point is progress; keep it rather than report none.
+        res = (a_prev, f_prev, g_prev) if a_prev > 0 else None
     if res is None:
         return None
     step, fs, gs = res

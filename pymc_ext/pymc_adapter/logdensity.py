@@ -32,6 +32,7 @@ __all__ = [
     "ModelSpecificationError",
     "resolve_model",
     "structure_key",
+    "check_initial_logp",
     "model_cache",
 ]
 
@@ -91,14 +92,20 @@ def _check_model(model: pm.Model) -> None:
     if discrete:
         raise ModelSpecificationError(
             f"The model has discrete free variables: {', '.join(discrete)}. "
-            "These algorithms work on continuous parameters only: marginalise the discrete "
-            "variables out (for example with pymc_extras.marginalize) or sample them with "
-            "another step method (pm.sample assigns e.g. Metropolis to them)."
+            "These algorithms (Pathfinder, WarmStartNUTS, flows, the amortizer) need every "
+            "free variable continuous, and do not share a model with another step method: "
+            "marginalise the discrete variables out (for example with "
+            "pymc_extras.marginalize), or use plain pm.sample (NUTS, with Metropolis for them)."
         )
 
 
 def structure_key(model: pm.Model) -> tuple:
-    """A key that changes whenever variables are added to the model (invalidates the cache).
+    """A key that changes whenever the model's graph does (invalidates the cache).
+
+    Variables, Deterministics, observed variables and Potentials, by name and
+    by identity, and the transforms: adding a ``pm.Potential`` (or any
+    variable) to a model after a first call gives a new key, so nothing
+    compiled for the old graph is reused.
 
     Examples
     --------
@@ -106,13 +113,60 @@ def structure_key(model: pm.Model) -> tuple:
     >>> from pymc_ext.pymc_adapter.logdensity import structure_key
     >>> with pm.Model() as m:
     ...     x = pm.Normal("x")
-    >>> structure_key(m)
-    (('x',), (), ())
+    >>> before = structure_key(m)
+    >>> before == structure_key(m), before[:2]
+    (True, (('x',), ()))
+    >>> with m:
+    ...     _ = pm.Potential("pull", -x**2)
+    >>> structure_key(m) == before
+    False
     """
+    groups = (model.value_vars, model.deterministics, model.observed_RVs, model.potentials)
+    transforms = tuple(
+        type(model.rvs_to_transforms.get(rv)).__name__ for rv in model.free_RVs
+    )
     return (
-        tuple(v.name for v in model.value_vars),
-        tuple(v.name for v in model.deterministics),
-        tuple(v.name for v in model.observed_RVs),
+        *(tuple(v.name for v in group) for group in groups),
+        transforms,
+        tuple(id(v) for group in (model.free_RVs, *groups) for v in group),
+    )
+
+
+def check_initial_logp(model: pm.Model, lp: float) -> None:
+    """Raise a clear error when ``lp``, the log density at the model's initial point, is not finite.
+
+    The message names the terms that are not finite and what to do: an
+    ``initval`` inside the support, or data without NaN (missing values) and
+    inside the likelihood's support. Runs before any long computation.
+
+    Raises
+    ------
+    ModelSpecificationError
+
+    Examples
+    --------
+    >>> import numpy as np, pymc as pm
+    >>> from pymc_ext.pymc_adapter.logdensity import check_initial_logp
+    >>> with pm.Model() as m:
+    ...     mu = pm.Normal("mu")
+    ...     _ = pm.Normal("y", mu, 1, observed=[0.0, np.nan, 1.0])
+    >>> check_initial_logp(m, 0.0)  # finite: nothing to say
+    >>> try:
+    ...     check_initial_logp(m, float("nan"))
+    ... except Exception as err:
+    ...     print(type(err).__name__)
+    ModelSpecificationError
+    """
+    if np.isfinite(lp):
+        return
+    point_logps = model.point_logps(model.initial_point())
+    bad = [name for name, value in point_logps.items() if not np.isfinite(value)]
+    raise ModelSpecificationError(
+        f"The log density is not finite ({lp}) at the model's initial point; "
+        f"non-finite terms: {', '.join(bad) or 'unknown'}. Check the data of these terms "
+        "for NaN (missing values: drop them, or let PyMC impute them by passing a masked "
+        "array), and against the likelihood's support (for example negative values under "
+        "a positive distribution); for free variables, give `initval=` inside their support."
     )
 
 
@@ -287,17 +341,7 @@ class PyMCLogDensity(BaseLogDensity):
     # -- construction checks ------------------------------------------------
     def _check_initial_point(self, x0: np.ndarray) -> None:
         # logp+grad, not logp alone: every gradient-based user needs that one anyway.
-        lp = float(self._f_logp_grad(x0)[0])
-        if np.isfinite(lp):
-            return
-        point_logps = self.model.point_logps(self.model.initial_point())
-        bad = [name for name, value in point_logps.items() if not np.isfinite(value)]
-        raise ModelSpecificationError(
-            f"The log density is not finite ({lp}) at the model's initial point; "
-            f"non-finite terms: {', '.join(bad) or 'unknown'}. Give these variables "
-            "`initval=` inside their support, or check observed data against the "
-            "likelihood's support (for example negative values under a positive distribution)."
-        )
+        check_initial_logp(self.model, float(self._f_logp_grad(x0)[0]))
 
     # -- LogDensity ----------------------------------------------------------
     def _logp(self, x: np.ndarray) -> float:

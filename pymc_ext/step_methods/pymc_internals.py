@@ -136,6 +136,16 @@ class NUTSInternals:
         adapt._initial_step = float(np.exp(adapt._log_bar))
         adapt.reset()
 
+    def initial_step_size(self) -> float:
+        """The step size dual averaging starts from."""
+        return float(self.step.step_adapt._initial_step)
+
+    def reset_step_size_adaptation(self, initial_step: float) -> None:
+        """Start dual averaging again from ``initial_step`` (a new chain)."""
+        adapt = self.step.step_adapt
+        adapt._initial_step = float(initial_step)
+        adapt.reset()
+
 
 def nuts_internals(step: Any) -> NUTSInternals:
     """Check the PyMC version, then give access to ``step``'s internals.

@@ -50,7 +50,7 @@ from pymc.model import modelcontext
 from pymc.step_methods.hmc.nuts import NUTS, NUTSState
 from pymc.step_methods.state import dataclass_state
 
-from pymc_ext.pymc_adapter.logdensity import PyMCLogDensity
+from pymc_ext.pymc_adapter.logdensity import PyMCLogDensity, check_initial_logp
 from pymc_ext.step_methods.pymc_internals import NUTSInternals, check_pymc_version
 from pymc_ext.step_methods.warmstart_init import (
     WARMSTART_PATHFINDER_DEFAULTS,
@@ -296,9 +296,13 @@ class WarmStartNUTS(AdaptationSchedule, NUTS):
             initial_point=initial_point,
             **nuts_kwargs,
         )
+        # Each chain starts its step-size adaptation here (the windows' restarts move it).
+        self._initial_step_size = self._pymc.initial_step_size()
 
         t0 = time.perf_counter()
         density, slices = self._warmstart_density(init, density, model_slices, initial_point)
+        if isinstance(density, StepLogDensity):  # log_density checks its own at construction
+            check_initial_logp(self._pymc.model, density.logp(density.initial_point()))
         perm = np.concatenate([np.arange(slices[k].start, slices[k].stop) for k in names])
         init_kwargs = dict(init_kwargs or {})
         if isinstance(init, str) and init == "pathfinder":
@@ -321,7 +325,12 @@ class WarmStartNUTS(AdaptationSchedule, NUTS):
         x0 = np.concatenate(
             [np.asarray(initial_point[k], dtype=float).ravel() for k in names] or [np.zeros(0)]
         )
-        self._init_points = starting_points(ws, perm, random_seed, x0)
+        inverse = np.argsort(perm)  # step ordering -> the density's
+
+        def is_finite(point: np.ndarray) -> bool:
+            return bool(np.isfinite(density.logp(point[inverse])))
+
+        self._init_points = starting_points(ws, perm, random_seed, x0, is_finite)
         potential = WarmStartPotential(
             initial_covariance(ws, perm, plan.metric),
             kind=plan.metric,
@@ -427,6 +436,9 @@ class WarmStartNUTS(AdaptationSchedule, NUTS):
     def setup_chain(self, rng: Any, tune: int, draws: int) -> None:
         """Per-chain set-up: counters, metric schedule and this chain's starting draw."""
         super().setup_chain(rng, tune, draws)
+        # Nothing carries over from an earlier chain or pm.sample call with this step.
+        self._pymc.reset_step_size_adaptation(self._initial_step_size)
+        self.potential.reset()
         self._reset_chain(tune)
         self._chain_start = self._init_points[self._chain_index(self.rng)]
 

@@ -8,7 +8,9 @@ logp-and-gradient function NUTS compiles anyway.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -23,6 +25,7 @@ __all__ = [
     "AUTO_DENSE_MAX_DIM",
     "WARMSTART_PATHFINDER_DEFAULTS",
     "WarmStart",
+    "FailedWarmStart",
     "WARMSTART_INITS",
     "run_warmstart",
     "StepLogDensity",
@@ -78,10 +81,71 @@ class WarmStart(Protocol):
     pareto_k: float
 
 
+@dataclass
+class FailedWarmStart:
+    """A warm start that found nothing usable: every Pathfinder path failed.
+
+    It satisfies :class:`WarmStart` with no finite draw, a unit covariance and
+    an infinite Pareto k, so the step falls back to NUTS's own adaptation from
+    the model's initial point (jittered), as a plain ``pm.sample`` would start.
+
+    Attributes
+    ----------
+    draws, mean, covariance, inverse_metric_diag : ndarray
+    grad_evals : int
+        What the failed paths cost.
+    pareto_k : float
+        ``inf``.
+    message : str
+        Why the paths failed.
+
+    Examples
+    --------
+    >>> from pymc_ext.step_methods.warmstart_init import FailedWarmStart
+    >>> ws = FailedWarmStart.of(2, 10, "every path failed")
+    >>> ws.draws.shape, ws.pareto_k
+    ((1, 2), inf)
+    """
+
+    draws: np.ndarray
+    mean: np.ndarray
+    covariance: np.ndarray
+    inverse_metric_diag: np.ndarray
+    grad_evals: int
+    pareto_k: float
+    message: str
+
+    def summary(self) -> str:
+        """Why the warm start failed (the message of the paths' failure)."""
+        return f"Warm start failed after {self.grad_evals} gradient evaluations: {self.message}"
+
+    @classmethod
+    def of(cls, dim: int, grad_evals: int, message: str) -> FailedWarmStart:
+        """The failed warm start of a ``dim``-dimensional density."""
+        return cls(
+            draws=np.full((1, dim), np.nan), mean=np.zeros(dim), covariance=np.eye(dim),
+            inverse_metric_diag=np.ones(dim), grad_evals=int(grad_evals),
+            pareto_k=float("inf"), message=message,
+        )
+
+
 def _pathfinder_init(density: Any, random_seed: Any = None, **kwargs: Any) -> WarmStart:
     from pymc_ext.vi.multipath import multipath_pathfinder
+    from pymc_ext.vi.result import PathfinderError
 
-    return multipath_pathfinder(density, random_seed=random_seed, **kwargs)
+    before = int(density.grad_evals)
+    try:
+        return multipath_pathfinder(density, random_seed=random_seed, **kwargs)
+    except PathfinderError as err:
+        # Never worse than not warm-starting: NUTS adapts from the model's initial point.
+        warnings.warn(
+            f"The Pathfinder warm start failed: {err} NUTS starts from the model's "
+            "initial point (jittered) and adapts its own diagonal metric instead, as "
+            "pm.sample would.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return FailedWarmStart.of(density.dim, int(density.grad_evals) - before, str(err))
 
 
 def _flow_init(density: Any, random_seed: Any = None, **kwargs: Any) -> WarmStart:
@@ -106,6 +170,7 @@ WARMSTART_INITS: dict[str, Callable[..., WarmStart]] = {
 def run_warmstart(
     density: Any,
     init: str | WarmStart | Callable[..., WarmStart] = "pathfinder",
+    /,
     random_seed: int | np.random.Generator | None = None,
     **init_kwargs: Any,
 ) -> WarmStart:
@@ -116,14 +181,16 @@ def run_warmstart(
     density : LogDensity
         The target.
     init : str, WarmStart or callable
-        ``"pathfinder"`` or ``"flow"`` (see :data:`WARMSTART_INITS`), a
+        Positional. ``"pathfinder"`` or ``"flow"`` (see :data:`WARMSTART_INITS`), a
         finished warm start (returned as is after checks), or a callable
         ``(density, random_seed=..., **init_kwargs) -> WarmStart``.
     random_seed : int or Generator, optional
         Seed for the warm start.
     **init_kwargs
         Passed to the warm start (for Pathfinder: ``num_paths``,
-        ``num_draws``, ...).
+        ``num_draws``, its own ``init`` start points, ...). When every
+        Pathfinder path fails, a :class:`FailedWarmStart` (with a
+        ``RuntimeWarning``) instead of an error.
 
     Returns
     -------
@@ -293,8 +360,11 @@ def check_covers_model(names: list[str], model_slices: Mapping[str, slice]) -> N
     >>> check_covers_model(["a"], {"a": slice(0, 1)})
     """
     if sorted(names) != sorted(model_slices) or any(n not in model_slices for n in names):
+        missing = sorted(set(model_slices) - set(names))
         raise ValueError(
             "WarmStartNUTS samples all free variables of the model together (Pathfinder "
-            f"fits the joint density); it was given {names} of {sorted(model_slices)}. "
-            "Models with discrete variables are not supported."
+            f"fits their joint density): this step has {sorted(names)}, and the model also "
+            f"has {missing}. If those are discrete, neither WarmStartNUTS nor "
+            "pymc_ext.sample can sample them, and they cannot share the model with another "
+            "step method: marginalise them out (pymc_extras.marginalize) or use pm.sample."
         )

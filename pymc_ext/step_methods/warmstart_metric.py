@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -207,12 +208,18 @@ def plan_warmstart_nuts(
 
 
 def starting_points(
-    ws: Any, perm: np.ndarray, random_seed: Any, initial_point: np.ndarray | None = None
+    ws: Any,
+    perm: np.ndarray,
+    random_seed: Any,
+    initial_point: np.ndarray | None = None,
+    is_finite: Callable[[np.ndarray], bool] | None = None,
 ) -> np.ndarray:
     """The warm start's distinct finite draws (step ordering), shuffled reproducibly.
 
     Without a finite draw, the model's initial point jittered by uniform(-1, 1)
-    (PyMC's ``jitter+adapt_diag`` start), 16 of them.
+    (PyMC's ``jitter+adapt_diag`` start), 16 of them; with ``is_finite`` (a
+    check of the log density at a point), only jittered points where it is
+    finite, over up to 10 tries, else the initial point itself, as PyMC does.
 
     Examples
     --------
@@ -222,6 +229,9 @@ def starting_points(
     >>> ws = SimpleNamespace(draws=np.full((5, 2), np.nan))
     >>> starting_points(ws, np.arange(2), 0, np.zeros(2)).shape
     (16, 2)
+    >>> pts = starting_points(ws, np.arange(2), 0, np.zeros(2), lambda x: bool(x[0] > 0))
+    >>> bool((pts[:, 0] > 0).all())
+    True
     """
     draws = np.asarray(ws.draws, dtype=float)[:, perm]
     draws = draws[np.all(np.isfinite(draws), axis=1)]
@@ -230,7 +240,14 @@ def starting_points(
         if initial_point is None:
             raise ValueError("The warm start gave no finite draws to start chains from.")
         x0 = np.asarray(initial_point, dtype=float)
-        return x0 + rng.uniform(-1.0, 1.0, size=(16, x0.size))
+        for _ in range(10 if is_finite is not None else 1):
+            points = x0 + rng.uniform(-1.0, 1.0, size=(16, x0.size))
+            if is_finite is None:
+                return points
+            points = points[[bool(is_finite(p)) for p in points]]
+            if points.shape[0]:
+                return points
+        return x0[None, :].copy()
     uniq = np.unique(draws, axis=0)
     return uniq[rng.permutation(uniq.shape[0])]
 
