@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -98,6 +98,10 @@ class FailedWarmStart:
         ``inf``.
     message : str
         Why the paths failed.
+    logp_evals : int
+        Log-density evaluations (without gradient) the failed paths made.
+    paths, num_paths_ok : list, int
+        No usable path: ``[]`` and 0.
 
     Examples
     --------
@@ -114,18 +118,23 @@ class FailedWarmStart:
     grad_evals: int
     pareto_k: float
     message: str
+    logp_evals: int = 0
+    paths: list = field(default_factory=list)
+    num_paths_ok: int = 0
 
     def summary(self) -> str:
         """Why the warm start failed (the message of the paths' failure)."""
         return f"Warm start failed after {self.grad_evals} gradient evaluations: {self.message}"
 
     @classmethod
-    def of(cls, dim: int, grad_evals: int, message: str) -> FailedWarmStart:
+    def of(
+        cls, dim: int, grad_evals: int, message: str, logp_evals: int = 0
+    ) -> FailedWarmStart:
         """The failed warm start of a ``dim``-dimensional density."""
         return cls(
             draws=np.full((1, dim), np.nan), mean=np.zeros(dim), covariance=np.eye(dim),
             inverse_metric_diag=np.ones(dim), grad_evals=int(grad_evals),
-            pareto_k=float("inf"), message=message,
+            pareto_k=float("inf"), message=message, logp_evals=int(logp_evals),
         )
 
 
