@@ -137,7 +137,8 @@ class FlowMCMCConfig:
         (a funnel's neck) is still explored. ``"position"``: ``local_steps``
         moves of ``local_kernel`` on ``x``. ``"auto"`` (default): ``"flow"`` with
         a reverse-KL flow (one bijection, no Laplace components), else
-        ``"position"``. ``flow_mcmc`` only; ``FlowMC`` moves on ``x``.
+        ``"position"``. For ``flow_mcmc``; ``FlowMC`` has the same move as
+        ``local="neutra"``.
     adapt_local_steps : int
         Local steps per adaptation round (the walker states fed to the flow are
         taken ``snapshots_per_round`` times per round).

@@ -98,9 +98,10 @@ class FlowPullback(BaseLogDensity):
         z = self._tensor(X, grad=True)
         with torch.enable_grad():
             x, logdet = self._parts(z)
-            total = density_logp_torch(self.density, x) + logdet
+            # log p in float64 whatever the flow's dtype: ``positions`` gives it back exactly
+            total = density_logp_torch(self.density, x.double()) + logdet.double()
             (grad,) = torch.autograd.grad(total.sum(), z)
-        lp = total.detach().double().cpu().numpy()
+        lp = total.detach().cpu().numpy()
         return lp, grad.double().cpu().numpy()
 
     def _logp(self, x: np.ndarray) -> float:
