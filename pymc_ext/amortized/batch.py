@@ -15,6 +15,7 @@ import numpy as np
 from pymc_ext.amortized import sampling
 from pymc_ext.amortized.calibration import CalibrationResult
 from pymc_ext.amortized.cluster import cluster_run
+from pymc_ext.amortized.deterministics import posterior_values, stack_values
 from pymc_ext.amortized.networks import with_threads
 from pymc_ext.amortized.results import AmortizedDraws
 
@@ -82,6 +83,8 @@ class BatchMixin:
         """
         if isinstance(datasets, Mapping) or len(datasets) == 0:
             raise ValueError("datasets must be a non-empty list of dicts (one per dataset).")
+        if int(draws) < 1:
+            raise ValueError(f"draws must be a positive number of draws, got {draws!r}.")
         cluster = cluster_run(client, self, model_builder)
         checked, theta, stats, diag = sampling.posterior_draws(
             self, list(datasets), draws, random_seed, correct, diagnostics, cores=cores,
@@ -89,14 +92,14 @@ class BatchMixin:
         )
         if self.layout.has_rows:
             diag["num_rows"] = np.array([np.shape(d[self.layout.names[0]])[0] for d in checked])
+        # Deterministics at each dataset's own data
+        posterior = stack_values(
+            posterior_values(self, theta, checked, stacklevel=_PUBLIC_STACKLEVEL),
+            stacklevel=_PUBLIC_STACKLEVEL,
+        )
         if not return_inferencedata:
-            flat = self.density.constrain_batch(theta.reshape(-1, self.dim))
-            posterior = {
-                k: np.asarray(v).reshape(*theta.shape[:2], *np.shape(v)[1:])
-                for k, v in flat.items()
-            }
             return AmortizedDraws(posterior, stats, diag)
-        return sampling.many_to_datatree(self, theta, stats, diag, correct)
+        return sampling.many_to_datatree(self, theta, stats, diag, correct, values=posterior)
 
     @with_threads
     def check_calibration(

@@ -21,6 +21,7 @@ from torch import nn
 from pymc_ext.amortized import sampling, serialization
 from pymc_ext.amortized.batch import BatchMixin
 from pymc_ext.amortized.cluster import cluster_run
+from pymc_ext.amortized.deterministics import datatree_at, posterior_values
 from pymc_ext.amortized.frames import FRAME_KINDS, LaplaceFrames, supports_frames
 from pymc_ext.amortized.layout import DataShapeError
 from pymc_ext.amortized.many import ManyDatasetsMixin
@@ -296,15 +297,18 @@ class Amortizer(serialization.PersistenceMixin, BatchMixin, ManyDatasetsMixin):
         try:
             self.layout.check(data)
         except DataShapeError as err:
-            rows = " (one row)" if self.layout.has_rows else ""
-            trained = {n: list(s) for n, s in self.layout.shapes.items()}
-            now = {n: list(np.shape(data[n])[1 if self.layout.has_rows else 0 :])
-                   for n in self.layout.names}
+            lead = ["N"] if self.layout.has_rows else []  # set data: any number N of rows
+            trained = {n: [*lead, *s] for n, s in self.layout.shapes.items()}
+            now = {n: list(np.shape(data[n])) for n in self.layout.names}
+            hint = (
+                "(N rows each, the same N for every variable)" if self.layout.has_rows
+                else "(summary='deepset' takes any number of rows)"
+            )
             raise AmortizerMismatchError(
                 f"The model's data no longer fit this amortizer (changed with pm.set_data?): "
-                f"it was trained on data shaped {trained}{rows}, the model's are now shaped "
-                f"{now}{rows}. Set data of the trained shapes, or train an amortizer for the "
-                "new ones (summary='deepset' takes any number of rows)."
+                f"{err} It was trained on data shaped {trained}; the model's are now shaped "
+                f"{now}. Set data of the trained shapes {hint}, or train an amortizer for "
+                "the new ones."
             ) from err
         return data
 
@@ -419,6 +423,8 @@ class Amortizer(serialization.PersistenceMixin, BatchMixin, ManyDatasetsMixin):
         ((1, 100), 'psis')
         """
         data = self.model_data() if data is None else data
+        if int(draws) < 1:
+            raise ValueError(f"draws must be a positive number of draws, got {draws!r}.")
         if Correction.parse(correct) is Correction.MH:
             return exact_draws(
                 self, data, draws, chains, random_seed, stacklevel=_PUBLIC_STACKLEVEL
@@ -430,13 +436,15 @@ class Amortizer(serialization.PersistenceMixin, BatchMixin, ManyDatasetsMixin):
         stats = {key: v[0] for key, v in stats.items()}
         attrs: dict[str, Any] = {"inference_library": "pymc_ext.Amortizer", "correct": str(correct)}
         attrs.update({key: float(v[0]) for key, v in diag.items()})
+        # Deterministics at this dataset's data (not the training model's)
+        [values] = posterior_values(self, theta[None], checked, stacklevel=_PUBLIC_STACKLEVEL)
         if not return_inferencedata:
-            return AmortizedDraws(self.density.constrain_batch(theta), stats, attrs)
-        from pymc_ext.pymc_adapter.datatree import to_datatree
-
-        return to_datatree(
-            self.density,
+            return AmortizedDraws(values, stats, attrs)
+        return datatree_at(
+            self,
             theta[None],
+            None,
+            values={k: v[None] for k, v in values.items()},
             sample_stats={key: v[None] for key, v in stats.items()},
             observed_data=checked[0],
             attrs=attrs,

@@ -138,12 +138,48 @@ class PriorPredictiveTarget:
             params, data = self.density.prior_predictive(int(n), seed)
         return [(np.asarray(params, dtype=float), {o: np.asarray(data[o]) for o in self.observed})]
 
+    def check_values(self, data: Mapping[str, Any], where: str = "data") -> None:
+        """Raise :class:`~pymc_ext.amortized.layout.DataShapeError` for non-integer values
+        of data that the density holds as integers (they are never rounded).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from pymc_ext.amortized.density_target import PriorPredictiveTarget
+        >>> class Counts:
+        ...     dim, data = 1, {"y": np.array([1, 2])}
+        ...     def prior_predictive(self, n, seed):
+        ...         return np.zeros((n, 1)), {"y": np.ones((n, 2), dtype=int)}
+        >>> target = PriorPredictiveTarget(Counts(), condition=lambda data: None)
+        >>> target.check_values({"y": [1.0, 2.5]})
+        Traceback (most recent call last):
+        ...
+        pymc_ext.amortized.layout.DataShapeError: data['y'] has non-integer values (e.g. 2.5), but it holds integers. Give whole numbers: they are not rounded.
+        """  # noqa: E501
+        from pymc_ext.amortized.layout import DataShapeError
+
+        current = self.current_data()
+        for o in self.observed:
+            if o not in data or not np.issubdtype(current[o].dtype, np.integer):
+                continue
+            arr = np.asarray(data[o])
+            if np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool:
+                continue
+            arr = arr.astype(float)
+            bad = arr[np.isfinite(arr) & (arr != np.round(arr))]
+            if bad.size:
+                raise DataShapeError(
+                    f"{where}[{o!r}] has non-integer values (e.g. {bad.ravel()[0]:g}), but it "
+                    "holds integers. Give whole numbers: they are not rounded."
+                )
+
     def conditioned(self, data: Mapping[str, np.ndarray]) -> LogDensity:
         """The density at the dataset ``data`` (cached for the last 64 datasets)."""
         key = b"".join(
             np.ascontiguousarray(np.asarray(data[o], dtype=float)).tobytes() for o in self.observed
         )
         if key not in self._cache:
+            self.check_values(data)
             if len(self._cache) > 64:
                 self._cache.clear()
             dtypes = {o: self.current_data()[o].dtype for o in self.observed}

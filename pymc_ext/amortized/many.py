@@ -306,6 +306,10 @@ def fit_many(
     settings = settings or FitManySettings()
     if overrides:
         settings = FitManySettings(**{**settings.__dict__, **overrides})
+    if isinstance(datasets, Mapping) or len(datasets) == 0:
+        raise ValueError(
+            "fit_many needs a non-empty list of datasets (dicts name -> array, one per dataset)."
+        )
     amortizer.check_fitted()
     cluster = cluster_run(client, amortizer, model_builder)  # checked before any work
     with torch_threads(amortizer.num_threads):  # the same draws whatever the caller's setting

@@ -114,7 +114,7 @@ def psis_posteriors(
     >>> sorted(done), [job[0] for job in jobs]
     ([0], [1])
     """
-    from pymc_ext.pymc_adapter.datatree import to_datatree
+    from pymc_ext.amortized.deterministics import datatree_at
 
     done, jobs = {}, []
     for j, k in enumerate(ks):
@@ -133,9 +133,11 @@ def psis_posteriors(
             float(k),
             ess=psis_ess,
         )
-        idata = to_datatree(
-            amortizer.density,
+        idata = datatree_at(
+            amortizer,
             draws[None],
+            checked[j],
+            stacklevel=5,  # the caller of Amortizer.fit_many
             observed_data=checked[j],
             sample_stats={key: v[None] for key, v in row_stats.items()},
             attrs={

@@ -375,9 +375,9 @@ def exact_draws(
     """
     import warnings
 
+    from pymc_ext.amortized.deterministics import datatree_at
     from pymc_ext.amortized.sampling import prepare
     from pymc_ext.flows.conditional import torch_threads
-    from pymc_ext.pymc_adapter.datatree import to_datatree
 
     amortizer.check_fitted()
     # every torch operation under the amortizer's thread count: the draws then do not depend
@@ -410,9 +410,11 @@ def exact_draws(
         "correct": "mh",
         "acceptance_rate": rate,
     }
-    return to_datatree(
-        amortizer.density,
+    return datatree_at(
+        amortizer,
         out.theta,
+        checked[0],
+        stacklevel=stacklevel + 1,
         sample_stats={"accept": out.accept, "accepted": out.accepted, "log_weight": out.log_weight},
         observed_data=checked[0],
         attrs=attrs,

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from pymc_ext.amortized.target_base import Simulations, chunk_sizes, flat_parameter_names
-from pymc_ext.pymc_adapter.prior import PriorPredictiveSampler, root_rvs
+from pymc_ext.pymc_adapter.prior import PriorPredictiveSampler
 
 __all__ = ["PyMCTarget", "SizedPriorPredictive", "pymc_fingerprint", "rebuild_graph"]
 
@@ -42,40 +42,26 @@ def rebuild_graph(outputs: list, replacements: dict) -> list:
 class SizedPriorPredictive(PriorPredictiveSampler):
     """Vectorised prior-predictive sampler that also handles RVs with a symbolic size.
 
-    Same construction as :func:`pymc_ext.prior_predictive` (root RVs get a
-    leading axis ``n``, the rest of the graph is vectorised), plus one fix:
-    the size inputs of non-root RVs (such as ``shape=x.shape``) are kept as
-    they are while vectorising, so PyTensor extends them by the new batch axis
-    instead of failing with "Size length is incompatible with batched
-    dimensions". Used only when :func:`pymc_ext.prior_predictive` fails.
-    Drawing (``__call__``) is the parent's.
+    Kept for compatibility: :class:`~pymc_ext.pymc_adapter.prior.PriorPredictiveSampler`
+    now gives every non-root RV with a size (``shape=x.shape``, ``dims=``, a
+    constant first parameter such as ``pm.Binomial("y", n=20, p=p)``) the
+    size ``(n, *size)`` explicitly (:func:`~pymc_ext.pymc_adapter.prior.vectorize_prior`).
+
+    Examples
+    --------
+    >>> import numpy as np, pymc as pm
+    >>> from pymc_ext.amortized.pymc_target import SizedPriorPredictive
+    >>> with pm.Model() as m:
+    ...     x = pm.Data("x", np.zeros(4))
+    ...     p = pm.Beta("p", 2, 2)
+    ...     y = pm.Binomial("y", n=20, p=p, observed=np.zeros(4, dtype=int), shape=x.shape)
+    >>> free, obs = SizedPriorPredictive(m, ["y"])(3, np.random.default_rng(0))
+    >>> obs["y"].shape
+    (3, 4)
     """
 
     def __init__(self, model: Any, observed: Sequence[str]) -> None:
-        import pytensor.tensor as pt
-        from pymc.distributions.shape_utils import change_dist_size
-        from pymc.pytensorf import compile as pm_compile
-        from pytensor.graph.replace import vectorize_graph
-        from pytensor.tensor.type_other import NoneTypeT
-
-        self.model = model
-        self.observed = list(observed)
-        free = list(model.free_RVs)
-        outs = free + [model[o] for o in self.observed]
-        all_rvs = set(model.free_RVs) | set(model.observed_RVs)
-        n = pt.iscalar("n")
-        replace: dict = {}
-        roots = root_rvs(outs, all_rvs)
-        for rv in outs:
-            size = rv.owner.op.size_param(rv.owner)
-            if rv in roots:
-                replace[rv] = change_dist_size(rv, new_size=(n,), expand=True)
-            elif not isinstance(size.type, NoneTypeT):
-                replace[size] = size
-        vectorized = vectorize_graph(outs, replace=replace)
-        self.free_names = [rv.name for rv in free]
-        with model:
-            self.fn = pm_compile([n], vectorized, random_seed=False)
+        super().__init__(model, observed)
 
 
 class PyMCTarget:
@@ -177,6 +163,15 @@ class PyMCTarget:
         """Observed names, then covariate names."""
         return self.observed + self.covariates
 
+    def data_variables(self) -> list[Any]:
+        """The model's variables that hold the data, in the order of :meth:`data_names`.
+
+        The observed variables' values, then the covariates' ``pm.Data``.
+        """
+        return [self._obs_value_var(n) for n in self.observed] + [
+            self.model[n] for n in self.covariates
+        ]
+
     # -- data ---------------------------------------------------------------------------------
     def _obs_value_var(self, name: str) -> Any:
         return self.model.rvs_to_values[self.model[name]]
@@ -257,16 +252,13 @@ class PyMCTarget:
             shape = self.value_shapes[v.name]
             replace[v] = theta[density.slices[v.name]].reshape(shape).astype(v.dtype)
         data_inputs = []
-        data_vars = [self._obs_value_var(n) for n in self.observed]
-        data_vars += [model[n] for n in self.covariates]
-        for name, var in zip(self.data_names(), data_vars, strict=True):
+        for name, var in zip(self.data_names(), self.data_variables(), strict=True):
             inp = pt.tensor(f"{name}_data", dtype=var.dtype, shape=(None,) * var.ndim)
             replace[var] = inp
             data_inputs.append(inp)
         [logp] = rebuild_graph([model.logp(jacobian=True, sum=True)], replace)
         Theta = pt.matrix("Theta")
         logp_vec = vectorize_graph(logp, {theta: Theta})
-        self._data_dtypes = [inp.dtype for inp in data_inputs]
         with model:
             self._logp_fn = pm_compile(
                 [Theta, *data_inputs], logp_vec, random_seed=False, on_unused_input="ignore"
@@ -345,10 +337,46 @@ class PyMCTarget:
             for idx in groups.values()
         ]
 
+    def check_values(self, data: Mapping[str, Any], where: str = "data") -> None:
+        """Raise :class:`~pymc_ext.amortized.layout.DataShapeError` for values the model cannot take.
+
+        Integer data (a discrete likelihood's observed values, an integer
+        ``pm.Data``) must hold whole numbers: they are never rounded.
+
+        Examples
+        --------
+        >>> import numpy as np, pymc as pm
+        >>> from pymc_ext.amortized.targets import PyMCTarget
+        >>> with pm.Model() as model:
+        ...     y = pm.Poisson("y", pm.Exponential("lam", 1), observed=np.ones(3, dtype=int))
+        >>> PyMCTarget(model).check_values({"y": np.array([1.0, 2.5, 0.0])})
+        Traceback (most recent call last):
+        ...
+        pymc_ext.amortized.layout.DataShapeError: data['y'] has non-integer values (e.g. 2.5), but the model's 'y' takes integers (int64; a discrete likelihood). Give whole numbers: they are not rounded.
+        """  # noqa: E501
+        from pymc_ext.amortized.layout import DataShapeError
+
+        for name, var in zip(self.data_names(), self.data_variables(), strict=True):
+            if name not in data or not np.issubdtype(np.dtype(var.dtype), np.integer):
+                continue
+            arr = np.asarray(data[name])
+            if np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool:
+                continue
+            arr = arr.astype(float)
+            bad = arr[np.isfinite(arr) & (arr != np.round(arr))]
+            if bad.size:
+                raise DataShapeError(
+                    f"{where}[{name!r}] has non-integer values (e.g. {bad.ravel()[0]:g}), but "
+                    f"the model's {name!r} takes integers ({var.dtype}; a discrete likelihood). "
+                    "Give whole numbers: they are not rounded."
+                )
+
     def _data_args(self, data: Mapping[str, np.ndarray], batched: bool = False) -> list:
+        self.check_values(data)
         args = []
-        for name, dtype in zip(self.data_names(), self._data_dtypes, strict=True):
-            args.append(np.ascontiguousarray(np.asarray(data[name]).astype(dtype)))
+        for name, var in zip(self.data_names(), self.data_variables(), strict=True):
+            # np.ascontiguousarray would make a scalar (0-d) observed value 1-d
+            args.append(np.array(data[name], dtype=var.dtype, order="C"))
         return args
 
     def joint_logp(self, theta: np.ndarray, data: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -356,8 +384,9 @@ class PyMCTarget:
         if self._logp_fn is None:
             self._build_logp()
         theta = np.ascontiguousarray(np.atleast_2d(np.asarray(theta, dtype=float)))
+        args = self._data_args(data)  # a DataShapeError of its own for non-integer counts
         try:
-            out = self._logp_fn(theta, *self._data_args(data))
+            out = self._logp_fn(theta, *args)
         except (AssertionError, ValueError) as err:
             raise ValueError(
                 f"The model's log density could not be evaluated at data of this shape "

@@ -25,6 +25,12 @@ from pymc_ext.amortized.results import AmortizerMismatchError
 __all__ = ["ModelRecipe", "recipe_for", "saved_bytes"]
 
 
+#: How the model function is called (in the errors about it).
+BUILDER_SIGNATURE = (
+    "The model function is called with ONE argument, a dict name -> array of the data"
+)
+
+
 @dataclass(frozen=True)
 class ModelRecipe:
     """How a worker rebuilds the amortizer's model, without any live object.
@@ -60,13 +66,42 @@ class ModelRecipe:
     device: str = "cpu"
 
     def model(self) -> Any:
-        """The training model, rebuilt."""
+        """The training model, rebuilt: ``build(data)``, ``data`` one dict ``name -> array``.
+
+        Raises
+        ------
+        TypeError
+            ``build`` failed when called with the data dict; the message says
+            the signature it needs (``build(data)``, not ``build(y)``).
+
+        Examples
+        --------
+        >>> import numpy as np, pymc as pm
+        >>> from pymc_ext.amortized.recipe import ModelRecipe
+        >>> def build(y):                       # takes the array, not the data dict
+        ...     with pm.Model() as m:
+        ...         pm.Normal("y", pm.Normal("mu"), 1, observed=np.asarray(y, dtype=float))
+        ...     return m
+        >>> ModelRecipe(build, {"y": np.zeros(3)}, None, ["y"]).model()
+        Traceback (most recent call last):
+        ...
+        TypeError: model_builder(data) failed (...). The model function is called with ONE argument, a dict name -> array of the data (keys ['y']): write it as `def build(data): ... data['y'] ...`, or pass model_builder=lambda data: build(data['y']).
+        """  # noqa: E501
         if self.build is None:
             from stan_bridge import StanModel
 
             return StanModel(**self.stan)
         # arrays unpickled from the scheduler can be unaligned views, which PyTensor refuses
-        return self.build({k: np.array(v, copy=True) for k, v in self.data.items()})
+        data = {k: np.array(v, copy=True) for k, v in self.data.items()}
+        try:
+            return self.build(data)
+        except Exception as err:
+            names = list(data)
+            raise TypeError(
+                f"model_builder(data) failed ({type(err).__name__}: {err}). {BUILDER_SIGNATURE} "
+                f"(keys {names}): write it as `def build(data): ... data[{names[0]!r}] ...`, "
+                f"or pass model_builder=lambda data: build(data[{names[0]!r}])."
+            ) from err
 
     def target_kwargs(self) -> dict[str, Any]:
         """``make_target`` keywords (only the ones that apply)."""
@@ -183,7 +218,8 @@ def _check_recipe(amortizer: Any, recipe: ModelRecipe) -> None:
     if diffs:
         raise AmortizerMismatchError(
             "model_builder builds a model other than the amortizer's: " + "; ".join(diffs)
-            + ". Pass the function that built the training model."
+            + ". Pass the function that built the training model. "
+            + BUILDER_SIGNATURE + f" (keys {list(recipe.data)})."
         )
 
 

@@ -77,10 +77,15 @@ def prepare(
     >>> len(checked), ctx.shape[0]
     (2, 2)
     """
-    checked = [
-        amortizer.layout.check(d, where=f"datasets[{i}]" if len(datasets) > 1 else "data")
-        for i, d in enumerate(datasets)
-    ]
+    if len(datasets) == 0:
+        raise ValueError("datasets is empty: give at least one dataset (a dict name -> array).")
+    check_values = getattr(amortizer.target, "check_values", None)
+    checked = []
+    for i, d in enumerate(datasets):
+        where = f"datasets[{i}]" if len(datasets) > 1 else "data"
+        checked.append(amortizer.layout.check(d, where=where))
+        if check_values is not None:
+            check_values(d, where=where)
     values, lengths = amortizer.layout.raw(checked)
     ctx = contexts_no_grad(
         amortizer.summary_net, amortizer.layout, values, lengths, amortizer.device,
@@ -392,8 +397,14 @@ def many_to_datatree(
     stats: dict[str, np.ndarray],
     diag: dict[str, np.ndarray],
     correct: str | None,
+    values: Mapping[str, np.ndarray] | None = None,
 ) -> Any:
     """``sample_many``'s DataTree: dims ``(dataset, draw, ...)``, diagnostics per dataset.
+
+    ``values``: the posterior's variables ``name -> (dataset, draw, ...)``,
+    Deterministics computed at each dataset's data
+    (:func:`~pymc_ext.amortized.deterministics.posterior_values`); by default
+    the free variables and Deterministics constrained with the model's own data.
 
     Examples
     --------
@@ -408,11 +419,18 @@ def many_to_datatree(
     """
     import xarray as xr
 
-    from pymc_ext.pymc_adapter.datatree import to_datatree
+    from pymc_ext.amortized.deterministics import datatree_at
 
-    dt = to_datatree(
-        amortizer.density,
+    if values is None:
+        flat = amortizer.density.constrain_batch(theta.reshape(-1, theta.shape[-1]))
+        values = {
+            k: np.asarray(v).reshape(*theta.shape[:2], *np.shape(v)[1:]) for k, v in flat.items()
+        }
+    dt = datatree_at(
+        amortizer,
         theta,
+        None,
+        values=values,
         sample_stats=stats,
         observed_data={},
         attrs={"inference_library": "pymc_ext.Amortizer", "correct": str(correct)},

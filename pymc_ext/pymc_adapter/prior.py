@@ -24,7 +24,7 @@ from pymc_ext.pymc_adapter.logdensity import (
     structure_key,
 )
 
-__all__ = ["prior_predictive", "PriorPredictiveSampler", "root_rvs"]
+__all__ = ["prior_predictive", "PriorPredictiveSampler", "root_rvs", "vectorize_prior"]
 
 
 def root_rvs(rvs: Sequence[pt.TensorVariable], all_rvs: set) -> list:
@@ -62,6 +62,81 @@ def root_rvs(rvs: Sequence[pt.TensorVariable], all_rvs: set) -> list:
     return roots
 
 
+def vectorize_prior(outs: Sequence[pt.TensorVariable], all_rvs: set, n: pt.TensorVariable) -> list:
+    """The graph of ``outs`` (model RVs) with a leading axis of size ``n`` on every RV.
+
+    Root RVs get the new axis from their size (``change_dist_size``); the rest
+    of the graph is vectorised over it. A non-root RV with an explicit size
+    (``shape=``, ``dims=`` or the shape of its observed data) gets the size
+    ``(n, *size)`` explicitly: PyTensor would widen it only by the batch
+    dimensions of its *first* parameter, and fail ("Size length is
+    incompatible with batched dimensions") where that is a constant, as in
+    ``pm.Binomial("y", n=20, p=p, observed=y)`` or ``pm.StudentT("y", nu=4,
+    mu=mu, sigma=s, observed=y)``.
+
+    Parameters
+    ----------
+    outs : sequence of TensorVariable
+        The model RVs to draw.
+    all_rvs : set
+        Every random variable of the model (free and observed).
+    n : TensorVariable
+        The integer scalar number of draws.
+
+    Returns
+    -------
+    list
+        ``outs`` vectorised, in order.
+
+    Examples
+    --------
+    >>> import numpy as np, pymc as pm, pytensor.tensor as pt
+    >>> from pymc_ext.pymc_adapter.prior import vectorize_prior
+    >>> with pm.Model() as m:
+    ...     p = pm.Beta("p", 2, 2)
+    ...     y = pm.Binomial("y", n=20, p=p, observed=np.full(6, 8))
+    >>> n = pt.iscalar("n")
+    >>> p_n, y_n = vectorize_prior([p, y], {p, y}, n)
+    >>> y_n.eval({n: 4}).shape
+    (4, 6)
+    """
+    from pymc.distributions.shape_utils import change_dist_size
+    from pytensor.graph.traversal import graph_inputs, io_toposort
+    from pytensor.tensor.random.op import RandomVariable
+    from pytensor.tensor.type_other import NoneTypeT
+
+    outs = list(outs)
+    roots = root_rvs(outs, all_rvs)
+    # each sized non-root RV gets its own placeholder size, replaced by (n, *size) below
+    memo: dict = {}
+    sizes: dict = {}
+    for node in io_toposort(list(graph_inputs(outs)), outs):
+        new_inputs = [memo.get(i, i) for i in node.inputs]
+        rv_out = next((o for o in node.outputs if o in all_rvs), None)
+        if isinstance(node.op, RandomVariable) and rv_out is not None and rv_out not in roots:
+            size = node.op.size_param(node)
+            if not isinstance(size.type, NoneTypeT) and size.type.ndim == 1 and (
+                size.type.shape[0] is not None
+            ):
+                placeholder = pt.tensor(
+                    f"{rv_out.name}_size", dtype=size.dtype, shape=size.type.shape
+                )
+                sizes[placeholder] = pt.concatenate(
+                    [pt.as_tensor([n]).astype(size.dtype), memo.get(size, size)]
+                )
+                new_inputs[node.inputs.index(size)] = placeholder
+        if all(a is b for a, b in zip(new_inputs, node.inputs, strict=True)):
+            continue
+        new_node = node.clone_with_new_inputs(new_inputs, strict=False)
+        memo.update(zip(node.outputs, new_node.outputs, strict=True))
+    rebuilt = [memo.get(o, o) for o in outs]
+    replace = dict(sizes)
+    for rv, new in zip(outs, rebuilt, strict=True):
+        if rv in roots:
+            replace[new] = change_dist_size(new, new_size=(n,), expand=True)
+    return list(vectorize_graph(rebuilt, replace=replace))
+
+
 class PriorPredictiveSampler:
     """Compiled, vectorised sampler of (free RVs, observed RVs) from the prior.
 
@@ -88,18 +163,13 @@ class PriorPredictiveSampler:
     """
 
     def __init__(self, model: pm.Model, observed: Sequence[str]) -> None:
-        from pymc.distributions.shape_utils import change_dist_size
-
         self.model = model
         self.observed = list(observed)
         obs_rvs = [model[name] for name in self.observed]
         free = list(model.free_RVs)
         all_rvs = set(model.free_RVs) | set(model.observed_RVs)
         self.n = pt.iscalar("n")
-        replace = {}
-        for rv in root_rvs(free + obs_rvs, all_rvs):
-            replace[rv] = change_dist_size(rv, new_size=(self.n,), expand=True)
-        outs = vectorize_graph(free + obs_rvs, replace=replace)
+        outs = vectorize_prior(free + obs_rvs, all_rvs, self.n)
         self.free_names = [rv.name for rv in free]
         with model:
             self.fn = pm_compile([self.n], outs, random_seed=False)
