@@ -286,6 +286,8 @@ class CmdStanModel(FlowAndAmortizedMethods, BuiltOnce, cmdstanpy.CmdStanModel):
         if warmstart == "flow":
             return self._sample_flow_warm(data, args, kwargs, warmstart_options)
         metric = _check_warmstart_call(warmstart, args, kwargs)
+        from stan_bridge.wrapper_methods import cmdstan_iter_warmup
+
         inits_files, metric_file, result, t0 = self._run_pathfinder(
             data, kwargs, dict(warmstart_options or {}), metric
         )
@@ -299,7 +301,7 @@ class CmdStanModel(FlowAndAmortizedMethods, BuiltOnce, cmdstanpy.CmdStanModel):
         fit.warmstart = WarmStartInfo.from_result(
             result,
             metric=plan.metric,
-            iter_warmup=int(fit.num_draws_warmup),
+            iter_warmup=cmdstan_iter_warmup(fit),  # CmdStan's, not the thinned draws
             inits_files=inits_files,
             metric_file=metric_file,
             seconds=seconds,

@@ -86,6 +86,25 @@ def _with_generated_quantities(
     return dt
 
 
+def _exact_lp(dt: xr.DataTree, stan_model: Any, x: np.ndarray) -> None:
+    """``sample_stats.lp`` recomputed by the program in float64 at the draws (``lp__``).
+
+    The flow MCMC's own record of the log density can carry the float32
+    precision of the flow's proposals; ``lp__`` is Stan's log density
+    (Jacobian, no constants) at each draw, as in CmdStan's output.
+    """
+    stats = dt["sample_stats"].to_dataset()
+    if "lp" not in stats:
+        return
+    n_chains, n_draws, dim = x.shape
+    try:
+        lp = stan_model._logp_batch(x.reshape(-1, dim))
+    except RuntimeError:  # the program throws at a draw: keep the sampler's record
+        return
+    stats["lp"] = (stats["lp"].dims, lp.reshape(stats["lp"].shape))
+    dt["sample_stats"] = xr.DataTree(stats)
+
+
 def flow_fit_from_datatree(
     stan_model: Any, dt: xr.DataTree, *, gq_seed: int, seconds: dict[str, float] | None = None
 ) -> StanFlowFit:
@@ -134,6 +153,7 @@ def flow_fit_from_datatree(
         for c in range(n_chains)
     ])
     dt = _with_generated_quantities(dt, stan_model, flat)
+    _exact_lp(dt, stan_model, x)
     stats = dt["sample_stats"]
     method = np.stack(
         [np.asarray(stats[key].values, dtype=float) for key in METHOD_COLUMNS.values()], axis=-1
@@ -231,6 +251,68 @@ class StanFlowFit:
     def num_draws_warmup(self) -> int:
         """0: flow MCMC keeps no warmup draws (its adaptation is in ``figures``)."""
         return 0
+
+    @property
+    def metadata(self) -> Any:
+        """The run's configuration and columns, as cmdstanpy's ``InferenceMetadata``.
+
+        ``metadata.cmdstan_config`` holds CmdStan's keys where they apply:
+        ``method`` (``"sample"``), ``algorithm`` (``"flow_mcmc"``: not NUTS,
+        so there are no ``stepsize``, ``metric`` or ``max_depth`` keys),
+        ``num_samples`` (draws per chain), ``num_chains``, ``num_warmup``
+        (flow MCMC's adaptation rounds; no warmup draws are kept),
+        ``save_warmup`` (0), ``thin`` (1), ``seed`` (of the generated
+        quantities and the run), ``model``, the Stan version,
+        ``column_names`` and ``raw_header``; ``metadata.stan_vars`` and
+        ``metadata.method_vars`` map the names to their columns, as for a
+        ``CmdStanMCMC``.
+
+        Examples
+        --------
+        >>> from stan_bridge import CmdStanModel
+        >>> from stan_bridge.programs import reference_data, write_program
+        >>> model = CmdStanModel(stan_file=write_program("eight_schools"))
+        >>> fit = model.flow_sample(data=reference_data("eight_schools"), chains=8,
+        ...                         iter_sampling=20, seed=1, show_progress=False, n_rounds=1,
+        ...                         search_climbs=0, num_paths=4, fit="forward",
+        ...                         first_train_steps=100)
+        >>> config = fit.metadata.cmdstan_config
+        >>> config["method"], config["num_samples"], config["num_chains"], config["seed"]
+        ('sample', 20, 8, 1)
+        >>> fit.metadata.stan_vars["theta"].dimensions
+        (8,)
+        """
+        from cmdstanpy.stanfit.metadata import InferenceMetadata
+
+        from stan_bridge.stan_csv import csv_column_name
+
+        version = [int(p) for p in str(self.stan_model.toolchain.stan_version).split(".")[:3]]
+        major, minor, patch = (version + [0, 0, 0])[:3]
+        divergent = self._draws[:, :, self._columns.index("divergent__")]
+        config: dict[str, Any] = {
+            "stan_version_major": major,
+            "stan_version_minor": minor,
+            "stan_version_patch": patch,
+            "model": f"{self.stan_model.model_name}_model",
+            "method": "sample",
+            "algorithm": "flow_mcmc",
+            "num_samples": self.num_draws_sampling,
+            "num_warmup": len(self.figures.get("global_acceptance_per_round", [])),
+            "save_warmup": 0,
+            "thin": 1,
+            "num_chains": self.chains,
+            "id": 1,
+            "seed": self.seed,
+            "draws_warmup": 0,
+            "draws_sampling": self.num_draws_sampling,
+            "ct_divergences": int(np.nansum(divergent)),
+            "column_names": self._columns,
+            "raw_header": ",".join(csv_column_name(c) for c in self._columns),
+        }
+        if self.seconds:
+            config["time"] = {k.lower().replace("-", ""): float(v)
+                              for k, v in self.seconds.items()}
+        return InferenceMetadata(config)
 
     @property
     def stan_vars(self) -> list[str]:

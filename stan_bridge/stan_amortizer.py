@@ -15,20 +15,93 @@ what it adds is the Stan user's view of a dataset:
   :class:`StanAmortizerDataError` naming it, instead of being silently
   answered for the training values;
 - ``seed=`` is accepted for ``random_seed=`` and ``show_progress=`` for
-  ``progressbar=`` (cmdstanpy's names).
+  ``progressbar=`` (cmdstanpy's names);
+- data given for an ``int`` data variable are checked as ``StanModel`` checks
+  them: non-integer values raise :class:`stan_bridge.data.StanDataError`
+  (they are never rounded);
+- the posteriors of ``sample``, ``sample_many`` and ``fit_many`` hold the
+  program's transformed parameters and generated quantities, as a
+  ``CmdStanMCMC`` does, computed by the compiled program with *each
+  dataset's* data (:mod:`stan_bridge.program_values`). The generated
+  quantities use Stan's RNG: for ``sample(data, seed=s)`` seeded with
+  ``(s, chain)`` for chain 1, 2, ... (as CmdStan seeds its chains); for
+  ``sample_many`` and ``fit_many``, dataset ``i`` gets its own seed, spawned
+  from ``s`` (``numpy.random.SeedSequence(s).spawn``), with chain ids from 1.
+  Without a seed, a random one;
+- the warnings give Stan advice (``correct="mh"`` / ``"psis"``,
+  ``CmdStanModel.sample``) in place of PyMC's (:func:`stan_advice`).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from pymc_ext.amortized.core import Amortizer
+from stan_bridge.data import check_data
+from stan_bridge.program_values import with_program_values
 from stan_bridge.wrapper_methods import WarningsAtCaller
 
-__all__ = ["StanAmortizer", "StanAmortizerDataError"]
+__all__ = ["StanAmortizer", "StanAmortizerDataError", "stan_advice"]
+
+#: PyMC advice in the amortizer's warnings, and what a Stan user does instead (in order).
+_STAN_ADVICE = (
+    ("pm.sample (NUTS), or with pm.sample(step=pymc_ext.AmortizedMH(amortizer))",
+     'CmdStanModel.sample(data=...) (NUTS), or with amortizer.sample(data, correct="mh")'),
+    ("pymc_ext.AmortizedMH or pm.sample",
+     'amortizer.sample(data, correct="mh") or CmdStanModel.sample(data=...)'),
+    ("NUTS (pm.sample)", "NUTS (CmdStanModel.sample)"),
+    ("pm.sample(step=pymc_ext.AmortizedMH(amortizer))", 'amortizer.sample(data, correct="mh")'),
+    ("pymc_ext.AmortizedMH", 'correct="mh"'),
+    ("pm.sample", "CmdStanModel.sample"),
+)
+
+
+def stan_advice(text: str) -> str:
+    """A warning of the amortizer with its PyMC advice replaced by Stan advice.
+
+    Parameters
+    ----------
+    text : str
+        The message of a :mod:`pymc_ext.amortized` warning.
+
+    Returns
+    -------
+    str
+        The message, ``pm.sample`` turned into ``CmdStanModel.sample`` and
+        ``pymc_ext.AmortizedMH`` into ``amortizer.sample(data, correct="mh")``.
+
+    Examples
+    --------
+    >>> from stan_bridge.stan_amortizer import stan_advice
+    >>> stan_advice("Sample those with pymc_ext.AmortizedMH or pm.sample.")
+    'Sample those with amortizer.sample(data, correct="mh") or CmdStanModel.sample(data=...).'
+    """
+    for old, new in _STAN_ADVICE:
+        text = text.replace(old, new)
+    return text
+
+
+def _argument(method: Any, name: str, args: tuple, kwargs: Mapping[str, Any]) -> Any:
+    """The value ``name`` takes in the call ``method(*args, **kwargs)`` (None: not given)."""
+    try:
+        return inspect.signature(method).bind(*args, **kwargs).arguments.get(name)
+    except TypeError:  # the call itself fails, with its own error
+        return None
+
+
+def _gq_seed(random_seed: Any) -> int:
+    """Stan's RNG seed of the generated quantities for the sampler's ``random_seed``."""
+    if isinstance(random_seed, (int, np.integer)) and not isinstance(random_seed, bool):
+        return int(random_seed) % 2**32
+    return int(np.random.default_rng(random_seed).integers(2**31))
+
+
+def _spawned(seed: int, n: int) -> list[int]:
+    return [int(s.generate_state(1)[0] % 2**31) for s in np.random.SeedSequence(seed).spawn(n)]
 
 
 class StanAmortizerDataError(ValueError):
@@ -124,7 +197,36 @@ class StanAmortizer(Amortizer):
                     "other input is fixed at training. Give the training value, or train an "
                     "amortizer for these inputs: CmdStanModel.amortize(data=...)."
                 )
-        return {name: data[name] for name in observed if name in data}
+        given = {name: data[name] for name in observed if name in data}
+        inputs = self.density.info.get("inputs", {})
+        # as StanModel checks data: int data must be whole numbers, dims must match
+        arrays = check_data({**fixed, **given}, inputs) if inputs else given
+        return {name: arrays[name] for name in given}
+
+    def _at(self, data: Mapping[str, Any] | None) -> Any:
+        """The StanModel at a checked dataset (None: the training data)."""
+        return self.density if data is None else self.target.conditioned(data)
+
+    def _with_outputs(self, post: Any, models: list, seeds: list[int], chain_ids: list[int],
+                      one_dataset: bool = False) -> Any:
+        """``post`` (a DataTree, or the :class:`~pymc_ext.amortized.AmortizedDraws` of
+        ``return_inferencedata=False``) with the program's transformed parameters and
+        generated quantities, row ``a`` of the leading dim computed at ``models[a]``'s data."""
+        import xarray as xr
+
+        if isinstance(post, xr.DataTree):
+            ds = with_program_values(post["posterior"].to_dataset(), models, seeds,
+                                     chain_ids=chain_ids, stacklevel=3)
+            post["posterior"] = xr.DataTree(ds)
+            return post
+        # AmortizedDraws: name -> (draws, ...) for one dataset, (dataset, draws, ...) for many
+        values = {k: np.asarray(v)[None] if one_dataset else np.asarray(v)
+                  for k, v in post.posterior.items()}
+        ds = xr.Dataset({k: (("lead", "draw", *(f"{k}_dim_{i}" for i in range(v.ndim - 2))), v)
+                         for k, v in values.items()})
+        ds = with_program_values(ds, models, seeds, chain_ids=chain_ids, stacklevel=3)
+        out = {k: ds[k].values[0] if one_dataset else ds[k].values for k in ds.data_vars}
+        return post._replace(posterior=out)
 
     def _datasets(self, datasets: Sequence[Mapping[str, Any]]) -> list[dict]:
         if isinstance(datasets, Mapping):
@@ -135,30 +237,56 @@ class StanAmortizer(Amortizer):
                **kwargs: Any) -> Any:
         """:meth:`pymc_ext.Amortizer.sample` on a Stan data dict (``seed`` for ``random_seed``)."""
         data = self.stan_dataset(data)
-        with WarningsAtCaller():
-            return super().sample(data, *args, **_cmdstanpy_names(kwargs, seed))
+        kwargs = _cmdstanpy_names(kwargs, seed)
+        random_seed = _argument(super().sample, "random_seed", (data, *args), kwargs)
+        with WarningsAtCaller(rewrite=stan_advice):
+            out = super().sample(data, *args, **kwargs)
+            chains = _chains(out)
+            model, base = self._at(data), _gq_seed(random_seed)
+            return self._with_outputs(out, [model] * chains, [base] * chains,
+                                      list(range(1, chains + 1)), one_dataset=True)
 
     def sample_many(self, datasets: Sequence[Mapping[str, Any]], *args: Any,
                     seed: int | None = None, **kwargs: Any) -> Any:
         """:meth:`pymc_ext.Amortizer.sample_many` on Stan data dicts."""
         datasets = self._datasets(datasets)
-        with WarningsAtCaller():
-            return super().sample_many(datasets, *args, **_cmdstanpy_names(kwargs, seed))
+        kwargs = _cmdstanpy_names(kwargs, seed)
+        random_seed = _argument(super().sample_many, "random_seed", (datasets, *args), kwargs)
+        with WarningsAtCaller(rewrite=stan_advice):
+            out = super().sample_many(datasets, *args, **kwargs)
+            seeds = _spawned(_gq_seed(random_seed), len(datasets))
+            models = [self._at(d) for d in datasets]
+            return self._with_outputs(out, models, seeds, [1] * len(datasets))
 
     def fit_many(self, datasets: Sequence[Mapping[str, Any]], *args: Any,
                  seed: int | None = None, show_progress: bool | None = None,
                  **kwargs: Any) -> Any:
         """:meth:`pymc_ext.Amortizer.fit_many` on Stan data dicts."""
         datasets = self._datasets(datasets)
-        with WarningsAtCaller():
-            return super().fit_many(datasets, *args,
-                                    **_cmdstanpy_names(kwargs, seed, show_progress))
+        kwargs = _cmdstanpy_names(kwargs, seed, show_progress)
+        random_seed = _argument(super().fit_many, "random_seed", (datasets, *args), kwargs)
+        with WarningsAtCaller(rewrite=stan_advice):
+            out = super().fit_many(datasets, *args, **kwargs)
+            seeds = _spawned(_gq_seed(random_seed), len(datasets))
+            for i, (dt, data) in enumerate(zip(out.posteriors, datasets, strict=True)):
+                chains = int(dt["posterior"].sizes["chain"])
+                out.posteriors[i] = self._with_outputs(
+                    dt, [self._at(data)] * chains, [seeds[i]] * chains,
+                    list(range(1, chains + 1)))
+            return out
 
     def log_q(self, theta: np.ndarray, data: Mapping[str, Any] | None = None) -> np.ndarray:
         """:meth:`pymc_ext.Amortizer.log_q` at a Stan data dict."""
         data = self.stan_dataset(data)
-        with WarningsAtCaller():
+        with WarningsAtCaller(rewrite=stan_advice):
             return super().log_q(theta, data)
+
+
+def _chains(out: Any) -> int:
+    """Chains of ``sample``'s result (1 for its plain-array form)."""
+    import xarray as xr
+
+    return int(out["posterior"].sizes["chain"]) if isinstance(out, xr.DataTree) else 1
 
 
 def _show(value: Any) -> str:

@@ -25,7 +25,7 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,7 @@ __all__ = [
     "amortize",
     "check_flow_warmstart_options",
     "check_seed",
+    "cmdstan_iter_warmup",
     "flow_options",
     "flow_sample",
     "flow_warmstart",
@@ -69,7 +70,9 @@ class WarningsAtCaller:
     The samplers behind the wrapper point their warnings at their own
     caller, which is a stan_bridge function; this re-issues each one
     ``depth`` frames above the function holding the ``with`` block (1: that
-    function's caller), under the user's warning filters.
+    function's caller), under the user's warning filters. ``rewrite``
+    (``text -> text``), when given, rewrites each message first (the Stan
+    amortizer turns PyMC advice into Stan advice with it).
 
     Examples
     --------
@@ -85,8 +88,9 @@ class WarningsAtCaller:
     True
     """
 
-    def __init__(self, depth: int = 1) -> None:
+    def __init__(self, depth: int = 1, rewrite: Callable[[str], str] | None = None) -> None:
         self.depth = int(depth)
+        self.rewrite = rewrite
         self._catcher = warnings.catch_warnings(record=True)
 
     def __enter__(self) -> WarningsAtCaller:
@@ -98,7 +102,15 @@ class WarningsAtCaller:
         self._catcher.__exit__(*exc)
         if exc[0] is None:
             for w in self._caught:
-                warnings.warn(w.message, w.category, stacklevel=2 + self.depth)
+                message = w.message
+                if self.rewrite is not None:
+                    text = self.rewrite(str(message))
+                    if text != str(message):
+                        try:
+                            message = w.category(text)
+                        except TypeError:  # a category that takes other arguments: as it was
+                            pass
+                warnings.warn(message, w.category, stacklevel=2 + self.depth)
 
 
 def check_flow_warmstart_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -340,6 +352,39 @@ def flow_warmstart(
     return inits_files, metric_file, info
 
 
+def cmdstan_iter_warmup(fit: Any) -> int:
+    """The warmup iterations CmdStan ran in each chain of ``fit``.
+
+    Not cmdstanpy's ``num_draws_warmup``: that is the number of warmup
+    *draws* per chain, thinned (``ceil(iter_warmup / thin)``). This is
+    ``num_warmup`` of the run's config (``fit.metadata.cmdstan_config``);
+    without it (an object that is not a ``CmdStanMCMC``), ``num_draws_warmup``
+    times ``thin``.
+
+    Parameters
+    ----------
+    fit : cmdstanpy.CmdStanMCMC
+
+    Returns
+    -------
+    int
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> from stan_bridge.wrapper_methods import cmdstan_iter_warmup
+    >>> fit = SimpleNamespace(metadata=SimpleNamespace(
+    ...     cmdstan_config={"num_warmup": 19, "thin": 2}), num_draws_warmup=10)
+    >>> cmdstan_iter_warmup(fit)
+    19
+    """
+    metadata = getattr(fit, "metadata", None)
+    config = getattr(metadata, "cmdstan_config", None) or {}
+    if config.get("num_warmup") is not None:
+        return int(config["num_warmup"])
+    return int(fit.num_draws_warmup) * int(config.get("thin", getattr(fit, "thin", 1)) or 1)
+
+
 def flow_warmstart_record(
     info: Any,
     plan: Any,
@@ -378,7 +423,7 @@ def flow_warmstart_record(
     return dataclasses.replace(
         info,
         plan=plan,
-        iter_warmup=int(fit.num_draws_warmup),
+        iter_warmup=cmdstan_iter_warmup(fit),
         warmup="given" if given else plan.warmup,
         fallback=bool(plan.fallback),
         metric_reason=plan.reason + ("; iter_warmup given by the caller" if given else ""),

@@ -251,3 +251,15 @@ def test_fallbacks_when_pathfinder_is_poor(toy):
     assert ws.plan.choice.pareto_k <= 0.7 and ws.warmup == "fallback"
     assert ws.metric_mismatch > 2.0 and ws.discarded_leapfrogs > 0
     assert "did not fit the chains" in ws.metric_reason and ws.iter_warmup == 1000
+
+
+def test_warmstart_iter_warmup_is_cmdstans_with_thin(eight_schools):
+    """fit.warmstart.iter_warmup is the warmup CmdStan ran, not the thinned warmup draws."""
+    fit = eight_schools.sample(
+        data=reference_data("eight_schools"), warmstart="pathfinder", chains=2, seed=3, thin=2,
+        save_warmup=True, iter_sampling=100, show_progress=False,
+    )
+    ws = fit.warmstart
+    assert ws.iter_warmup == fit.metadata.cmdstan_config["num_warmup"]
+    assert fit.num_draws_warmup == -(-ws.iter_warmup // 2)  # cmdstanpy's: thinned
+    assert ws.iter_warmup == {"keep": 19, "adapt": 200, "fallback": 1000}[ws.warmup]

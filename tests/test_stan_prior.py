@@ -131,3 +131,21 @@ def test_nuts_on_a_correlated_gaussian():
     assert np.abs(flat.mean(0) / np.sqrt(np.diag(cov))).max() < 0.15
     np.testing.assert_allclose(np.cov(flat.T), cov, rtol=0.15, atol=0.1)
     assert st["diverging"].sum() == 0
+
+
+def test_amortizer_refuses_non_integer_int_data_as_stanmodel_does(poisson):
+    """Non-integer values of an int data variable are refused, not rounded (StanDataError)."""
+    from stan_bridge import StanAmortizer
+    from stan_bridge.data import StanDataError
+
+    amortizer = StanAmortizer(poisson, observed=["k"])  # the data are checked before drawing
+    bad = {**POISSON_DATA, "k": [1.5, 2, 3, 9]}
+    with pytest.raises(StanDataError, match="'k' is declared int") as from_model:
+        poisson.with_data(bad)
+    for call in (lambda: amortizer.sample(bad, draws=10),
+                 lambda: amortizer.sample_many([POISSON_DATA, bad], draws=10),
+                 lambda: amortizer.fit_many([bad], draws=10),
+                 lambda: amortizer.log_q(np.zeros((1, 2)), bad)):
+        with pytest.raises(StanDataError) as err:
+            call()
+        assert str(err.value) == str(from_model.value)

@@ -4,8 +4,10 @@ One small program serves every test: a conjugate normal with the
 prior-predictive convention. ``y[n] ~ normal(mu, 1)`` (``mu`` a 2-vector with a
 ``normal(0, 1)`` prior) has the posterior ``mu[j] ~ normal(sum_n y[n, j] /
 (N + 1), 1 / sqrt(N + 1))``; ``s ~ exponential(1)`` is not in the likelihood,
-so its posterior is its prior (mean 1, sd 1). A transformed parameter and a
-generated quantity (``y_rep``) check the constrained outputs and their shapes.
+so its posterior is its prior (mean 1, sd 1). Transformed parameters and a
+generated quantity (``y_rep``) check the constrained outputs and their shapes;
+``ybar_minus_mu`` reads the data, so an amortized posterior must compute it
+with each dataset's own ``y``.
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ parameters {
 }
 transformed parameters {
   real mu_diff = mu[1] - mu[2];
+  vector[2] ybar_minus_mu = -mu;
+  for (n in 1:N) {
+    ybar_minus_mu += y[n] / N;
+  }
 }
 model {
   mu ~ normal(0, 1);
@@ -156,7 +162,7 @@ def test_flow_sample_has_cmdstanpy_accessors(flow_fit, plain_fit):
     theirs = [c for c in plain_fit.column_names if not c.endswith("__")]
     assert ours == theirs
     assert set(fit.stan_variables()) == set(plain_fit.stan_variables()) == {
-        "mu", "s", "mu_diff", "y_rep"
+        "mu", "s", "mu_diff", "ybar_minus_mu", "y_rep"
     }
     for name, value in plain_fit.stan_variables().items():
         assert fit.stan_variable(name).shape == (200 * 16, *value.shape[1:])
@@ -304,3 +310,78 @@ def test_amortizer_refuses_data_it_was_not_trained_for(model):
         amortizer.sample_many([{**DATA, "sigma": 2.0}], draws=10)
     with pytest.raises(TypeError, match="not both"):
         amortizer.sample(DATA, draws=10, seed=1, random_seed=1)
+
+
+def test_flow_sample_has_metadata_like_cmdstanmcmc(flow_fit, plain_fit):
+    fit, _ = flow_fit
+    config = fit.metadata.cmdstan_config
+    assert config["method"] == "sample" and config["algorithm"] == "flow_mcmc"
+    assert (config["num_samples"], config["num_chains"], config["seed"]) == (200, 16, 3)
+    assert config["save_warmup"] == 0 and config["thin"] == 1
+    assert fit.metadata.column_names == fit.column_names
+    # the program's variables map to the same shapes as in CmdStan's own metadata
+    ours, theirs = fit.metadata.stan_vars, plain_fit.metadata.stan_vars
+    assert set(ours) == set(theirs)
+    assert all(ours[n].dimensions == theirs[n].dimensions for n in theirs)
+    assert "lp__" in fit.metadata.method_vars
+
+
+@pytest.fixture(scope="module")
+def quick_amortizer(model):
+    """Briefly trained (seconds): the tests below check the outputs' plumbing, not accuracy."""
+    return model.amortize(DATA, 300, seed=0, show_progress=False, epochs=2,
+                          flow_kwargs={"transforms": 2, "hidden_features": (16, 16)})
+
+
+def _ybar_minus_mu(posterior, y) -> np.ndarray:
+    return np.asarray(y).mean(0) - posterior["mu"].values
+
+
+def test_amortized_posteriors_have_tps_and_gqs_at_each_datasets_data(quick_amortizer):
+    """Transformed parameters that read the data use the dataset's data, not the training
+    data; generated quantities are there, reproducible from the seed."""
+    am = quick_amortizer
+    y_new = Y + 3.0
+    new = {**DATA, "y": y_new.tolist()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a briefly trained amortizer: high Pareto k
+        raw = am.sample(new, draws=40, seed=1)
+        again = am.sample(new, draws=40, seed=1)
+        mh = am.sample(new, draws=30, seed=1, correct="mh", chains=2)
+        arrays = am.sample(new, draws=20, seed=1, return_inferencedata=False)
+        many = am.sample_many([new, DATA], draws=25, seed=2)
+        out = am.fit_many([new, DATA], draws=30, seed=3, show_progress=False, chains=2)
+    for idata in (raw, mh, out.posteriors[0]):
+        post = idata.posterior
+        assert {"mu", "s", "mu_diff", "ybar_minus_mu", "y_rep"} <= set(post.data_vars)
+        np.testing.assert_allclose(post["ybar_minus_mu"].values, _ybar_minus_mu(post, y_new))
+        assert post["y_rep"].shape == (*post["mu"].shape[:2], N, 2)
+    np.testing.assert_allclose(out.posteriors[1].posterior["ybar_minus_mu"].values,
+                               _ybar_minus_mu(out.posteriors[1].posterior, Y))
+    np.testing.assert_allclose(many.posterior["ybar_minus_mu"].values[0],
+                               y_new.mean(0) - many.posterior["mu"].values[0])
+    np.testing.assert_allclose(many.posterior["ybar_minus_mu"].values[1],
+                               Y.mean(0) - many.posterior["mu"].values[1])
+    assert many.posterior["y_rep"].dims == ("dataset", "draw", "y_rep_dim_0", "y_rep_dim_1")
+    np.testing.assert_allclose(arrays.posterior["ybar_minus_mu"],
+                               y_new.mean(0) - arrays.posterior["mu"])
+    assert arrays.posterior["y_rep"].shape == (20, N, 2)
+    # Stan's RNG seeded with (seed, chain): the same seed, the same y_rep; chains differ
+    np.testing.assert_array_equal(raw.posterior["y_rep"].values, again.posterior["y_rep"].values)
+    assert not np.allclose(mh.posterior["y_rep"].values[0], mh.posterior["y_rep"].values[1])
+    # y_rep ~ normal(mu, 1) around each draw's own mu
+    resid = raw.posterior["y_rep"].values - raw.posterior["mu"].values[:, :, None, :]
+    assert abs(resid.mean()) < 0.3 and 0.8 < resid.std() < 1.2
+
+
+def test_amortizer_warnings_give_stan_advice(quick_amortizer):
+    far = {**DATA, "y": np.full((N, 2), 40.0).tolist()}  # far outside the training data
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quick_amortizer.sample(far, draws=50, seed=1)
+        quick_amortizer.sample_many([far, DATA], draws=50, seed=1)
+    texts = [str(w.message) for w in caught]
+    assert any("Pareto k" in t for t in texts)
+    assert any("CmdStanModel.sample" in t or 'correct="mh"' in t for t in texts)
+    assert not [t for t in texts if "pm.sample" in t or "pymc_ext.AmortizedMH" in t]
+    assert all(w.filename == __file__ for w in caught)  # pointed at the caller's line
