@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 
 import pytest
+from stan_helpers import write_code
 
 from stan_bridge import CmdStanModel
-from stan_bridge.builder import cache_dir
 
 # The "German tank" model written naively: the support of ub depends on the data
 # (ub > max(y) = 7), which the declared bounds do not say, so Pathfinder's random
@@ -20,19 +19,11 @@ model { y ~ uniform(0, ub); }
 """
 
 
-def _write(code: str, name: str):
-    digest = hashlib.sha256(code.encode()).hexdigest()[:12]
-    folder = cache_dir() / "programs" / f"{name}-{digest}"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.stan"
-    if not path.exists() or path.read_text() != code:
-        path.write_text(code)
-    return path
 
 
 @pytest.mark.slow
 def test_every_pathfinder_path_failing_falls_back_to_cmdstans_own_start():
-    model = CmdStanModel(stan_file=_write(TANK, "german_tank"))
+    model = CmdStanModel(stan_file=write_code(TANK, "german_tank"))
     data = {"N": 3, "y": [1.0, 7.0, 3.0]}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -12,7 +12,6 @@ with each dataset's own ``y``.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 import warnings
@@ -23,10 +22,10 @@ import numpy as np
 import pytest
 import torch
 from cmdstanpy.utils.logging import get_logger as cmdstanpy_logger
+from stan_helpers import write_code
 
 from pymc_ext.flow_sampler import FlowMCMCWarning
 from stan_bridge import CmdStanModel, StanAmortizer, StanAmortizerDataError, StanFlowFit
-from stan_bridge.builder import cache_dir
 from stan_bridge.prior import PriorPredictiveError
 from stan_bridge.programs import write_program
 
@@ -87,19 +86,11 @@ def analytic(y: np.ndarray) -> tuple[np.ndarray, float]:
     return y.sum(0) / (n + 1), 1.0 / np.sqrt(n + 1)
 
 
-def _write(code: str, name: str):
-    digest = hashlib.sha256(code.encode()).hexdigest()[:12]
-    folder = cache_dir() / "programs" / f"{name}-{digest}"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.stan"
-    if not path.exists() or path.read_text() != code:
-        path.write_text(code)
-    return path
 
 
 @pytest.fixture(scope="module")
 def model():
-    return CmdStanModel(stan_file=_write(PROGRAM, "wrapper_normal"))
+    return CmdStanModel(stan_file=write_code(PROGRAM, "wrapper_normal"))
 
 
 @pytest.fixture(scope="module")

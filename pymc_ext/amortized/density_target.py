@@ -156,22 +156,12 @@ class PriorPredictiveTarget:
         ...
         pymc_ext.amortized.layout.DataShapeError: data['y'] has non-integer values (e.g. 2.5), but it holds integers. Give whole numbers: they are not rounded.
         """  # noqa: E501
-        from pymc_ext.amortized.layout import DataShapeError
+        from pymc_ext.amortized.layout import refuse_non_integer
 
         current = self.current_data()
         for o in self.observed:
-            if o not in data or not np.issubdtype(current[o].dtype, np.integer):
-                continue
-            arr = np.asarray(data[o])
-            if np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool:
-                continue
-            arr = arr.astype(float)
-            bad = arr[np.isfinite(arr) & (arr != np.round(arr))]
-            if bad.size:
-                raise DataShapeError(
-                    f"{where}[{o!r}] has non-integer values (e.g. {bad.ravel()[0]:g}), but it "
-                    "holds integers. Give whole numbers: they are not rounded."
-                )
+            if o in data and np.issubdtype(current[o].dtype, np.integer):
+                refuse_non_integer(data[o], f"{where}[{o!r}]", "it holds integers")
 
     def conditioned(self, data: Mapping[str, np.ndarray]) -> LogDensity:
         """The density at the dataset ``data`` (cached for the last 64 datasets)."""

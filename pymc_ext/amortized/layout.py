@@ -25,13 +25,42 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["DataLayout", "DataShapeError", "LAYOUT_KINDS"]
+__all__ = ["DataLayout", "DataShapeError", "LAYOUT_KINDS", "refuse_non_integer"]
 
 LAYOUT_KINDS = ("vector", "set", "series")
 
 
 class DataShapeError(ValueError):
     """A dataset does not have the names or shapes the amortizer was built for."""
+
+
+def refuse_non_integer(values: Any, label: str, takes: str) -> None:
+    """Raise :class:`DataShapeError` where data for an integer variable are not whole numbers.
+
+    ``label`` names the data (``data['y']``), ``takes`` says what holds integers.
+    Whole numbers given as floats pass: nothing is rounded silently.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pymc_ext.amortized.layout import refuse_non_integer
+    >>> refuse_non_integer(np.array([1.0, 2.0]), "data['y']", "it holds integers")
+    >>> try:
+    ...     refuse_non_integer(np.array([1.0, 2.5]), "data['y']", "it holds integers")
+    ... except ValueError as err:
+    ...     print(err)
+    data['y'] has non-integer values (e.g. 2.5), but it holds integers. Give whole numbers: they are not rounded.
+    """  # noqa: E501
+    arr = np.asarray(values)
+    if np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool:
+        return
+    arr = arr.astype(float)
+    bad = arr[np.isfinite(arr) & (arr != np.round(arr))]
+    if bad.size:
+        raise DataShapeError(
+            f"{label} has non-integer values (e.g. {bad.ravel()[0]:g}), but {takes}. "
+            "Give whole numbers: they are not rounded."
+        )
 
 
 class DataLayout:
