@@ -536,3 +536,16 @@ def test_base_space_moves_correct_a_flow_that_is_too_narrow():
         xs.append(space.positions(state)[0])
     var = np.concatenate(xs[30:]).var(axis=0)
     np.testing.assert_allclose(var, [4.0, 1.0, 9.0], rtol=0.12)
+
+
+def test_divergent_local_moves_above_half_a_percent_warn():
+    from pymc_ext.flow_sampler.driver import MAX_DIVERGENT_SHARE, _divergence_warning
+
+    few = np.zeros((64, 1000), dtype=bool)
+    few[0, :100] = True  # 0.16%: quiet
+    assert 100 / few.size < MAX_DIVERGENT_SHARE and _divergence_warning(few, "flow") == []
+    many = few.copy()
+    many[1:20, :100] = True  # 3%: the chains may miss a region
+    with pytest.warns(FlowMCMCWarning, match="divergent local move"):
+        (msg,) = _divergence_warning(many, "position")
+    assert "2000 of the 64000" in msg

@@ -338,6 +338,34 @@ def _rhat_warning(out: np.ndarray, threshold: float | None) -> list[str]:
     return [msg]
 
 
+#: Share of production transitions with a divergent local move above which flow_mcmc warns.
+MAX_DIVERGENT_SHARE = 0.005
+
+
+def _divergence_warning(diverging: np.ndarray, local_space: str) -> list[str]:
+    """A warning when more than :data:`MAX_DIVERGENT_SHARE` of the local moves diverged.
+
+    A divergent move is rejected, so the chains stay exact, but it marks a region
+    the local moves cannot enter (a funnel's neck, a weakly identified tail),
+    which then only the flow's proposals reach: the draws can miss it.
+    """
+    share = float(np.mean(diverging)) if diverging.size else 0.0
+    if not share > MAX_DIVERGENT_SHARE:
+        return []
+    where = "on the flow's base space" if local_space == "flow" else "on x"
+    msg = (
+        f"{int(diverging.sum())} of the {diverging.size} production transitions "
+        f"({share:.1%}) had a divergent local move ({where}): a region of the posterior "
+        "(a funnel's neck, a weakly identified tail) that the local moves cannot enter, so "
+        "the draws may miss part of it (sds too small). What to try: fit='reverse' (the "
+        "flow then moves the chains there, and local_space='flow' moves on its base space), "
+        "a larger flow (flow_kwargs), more adaptation rounds (n_rounds), or a "
+        "reparameterised model; compare with a run of another seed."
+    )
+    warnings.warn(msg, FlowMCMCWarning, stacklevel=3)
+    return [msg]
+
+
 def _sample_stats_attrs(
     adaptation: FlowMCMCAdaptation,
     tally: _Tally,
@@ -448,7 +476,8 @@ def flow_mcmc(
     FlowMCMCWarning
         Low global acceptance, a dimension beyond a few hundred, a flow with
         no mass near a mode the walkers found, production chains that have not
-        mixed (R-hat above ``max_rhat``), or production draws above the top of
+        mixed (R-hat above ``max_rhat``), more than 0.5% of the production
+        transitions with a divergent local move, or production draws above the top of
         every mode the adaptation found (a missed mode: its top, found by a
         climb, is in ``sample_stats.attrs["missed_modes"]``). With ``explore="tempering"``
         also: the explorations disagree on the modes or on a mode's weight,
@@ -493,6 +522,7 @@ def flow_mcmc(
     missed, missed_top = _missed_mode_warning(density, adaptation, out, stats["lp"])
     warn_list += missed
     warn_list += _rhat_warning(out, cfg.max_rhat)
+    warn_list += _divergence_warning(stats["diverging"], tally.local_space)
     evals = {
         "total": int(density.grad_evals) - grad_before,
         "adaptation": grad_adapt,
