@@ -466,7 +466,10 @@ def test_defaults_sample_neals_funnel_by_switching_to_reverse_kl():
     # a right answer raises no alarm: the neck is no missed mode (the density only rises
     # into it), and the walkers' moments are a note on the log evidence with one mode
     assert not [w for w in caught if issubclass(w.category, FlowMCMCWarning)]
-    assert all("log evidence" in n for n in json.loads(attrs["census_notes"]))
+    # (and walkers where the reverse-KL flow is thin are a note: production's base-space
+    # moves reach them)
+    notes = json.loads(attrs["census_notes"])
+    assert all("log evidence" in n or "base space" in n for n in notes)
 
 
 @pytest.mark.slow

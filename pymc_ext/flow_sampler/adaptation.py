@@ -391,7 +391,7 @@ def _tempering_adapt(
         census=census,
         members=members,
         tempering=found,
-        notes=notes,
+        notes=notes + [n for m in members for n in m.notes if n not in notes],
     )
 
 
@@ -431,7 +431,7 @@ def _single_mode_adapt(
             "closer to 1), or another reference_scale."
         )
     return replace(result, mode_search=search, census=census, tempering=found,
-                   warnings=messages + result.warnings, notes=notes)
+                   warnings=messages + result.warnings, notes=notes + list(result.notes))
 
 
 #: a census top joins the climbs' modes only with a Laplace mass of at least this share of

@@ -26,7 +26,13 @@ from pymc_ext.blocks.importance import importance_ess
 from pymc_ext.blocks.progress import ProgressBar
 from pymc_ext.blocks.torch_settings import torch_dtype
 from pymc_ext.density import LogDensity
-from pymc_ext.flow_sampler.config import FitMethod, FlowMCMCConfig, LocalKernel, MetricKind
+from pymc_ext.flow_sampler.config import (
+    FitMethod,
+    FlowMCMCConfig,
+    LocalKernel,
+    LocalSpace,
+    MetricKind,
+)
 from pymc_ext.flow_sampler.global_move import flow_independence_step
 from pymc_ext.flow_sampler.kernel import FlowMCMCKernel
 from pymc_ext.flow_sampler.kernels import (
@@ -371,6 +377,7 @@ def _freeze(
     )
     pos, lp = w.state.position, w.state.logp
     coverage = coverage_check(density, kernel.flow, pos, lp, w.modes, mode_scale, rng)
+    coverage_messages = _coverage_messages(coverage, cfg)
     state, n_restarted = restart_stuck_walkers(
         density, w.state, coverage, rng, cfg.restart_threshold
     )
@@ -384,11 +391,33 @@ def _freeze(
         seed=record["seed"],
         grad_evals=int(density.grad_evals) - record["grad_before"],
         seconds=time.perf_counter() - record["t_start"],
-        warnings=_coverage_warnings(coverage, cfg.fit),
+        warnings=coverage_messages[0],
+        notes=coverage_messages[1],
         fit_infos=record["fit_infos"],
         restarted_walkers=n_restarted,
         fit=cfg.fit,
     )
+
+
+def _coverage_messages(coverage: dict[str, Any], cfg: FlowMCMCConfig) -> tuple[list, list]:
+    """The coverage check's ``(warnings, notes)``.
+
+    With a reverse-KL flow whose production moves on its base space
+    (``local_space`` not ``"position"``), walkers where the flow has too little
+    mass are a note: the base-space HMC reaches that region (a funnel's neck),
+    which an independence sampler alone could not, and what can still go wrong
+    there shows in production (divergent moves, R-hat), which warns.
+    """
+    messages = _coverage_warnings(coverage, cfg.fit)
+    in_flow_space = cfg.fit == FitMethod.REVERSE and cfg.local_space != LocalSpace.POSITION
+    if messages and in_flow_space and not coverage["starved_modes"]:
+        note = (
+            f"{coverage['starved_walker_fraction']:.0%} of the walkers sat where the reverse-KL "
+            "flow has at least 10,000x too little mass; production's moves on the flow's base "
+            "space reach that region (local_space='flow')."
+        )
+        return [], [note]
+    return messages, []
 
 
 def _coverage_warnings(coverage: dict[str, Any], fit: FitMethod) -> list[str]:
