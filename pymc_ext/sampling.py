@@ -123,7 +123,7 @@ def sample(
     """
     import pymc as pm
 
-    _check_sample_arguments(nuts_sampler, kwargs)
+    _check_sample_arguments(nuts_sampler, kwargs, warm=warmstart is not None)
     model = pm.modelcontext(model)
     sizes = {"draws": draws, "tune": tune, "chains": chains, "cores": cores}
     if warmstart is None:
@@ -144,7 +144,7 @@ def sample(
     )
 
 
-def _check_sample_arguments(nuts_sampler: str, kwargs: Mapping[str, Any]) -> None:
+def _check_sample_arguments(nuts_sampler: str, kwargs: Mapping[str, Any], warm: bool) -> None:
     if nuts_sampler not in ("pymc", "nutpie"):
         raise ValueError(
             f"nuts_sampler must be 'pymc' or 'nutpie'; got {nuts_sampler!r}. (numpyro and "
@@ -154,6 +154,21 @@ def _check_sample_arguments(nuts_sampler: str, kwargs: Mapping[str, Any]) -> Non
         raise ValueError(
             "pymc_ext.sample builds its own step; for a custom step call pm.sample(step=...) "
             "directly (pymc_ext.WarmStartNUTS is a step method)."
+        )
+    if not warm:  # pm.sample itself checks (it takes other step methods' keywords too)
+        return
+    # A typo would otherwise reach pm.sample only after Pathfinder has run.
+    import inspect
+
+    import pymc as pm
+
+    known = set(inspect.signature(pm.sample).parameters) | set(NUTS_KWARGS) | {"nuts"}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise TypeError(
+            f"pymc_ext.sample got unexpected keyword(s) {unknown}. It takes pm.sample's "
+            "keywords, NUTS's (target_accept, max_treedepth, ...), and warmstart, "
+            "warmstart_kwargs, metric; for example warmstart='pathfinder'."
         )
 
 

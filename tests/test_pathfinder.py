@@ -231,3 +231,18 @@ def test_pymc_pathfinder_compiles_only_what_it_needs():
     assert dt.posterior["two"].shape == (1, 200)
     assert np.all(dt.posterior["two"].values == 2.0)
     np.testing.assert_allclose(dt.posterior["mu_sq"].values, dt.posterior["mu"].values ** 2)
+
+
+def test_init_as_a_point_in_the_models_space():
+    import pymc as pm
+
+    import pymc_ext
+
+    with pm.Model() as m:
+        pm.Normal("mu", 0, 1)
+        pm.HalfNormal("s", 1)
+    idata = pymc_ext.pathfinder(m, init={"mu": 0.5, "s": 1.0}, num_paths=2, random_seed=1,
+                                progressbar=False)
+    assert idata.posterior["s"].values.min() > 0
+    with pytest.raises(ValueError, match="lacks"):
+        pymc_ext.pathfinder(m, init={"mu": 0.5}, progressbar=False)

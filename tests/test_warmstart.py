@@ -433,3 +433,10 @@ def test_nan_in_the_data_is_refused_before_pathfinder():
         pm.Normal("y", b * x, 1.0, observed=[1.0, 0.5, 2.0, 1.5])
     with m, pytest.raises(ModelSpecificationError, match="NaN"):
         pymc_ext.sample(draws=10, chains=1, **SAMPLE_KW)
+
+
+def test_a_misspelt_keyword_fails_before_pathfinder(model):
+    import pymc_ext
+
+    with model, pytest.raises(TypeError, match="warm_start"):
+        pymc_ext.sample(warm_start="pathfinder")

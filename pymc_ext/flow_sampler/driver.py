@@ -403,7 +403,7 @@ def _sample_stats_attrs(
         "flow_space_step_sizes": [float(v) for v in tally.flow_space_step_sizes],
         "adaptation_seconds": float(adaptation.seconds),
         "sampling_seconds": float(tally.seconds),
-        "seed_method": adaptation.seed.method,
+        "seed_method": str(adaptation.seed.method),
         "fit": str(adaptation.fit),
         "fit_reason": adaptation.fit_reason,
         "flow_pareto_k": float(coverage["pareto_k"]),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
 
@@ -32,7 +33,7 @@ def multipath_pathfinder(
     num_draws: int | None = None,
     random_seed: int | np.random.Generator | None = None,
     *,
-    init: np.ndarray | None = None,
+    init: np.ndarray | Mapping[str, Any] | None = None,
     config: PathfinderConfig | None = None,
     progressbar: bool = False,
     **overrides: Any,
@@ -49,9 +50,11 @@ def multipath_pathfinder(
         Number of draws returned after importance resampling (default 1000).
     random_seed : int or Generator, optional
         Makes starting points, ELBO draws and resampling reproducible.
-    init : ndarray, optional
+    init : ndarray or dict, optional
         Starting points: ``(num_paths, dim)`` or ``(dim,)`` (shared), in the
-        unconstrained space. Default: uniform on ``(-jitter, jitter)``, like Stan.
+        unconstrained space, or a dict ``name -> value`` of every free variable
+        in the model's own space (transformed for you). Default: uniform on
+        ``(-jitter, jitter)``, like Stan.
     config : PathfinderConfig, optional
         The options; :class:`~pymc_ext.vi.config.PathfinderConfig` documents each.
     progressbar : bool
@@ -216,7 +219,7 @@ def _pool_paths(
 def initial_points(
     density: LogDensity,
     num_paths: int,
-    init: np.ndarray | None,
+    init: np.ndarray | Mapping[str, Any] | None,
     jitter: float | None,
     rng: np.random.Generator,
 ) -> np.ndarray:
@@ -230,11 +233,22 @@ def initial_points(
     >>> d = FunctionLogDensity(2, lambda x: -0.5 * x @ x)
     >>> initial_points(d, 3, np.ones(2), None, np.random.default_rng(0)).tolist()
     [[1.0, 1.0], [1.0, 1.0], [1.0, 1.0]]
+    >>> initial_points(d, 1, {"x": np.array([0.5, 2.0])}, None, np.random.default_rng(0)).tolist()
+    [[0.5, 2.0]]
     """
     dim = density.dim
     if init is None:
         radius = 2.0 if jitter is None else float(jitter)
         return rng.uniform(-radius, radius, size=(num_paths, dim))
+    if isinstance(init, Mapping):  # a point in the model's own space, as pm.sample's initvals
+        missing = [n for n in getattr(density, "names", []) if n not in init]
+        if missing:
+            raise ValueError(
+                f"init as a dict is a point in the model's space and needs every free "
+                f"variable; it lacks {missing}. Or pass a flat array on the unconstrained "
+                "space (dim entries)."
+            )
+        init = density.unconstrain(init)
     init = np.asarray(init, dtype=float)
     if init.ndim == 1:
         if init.shape[0] != dim:
