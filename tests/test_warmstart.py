@@ -212,6 +212,8 @@ def test_bad_input_is_rejected(model):
             WarmStartNUTS(scaling=np.ones(2))
         with pytest.raises(ValueError, match="Unknown warm start"):
             WarmStartNUTS(init="laplace")
+        with pytest.raises(TypeError, match="WarmStartNUTS got unexpected.*metrc"):
+            WarmStartNUTS(metrc="dense")
 
 
 def test_building_the_step_patches_nothing(model):

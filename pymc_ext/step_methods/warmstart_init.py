@@ -316,6 +316,20 @@ class StepLogDensity(BaseLogDensity):
 # ---------------------------------------------------------------------------
 # Checks of the step's arguments
 # ---------------------------------------------------------------------------
+def _nuts_keywords() -> set[str]:
+    """The keywords ``pm.NUTS`` (and the HMC base it passes them to) accepts."""
+    import inspect
+
+    from pymc.step_methods.hmc.nuts import NUTS
+
+    names = set()
+    for cls in NUTS.__mro__:  # NUTS passes **kwargs on to its bases
+        if "__init__" in vars(cls) and cls is not object:
+            params = inspect.signature(cls.__init__).parameters.values()
+            names |= {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    return names - {"self"}
+
+
 def check_step_arguments(
     metric: str, warmup: int | None, metric_windows: tuple[float, ...], nuts_kwargs: Mapping
 ) -> None:
@@ -333,6 +347,13 @@ def check_step_arguments(
         )
     if metric not in ("auto", "diag", "dense", "lowrank"):
         raise ValueError(f"metric must be 'auto', 'diag', 'dense' or 'lowrank'; got {metric!r}.")
+    unknown = sorted(set(nuts_kwargs) - _nuts_keywords())
+    if unknown:
+        raise TypeError(
+            f"WarmStartNUTS got unexpected keyword(s) {unknown}: it takes init, metric, warmup, "
+            "metric_windows, prior_weight, use_grads, rank, random_seed, init_kwargs, "
+            "density, progressbar and pm.NUTS's keywords (target_accept, max_treedepth, ...)."
+        )
     if warmup is not None and int(warmup) < 0:
         raise ValueError(f"warmup must be >= 0; got {warmup}.")
     if any(not 0 < f < 1 for f in metric_windows):
