@@ -224,3 +224,13 @@ def test_empty_and_zero_inputs_and_the_set_data_message(det_amortizer):
             amortizer.sample(draws=10)
     finally:
         pm.set_data({"x": X0}, model=model)
+
+
+def test_fit_warns_that_the_simulations_leave_out_potentials():
+    with pm.Model() as model:
+        mu = pm.Normal("mu", 0, 1)
+        pm.Potential("pull", -0.5 * ((mu - 1) / 0.5) ** 2)
+        pm.Normal("y", mu, 1, observed=np.zeros(3))
+    amortizer = pymc_ext.Amortizer(model)
+    with pytest.warns(AmortizedDataWarning, match="Potentials"):
+        amortizer.fit(200, epochs=1, batch_size=100, random_seed=0, progressbar=False)

@@ -11,6 +11,7 @@ against the true density (:mod:`~pymc_ext.amortized.sampling`);
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ from pymc_ext.amortized import sampling, serialization
 from pymc_ext.amortized.batch import BatchMixin
 from pymc_ext.amortized.cluster import cluster_run
 from pymc_ext.amortized.deterministics import datatree_at, posterior_values
+from pymc_ext.amortized.diagnostics import AmortizedDataWarning
 from pymc_ext.amortized.frames import FRAME_KINDS, LaplaceFrames, supports_frames
 from pymc_ext.amortized.layout import DataShapeError
 from pymc_ext.amortized.many import ManyDatasetsMixin
@@ -44,6 +46,22 @@ __all__ = ["Amortizer"]
 
 # frames between a public method's caller and sampling.posterior_draws: the method, with_threads
 _PUBLIC_STACKLEVEL = 3
+
+
+def _warn_potentials(target: Any) -> None:
+    """Warn, before training, that the prior predictive simulations leave out Potentials."""
+    model = getattr(target, "model", None)
+    potentials = [p.name for p in getattr(model, "potentials", [])]
+    if potentials:
+        warnings.warn(
+            f"The model has Potentials {potentials}: the prior predictive simulations the "
+            "amortizer trains on leave them out (as pm.sample_prior_predictive does), so its "
+            "raw draws are for the model without them. The true density at each dataset keeps "
+            "them: use correct='psis' or 'mh' (fit_many does), or write the Potentials as "
+            "priors.",
+            AmortizedDataWarning,
+            stacklevel=3,
+        )
 
 
 class Amortizer(serialization.PersistenceMixin, BatchMixin, ManyDatasetsMixin):
@@ -245,6 +263,7 @@ class Amortizer(serialization.PersistenceMixin, BatchMixin, ManyDatasetsMixin):
             patience=patience, simulations_per_epoch=simulations_per_epoch,
             max_seconds=max_seconds,
         )
+        _warn_potentials(self.target)
         cluster = cluster_run(client, self, model_builder, weights=False)
         self.history = fit_amortizer(self, config, random_seed, progressbar, cluster)
         self.fitted = True
