@@ -541,14 +541,19 @@ def test_base_space_moves_correct_a_flow_that_is_too_narrow():
     np.testing.assert_allclose(var, [4.0, 1.0, 9.0], rtol=0.12)
 
 
-def test_divergent_local_moves_above_half_a_percent_warn():
+def test_divergent_local_moves_warn_where_the_flow_is_thin_too():
     from pymc_ext.flow_sampler.driver import MAX_DIVERGENT_SHARE, _divergence_warning
 
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(64, 1000))  # log p - log q: the flow covers the draws
     few = np.zeros((64, 1000), dtype=bool)
     few[0, :100] = True  # 0.16%: quiet
-    assert 100 / few.size < MAX_DIVERGENT_SHARE and _divergence_warning(few, "flow") == []
+    assert 100 / few.size < MAX_DIVERGENT_SHARE and _divergence_warning(few, w, "flow") == []
     many = few.copy()
-    many[1:20, :100] = True  # 3%: the chains may miss a region
+    many[1:20, :100] = True  # 3% divergent, where the flow covers the chains: quiet
+    assert _divergence_warning(many, w, "position") == []
+    thin = w.copy()
+    thin[1:5, :100] += 30.0  # a fifth of them where the flow has e^30 too little mass
     with pytest.warns(FlowMCMCWarning, match="divergent local move"):
-        (msg,) = _divergence_warning(many, "position")
-    assert "2000 of the 64000" in msg
+        (msg,) = _divergence_warning(many, thin, "position")
+    assert "2000 of the 64000" in msg and "20% of them" in msg
