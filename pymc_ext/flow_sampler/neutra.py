@@ -249,7 +249,7 @@ def neutra_space(
 
     Examples
     --------
-    >>> import numpy as np
+    >>> import numpy as np, torch
     >>> from pymc_ext.density import FunctionLogDensity
     >>> from pymc_ext.flows import build_flow
     >>> from pymc_ext.flow_sampler import flow_mcmc_step
