@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -402,9 +401,7 @@ def warmstart_from_pathfinder(
     >>> len(inits), res.draws.shape[1], res.warmstart_plan.metric
     (2, 7, 'dense_e')
     """
-    from pymc_ext.step_methods.warmstart_init import FailedWarmStart
-    from pymc_ext.vi.multipath import multipath_pathfinder
-    from pymc_ext.vi.result import PathfinderError
+    from pymc_ext.step_methods.warmstart_init import pathfinder_or_failed
 
     if metric not in ("auto", "diag_e", "dense_e"):
         raise ValueError(
@@ -412,30 +409,19 @@ def warmstart_from_pathfinder(
         )
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    before = (int(stan_model.grad_evals), int(stan_model.logp_evals))
-    try:
-        result = multipath_pathfinder(
-            stan_model,
-            num_paths=num_paths,
-            num_draws=num_draws,
-            random_seed=random_seed,
-            progressbar=progressbar,
-            num_draws_per_path=num_draws_per_path,
-            num_elbo_draws=num_elbo_draws,
-            **pathfinder_kwargs,
-        )
-    except PathfinderError as err:
-        # Never worse than not warm-starting: CmdStan's own inits and warmup.
-        warnings.warn(
-            f"The Pathfinder warm start failed: {err} CmdStan samples with its own inits "
-            "and full warmup instead, as a plain CmdStanModel.sample would.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        result = FailedWarmStart.of(
-            stan_model.dim, int(stan_model.grad_evals) - before[0], str(err),
-            logp_evals=int(stan_model.logp_evals) - before[1],
-        )
+    result = pathfinder_or_failed(  # CmdStan's own inits and warmup when every path fails
+        stan_model,
+        "CmdStan samples with its own inits and full warmup instead, as a plain "
+        "CmdStanModel.sample would.",
+        stacklevel=3,
+        num_paths=num_paths,
+        num_draws=num_draws,
+        random_seed=random_seed,
+        progressbar=progressbar,
+        num_draws_per_path=num_draws_per_path,
+        num_elbo_draws=num_elbo_draws,
+        **pathfinder_kwargs,
+    )
     inits_files, metric_file, plan = write_warmstart_files(
         stan_model, result, chains, directory, metric=metric, random_seed=random_seed
     )

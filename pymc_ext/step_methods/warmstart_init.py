@@ -8,6 +8,7 @@ logp-and-gradient function NUTS compiles anyway.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ __all__ = [
     "WARMSTART_PATHFINDER_DEFAULTS",
     "WarmStart",
     "FailedWarmStart",
+    "pathfinder_or_failed",
     "WARMSTART_INITS",
     "run_warmstart",
     "StepLogDensity",
@@ -138,23 +140,65 @@ class FailedWarmStart:
         )
 
 
-def _pathfinder_init(density: Any, random_seed: Any = None, **kwargs: Any) -> WarmStart:
+def pathfinder_or_failed(
+    density: Any, fallback: str, stacklevel: int = 2, **kwargs: Any
+) -> WarmStart:
+    """Multi-path Pathfinder for a warm start, or a :class:`FailedWarmStart` when every path fails.
+
+    Never worse than not warm-starting: a failure warns (``RuntimeWarning``,
+    ending with ``fallback``, what the sampler does instead) and returns the
+    failed warm start with what the paths cost, so the sampler starts as it
+    would without one.
+
+    Parameters
+    ----------
+    density : LogDensity
+    fallback : str
+        The warning's last sentence.
+    stacklevel : int
+        Of the warning, counted from this function's caller.
+    **kwargs
+        For :func:`~pymc_ext.vi.multipath.multipath_pathfinder`.
+
+    Examples
+    --------
+    >>> import numpy as np, warnings
+    >>> from pymc_ext.density import FunctionLogDensity
+    >>> from pymc_ext.step_methods.warmstart_init import pathfinder_or_failed
+    >>> d = FunctionLogDensity(1, lambda x: -np.inf, lambda x: np.zeros(1))
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore")
+    ...     ws = pathfinder_or_failed(d, "NUTS adapts.", num_paths=2, progressbar=False)
+    >>> type(ws).__name__, ws.pareto_k
+    ('FailedWarmStart', inf)
+    """
     from pymc_ext.vi.multipath import multipath_pathfinder
     from pymc_ext.vi.result import PathfinderError
 
-    before = int(density.grad_evals)
+    before = (int(density.grad_evals), int(density.logp_evals))
     try:
-        return multipath_pathfinder(density, random_seed=random_seed, **kwargs)
+        return multipath_pathfinder(density, **kwargs)
     except PathfinderError as err:
-        # Never worse than not warm-starting: NUTS adapts from the model's initial point.
         warnings.warn(
-            f"The Pathfinder warm start failed: {err} NUTS starts from the model's "
-            "initial point (jittered) and adapts its own diagonal metric instead, as "
-            "pm.sample would.",
+            f"The Pathfinder warm start failed: {err} {fallback}",
             RuntimeWarning,
-            stacklevel=4,
+            stacklevel=stacklevel + 1,
         )
-        return FailedWarmStart.of(density.dim, int(density.grad_evals) - before, str(err))
+        return FailedWarmStart.of(
+            density.dim, int(density.grad_evals) - before[0], str(err),
+            logp_evals=int(density.logp_evals) - before[1],
+        )
+
+
+def _pathfinder_init(density: Any, random_seed: Any = None, **kwargs: Any) -> WarmStart:
+    return pathfinder_or_failed(
+        density,
+        "NUTS starts from the model's initial point (jittered) and adapts its own diagonal "
+        "metric instead, as pm.sample would.",
+        stacklevel=4,
+        random_seed=random_seed,
+        **kwargs,
+    )
 
 
 def _flow_init(density: Any, random_seed: Any = None, **kwargs: Any) -> WarmStart:
@@ -316,7 +360,8 @@ class StepLogDensity(BaseLogDensity):
 # ---------------------------------------------------------------------------
 # Checks of the step's arguments
 # ---------------------------------------------------------------------------
-def _nuts_keywords() -> set[str]:
+@functools.cache
+def _nuts_keywords() -> frozenset[str]:
     """The keywords ``pm.NUTS`` (and the HMC base it passes them to) accepts."""
     import inspect
 
@@ -327,7 +372,7 @@ def _nuts_keywords() -> set[str]:
         if "__init__" in vars(cls) and cls is not object:
             params = inspect.signature(cls.__init__).parameters.values()
             names |= {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-    return names - {"self"}
+    return frozenset(names - {"self"})
 
 
 def check_step_arguments(
